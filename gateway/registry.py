@@ -1,0 +1,53 @@
+"""The model registry: every configured model's backend and pinned tuple, by name."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from gateway import __version__
+from gateway.backends import create_backend
+from gateway.backends.base import Backend
+from gateway.errors import ModelNotFoundError
+from gateway.protocol import model_card
+from gateway.settings import Settings
+
+log = logging.getLogger("tiergate.registry")
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings) -> None:
+        self.backends: dict[str, Backend] = {
+            name: create_backend(name, model) for name, model in settings.models.items()
+        }
+        self.created = int(time.time())
+
+    async def start(self) -> None:
+        """Start every backend concurrently; one that cannot start fails the whole start."""
+        await asyncio.gather(*(b.start() for b in self.backends.values()))
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(b.aclose() for b in self.backends.values()),
+                             return_exceptions=True)
+
+    def get(self, name: str) -> Backend:
+        backend = self.backends.get(name)
+        if backend is None:
+            raise ModelNotFoundError(f"The model '{name}' does not exist", param="model")
+        return backend
+
+    def card(self, name: str) -> dict[str, Any]:
+        """The ``/v1/models`` entry: OpenAI's fields, and the model tuple under ``tiergate``."""
+        model = self.get(name).describe()
+        info = {"kind": "model", "tiergate_version": __version__,
+                **model.model_dump(mode="json"), "digest": model.digest()}
+        return model_card(name, self.created, info)
+
+    def cards(self) -> list[dict[str, Any]]:
+        return [self.card(name) for name in self.backends]
+
+    async def health(self) -> dict[str, Any]:
+        results = await asyncio.gather(*(b.health() for b in self.backends.values()))
+        return dict(zip(self.backends, results, strict=True))

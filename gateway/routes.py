@@ -1,0 +1,122 @@
+"""HTTP routes of the OpenAI surface. Thin: read and parse the body, authorize, call the serving
+object, serialize. Everything else lives in :mod:`gateway.serving`."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway import protocol
+from gateway.errors import InvalidRequestError, RequestTooLargeError, TiergateError
+from gateway.serving import RequestContext, Served
+from gateway.state import GatewayState
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(exc: TiergateError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+
+
+def state_of(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.tiergate
+    return state
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLargeError(f"Request body of {declared} bytes exceeds {limit} bytes.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLargeError(f"Request body exceeds {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _describe(error: Any) -> tuple[str, str | None]:
+    loc = [str(part) for part in error.get("loc", ()) if not str(part).startswith("function-")]
+    param = ".".join(loc) or None
+    message = str(error.get("msg", "invalid value"))
+    return (f"{param}: {message}" if param else message), param
+
+
+def parse(model: type[M], body: bytes) -> M:
+    """A request body → its typed model, or a 400 that names the offending parameter."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"The body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequestError("The body must be a JSON object.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        message, param = _describe(exc.errors(include_url=False, include_input=False)[0])
+        raise InvalidRequestError(message, param=param) from exc
+
+
+def _respond(served: Served) -> Response:
+    if served.stream is not None:
+        headers = {**served.headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
+        return StreamingResponse(served.stream, media_type="text/event-stream", headers=headers)
+    return JSONResponse(served.body, headers=served.headers)
+
+
+async def _completions(request: Request, model: type[protocol.OpenAIRequest]) -> Response:
+    state = state_of(request)
+    caller = state.auth.authenticate(request.headers.get("authorization"))
+    body = await read_body(request, state.settings.server.max_body_bytes)
+    parsed = parse(model, body)
+    ctx = RequestContext(request_id=request.scope["state"]["request_id"], caller=caller)
+    return _respond(await state.serving.create(parsed, ctx))
+
+
+async def chat_completions(request: Request) -> Response:
+    return await _completions(request, protocol.ChatCompletionRequest)
+
+
+async def completions(request: Request) -> Response:
+    return await _completions(request, protocol.CompletionRequest)
+
+
+async def list_models(request: Request) -> Response:
+    state = state_of(request)
+    state.auth.authenticate(request.headers.get("authorization"))
+    return JSONResponse({"object": "list", "data": state.registry.cards()})
+
+
+async def retrieve_model(request: Request) -> Response:
+    state = state_of(request)
+    state.auth.authenticate(request.headers.get("authorization"))
+    return JSONResponse(state.registry.card(request.path_params["model"]))
+
+
+async def health(request: Request) -> Response:
+    state = state_of(request)
+    models = await state.registry.health()
+    status = "ok" if all(m.get("status") == "ok" for m in models.values()) else "degraded"
+    return JSONResponse({"status": status, "models": models})
+
+
+ROUTES = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+    Route("/health", health, methods=["GET"]),
+]

@@ -1,0 +1,37 @@
+"""Running the app: uvicorn on uvloop + httptools, one or several worker processes."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from gateway.settings import Settings
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    server = settings.server
+    logging.basicConfig(
+        level=server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    options = {
+        "host": server.host,
+        "port": server.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "log_level": server.log_level,
+        "access_log": False,
+        "timeout_graceful_shutdown": int(server.graceful_shutdown_s) or None,
+    }
+    if server.workers > 1:
+        # Worker processes build their own app from the same file and environment.
+        if settings.config_file is not None:
+            os.environ["TIERGATE_CONFIG"] = str(settings.config_file)
+        uvicorn.run("gateway.app:app_from_environment", factory=True, workers=server.workers,
+                    **options)  # type: ignore[arg-type]
+    else:
+        from gateway.app import create_app
+
+        uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]

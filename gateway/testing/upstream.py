@@ -1,0 +1,203 @@
+"""A scriptable OpenAI-compatible upstream: a real aiohttp server for tests and benchmarks.
+
+Its models' names select how it behaves, so one process can play a healthy upstream and every
+kind of broken one:
+
+=================  ==============================================================================
+``echo``           answers ``"echo: <last user message or prompt>"``, in ~20 SSE chunks when
+                   streamed; honours ``n``, ``max_tokens`` (in chunks), ``logprobs``, ``seed``
+``cut``            streams a few chunks, then drops the connection (no ``[DONE]``)
+``stream-error``   streams a few chunks, then an SSE ``{"error": ...}`` event
+``garbage``        200 with a body that is not JSON (or not SSE)
+``html``           200 with ``text/html``
+``status-NNN``     answers HTTP NNN with an OpenAI error body (``Retry-After: 2`` on 429/503)
+``slow-MS``        waits MS milliseconds before the response headers
+``stall-MS``       sends the headers and the first chunk, then waits MS milliseconds per chunk
+=================  ==============================================================================
+
+Every request it served is counted at ``GET /stats`` (``{"requests": N, "open_streams": K}``), so
+tests can check that cancelled requests really ended upstream.
+
+Run: ``python -m gateway.testing.upstream --port 9001``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+MODELS = ["echo", "cut", "stream-error", "garbage", "html", "status-400", "status-429",
+          "status-500", "status-503", "slow-2000", "stall-500"]
+CHUNKS = 20
+
+
+def _text_of(body: dict[str, Any]) -> str:
+    if "messages" in body:
+        content = body["messages"][-1].get("content") or ""
+        return content if isinstance(content, str) else " ".join(
+            p.get("text", "") for p in content if isinstance(p, dict))
+    prompt = body.get("prompt", "")
+    return prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
+
+
+def _pieces(body: dict[str, Any]) -> tuple[list[str], str]:
+    """The answer in CHUNKS pieces (one piece = one 'token'), cut at max_tokens, and why it
+    finished."""
+    text = f"echo: {_text_of(body)}"
+    size = max(1, -(-len(text) // CHUNKS))
+    pieces = [text[i:i + size] for i in range(0, len(text), size)]
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    if isinstance(limit, int) and limit < len(pieces):
+        return pieces[:limit], "length"
+    return pieces, "stop"
+
+
+def _logprob_item(piece: str, i: int, top: int) -> dict[str, Any]:
+    return {"token": piece, "logprob": -0.01 * (i + 1), "bytes": list(piece.encode()),
+            "top_logprobs": [{"token": piece, "logprob": -0.01 * (i + 1),
+                              "bytes": list(piece.encode())}][:top]}
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.requests = 0
+        self.open_streams = 0
+        self.last_body: dict[str, Any] | None = None
+        self.last_headers: dict[str, str] = {}
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/stats", self.stats)
+        app.router.add_get("/last", self.last)
+        app.router.add_post("/v1/chat/completions", self.complete)
+        app.router.add_post("/v1/completions", self.complete)
+        return app
+
+    async def models(self, request: web.Request) -> web.Response:
+        cards = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in MODELS]
+        return web.json_response({"object": "list", "data": cards})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"requests": self.requests, "open_streams": self.open_streams})
+
+    async def last(self, request: web.Request) -> web.Response:
+        return web.json_response({"body": self.last_body, "headers": self.last_headers})
+
+    async def complete(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        body = orjson.loads(await request.read())
+        self.last_body = body
+        self.last_headers = dict(request.headers)
+        model = str(body.get("model", "echo"))
+        chat = request.path.endswith("/chat/completions")
+        if model.startswith("status-"):
+            status = int(model.split("-")[1])
+            headers = {"retry-after": "2"} if status in (429, 503) else {}
+            error = {"message": f"fake upstream error {status}", "type": "fake", "param": None,
+                     "code": None}
+            return web.json_response({"error": error}, status=status, headers=headers)
+        if model.startswith("slow-"):
+            await asyncio.sleep(int(model.split("-")[1]) / 1000)
+        if model == "html":
+            return web.Response(text="<html>oops</html>", content_type="text/html")
+        if model == "garbage" and not body.get("stream"):
+            return web.Response(body=b"{not json", content_type="application/json")
+        if body.get("stream"):
+            return await self._stream(request, body, model, chat)
+        return web.Response(body=orjson.dumps(self._whole(body, model, chat)),
+                            content_type="application/json")
+
+    def _whole(self, body: dict[str, Any], model: str, chat: bool) -> dict[str, Any]:
+        pieces, finish = _pieces(body)
+        text = "".join(pieces)
+        n = int(body.get("n") or 1)
+        top = body.get("top_logprobs") or 0
+        choices = []
+        for i in range(n):
+            logprobs = None
+            if chat and body.get("logprobs"):
+                logprobs = {"content": [_logprob_item(p, j, top) for j, p in enumerate(pieces)]}
+            elif not chat and body.get("logprobs") is not None:
+                logprobs = {"tokens": pieces, "token_logprobs": [-0.01] * len(pieces),
+                            "top_logprobs": [{p: -0.01} for p in pieces],
+                            "text_offset": list(range(len(pieces)))}
+            choice: dict[str, Any] = {"index": i, "logprobs": logprobs, "finish_reason": finish}
+            if chat:
+                choice["message"] = {"role": "assistant", "content": text}
+            else:
+                choice["text"] = text
+            choices.append(choice)
+        return {
+            "id": "fake-1", "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()), "model": model, "choices": choices,
+            "system_fingerprint": f"fp_seed_{body.get('seed')}",
+            "usage": {"prompt_tokens": len(_text_of(body).split()),
+                      "completion_tokens": len(pieces) * n,
+                      "total_tokens": len(_text_of(body).split()) + len(pieces) * n},
+        }
+
+    async def _stream(self, request: web.Request, body: dict[str, Any], model: str,
+                      chat: bool) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        if model == "garbage":
+            await response.write(b"data: {broken\n\n")
+            return response
+        self.open_streams += 1
+        try:
+            pieces, finish = _pieces(body)
+            stall = int(model.split("-")[1]) / 1000 if model.startswith("stall-") else 0.0
+            for i, piece in enumerate(pieces):
+                if model in ("cut", "stream-error") and i == 3:
+                    if model == "cut":
+                        request.transport.close()  # type: ignore[union-attr]
+                        return response
+                    error = {"error": {"message": "fake failure mid-stream", "type": "fake"}}
+                    await response.write(b"data: " + orjson.dumps(error) + b"\n\n")
+                    return response
+                last = i == len(pieces) - 1
+                delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
+                choice: dict[str, Any] = {"index": 0, "finish_reason": finish if last else None,
+                                          "logprobs": None}
+                if chat:
+                    choice["delta"] = delta
+                    if body.get("logprobs"):
+                        top = body.get("top_logprobs") or 0
+                        choice["logprobs"] = {"content": [_logprob_item(piece, i, top)]}
+                else:
+                    choice["text"] = piece
+                chunk = {"id": "fake-1", "object": "chat.completion.chunk" if chat else
+                         "text_completion", "created": 0, "model": model, "choices": [choice]}
+                await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                if stall and i > 0:
+                    await asyncio.sleep(stall)
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage = {"prompt_tokens": len(_text_of(body).split()),
+                         "completion_tokens": len(pieces),
+                         "total_tokens": len(_text_of(body).split()) + len(pieces)}
+                final = {"id": "fake-1", "object": "chat.completion.chunk", "created": 0,
+                         "model": model, "choices": [], "usage": usage}
+                await response.write(b"data: " + orjson.dumps(final) + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
+            return response
+        finally:
+            self.open_streams -= 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9001)
+    args = parser.parse_args(argv)
+    web.run_app(FakeUpstream().app(), host=args.host, port=args.port, print=None,
+                access_log=None)
+
+
+if __name__ == "__main__":
+    main()

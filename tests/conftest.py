@@ -1,0 +1,148 @@
+"""Shared fixtures: real servers (tiergate, the scriptable upstream) on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServerProcess:
+    """A server in a child process; ``url`` is its root (``http://127.0.0.1:PORT``)."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(args: list[str], port: int, log: Path, ready_path: str = "/health",
+                 env: dict[str, str] | None = None, timeout: float = 60.0) -> ServerProcess:
+    """Start ``args`` and poll ``ready_path`` until it answers 200 (or the process dies)."""
+    out = log.open("wb")
+    process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                               env={**os.environ, **(env or {})})
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{args} exited with {process.returncode}:\n{server.logs()}")
+        try:
+            if httpx.get(server.url + ready_path, timeout=1.0).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"{args} not ready after {timeout}s:\n{server.logs()}")
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
+    """A TOML settings file from ``{"models.echo": {...}, "server": {...}}``."""
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+@pytest.fixture(scope="session")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The scriptable OpenAI-compatible upstream (see gateway.testing.upstream)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("upstream") / "upstream.log"
+    server = start_server([sys.executable, "-m", "gateway.testing.upstream", "--port", str(port)],
+                          port, log, ready_path="/v1/models")
+    yield server
+    server.stop()
+
+
+GatewayFactory = Callable[..., ServerProcess]
+
+
+@pytest.fixture(scope="session")
+def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayFactory]:
+    """Starts tiergate processes from config sections; all are stopped at the end."""
+    started: list[ServerProcess] = []
+
+    def start(sections: dict[str, dict[str, Any]], env: dict[str, str] | None = None,
+              extra_args: list[str] | None = None) -> ServerProcess:
+        directory = tmp_path_factory.mktemp("gateway")
+        config = write_config(directory / "tiergate.toml", sections)
+        port = free_port()
+        args = [sys.executable, "-m", "gateway", "serve", "--config", str(config),
+                "--port", str(port), *(extra_args or [])]
+        server = start_server(args, port, directory / "gateway.log", env=env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def upstream_model(upstream: ServerProcess, behaviour: str, **extra: Any) -> dict[str, Any]:
+    """Settings of a gateway model backed by one behaviour of the scriptable upstream."""
+    return {"backend": "http", "base_url": upstream.url + "/v1", "upstream_model": behaviour,
+            **extra}
+
+
+@pytest.fixture(scope="session")
+def gateway(gateway_factory: GatewayFactory, upstream: ServerProcess) -> ServerProcess:
+    """One tiergate with a model for each behaviour of the scriptable upstream."""
+    sections = {
+        f"models.{name}": upstream_model(upstream, name)
+        for name in ["echo", "cut", "stream-error", "garbage", "html", "status-400",
+                     "status-429", "status-500", "status-503"]
+    }
+    sections["models.slow"] = upstream_model(upstream, "slow-2000", first_byte_timeout_s=0.5)
+    sections["models.refused"] = {"backend": "http",
+                                  "base_url": f"http://127.0.0.1:{free_port()}/v1",
+                                  "upstream_model": "gone", "connect_timeout_s": 1.0}
+    sections["server"] = {"max_body_bytes": 65536}
+    return gateway_factory(sections)
