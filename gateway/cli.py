@@ -65,6 +65,22 @@ def _eval_text(evaluation: dict[str, Any] | None) -> str:
     return f"{evaluation['id']} score={evaluation['score']}" if evaluation else "-"
 
 
+def _prepare(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.embedded import CATALOGUE, prepare, source_record
+    from gateway.settings import EngineModelSettings
+
+    names = args.names or [m.packaged for m in settings.models.values()
+                           if isinstance(m, EngineModelSettings) and m.packaged]
+    if not names:
+        print("packaged models:", ", ".join(CATALOGUE), "(none configured)")
+        return 0
+    for name in dict.fromkeys(names):
+        path = prepare(name, settings.models_dir, force=args.force)
+        record = source_record(path) or {}
+        print(f"{name}: {path}  weights sha256 {record.get('weights_sha256')}")
+    return 0
+
+
 def _keys(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.auth import hash_key, new_key
 
@@ -97,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start each backend to learn what it actually serves")
     models.add_argument("--json", action="store_true")
     models.set_defaults(handler=_models)
+
+    prepare = sub.add_parser("prepare", parents=[common],
+                             help="convert packaged models (default: the configured ones) once")
+    prepare.add_argument("names", nargs="*", metavar="NAME")
+    prepare.add_argument("--force", action="store_true", help="convert again")
+    prepare.set_defaults(handler=_prepare)
 
     keys = sub.add_parser("keys", help="make or hash client API keys", parents=[common])
     keys.add_argument("action", choices=["new", "hash"])

@@ -12,20 +12,41 @@ from gateway.backends import create_backend
 from gateway.backends.base import Backend
 from gateway.errors import ModelNotFoundError
 from gateway.protocol import model_card
-from gateway.settings import Settings
+from gateway.settings import EngineModelSettings, ModelSettings, Settings
 
 log = logging.getLogger("tiergate.registry")
 
 
+def resolve_packaged(settings: Settings) -> dict[str, ModelSettings]:
+    """Models with ``packaged = NAME`` get ``path = models_dir/NAME`` (made by :meth:`prepare`)."""
+    resolved: dict[str, ModelSettings] = {}
+    for name, model in settings.models.items():
+        if isinstance(model, EngineModelSettings) and model.packaged is not None:
+            model = model.model_copy(update={"path": settings.models_dir / model.packaged})
+        resolved[name] = model
+    return resolved
+
+
 class ModelRegistry:
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.backends: dict[str, Backend] = {
-            name: create_backend(name, model) for name, model in settings.models.items()
+            name: create_backend(name, model)
+            for name, model in resolve_packaged(settings).items()
         }
         self.created = int(time.time())
 
+    async def prepare(self) -> None:
+        """Convert the packaged models that are not converted yet (once; slow the first time)."""
+        from gateway.embedded import prepare
+
+        for model in self.settings.models.values():
+            if isinstance(model, EngineModelSettings) and model.packaged is not None:
+                await asyncio.to_thread(prepare, model.packaged, self.settings.models_dir)
+
     async def start(self) -> None:
         """Start every backend concurrently; one that cannot start fails the whole start."""
+        await self.prepare()
         await asyncio.gather(*(b.start() for b in self.backends.values()))
 
     async def aclose(self) -> None:

@@ -48,10 +48,24 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _describe(error: Any) -> tuple[str, str | None]:
-    loc = [str(part) for part in error.get("loc", ()) if not str(part).startswith("function-")]
-    param = ".".join(loc) or None
-    message = str(error.get("msg", "invalid value"))
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "json-or-python"}
+
+
+def _param(loc: tuple[Any, ...]) -> str | None:
+    """A pydantic error location as OpenAI's ``param`` (``messages.0.role``), without the
+    union-member tags pydantic inserts (``str``, ``list[int]``, ``function-after[...]``)."""
+    parts = [str(p) for p in loc
+             if isinstance(p, int) or (str(p) not in _TYPE_TAGS and not any(c in str(p)
+                                                                         for c in "[-"))]
+    return ".".join(parts) or None
+
+
+def _describe(errors: list[Any]) -> tuple[str, str | None]:
+    param = _param(errors[0].get("loc", ()))
+    # A union reports one error per member: say what each would have needed.
+    messages = list(dict.fromkeys(str(e.get("msg", "invalid value")) for e in errors
+                                  if _param(e.get("loc", ())) == param))
+    message = "; or ".join(messages[:3])
     return (f"{param}: {message}" if param else message), param
 
 
@@ -66,7 +80,7 @@ def parse(model: type[M], body: bytes) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        message, param = _describe(exc.errors(include_url=False, include_input=False)[0])
+        message, param = _describe(exc.errors(include_url=False, include_input=False))
         raise InvalidRequestError(message, param=param) from exc
 
 

@@ -85,7 +85,7 @@ class OpenAIServing:
         except StopAsyncIteration:
             first = None
         except BaseException:
-            await upstream.aclose()
+            await _aclose(upstream)
             raise
         model = backend.describe()
         chunks = protocol.ChunkBuilder(gen.kind, gen.request_id, backend.name,

