@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Collection
 from typing import Any
 
 from gateway import __version__
@@ -36,18 +37,20 @@ class ModelRegistry:
         }
         self.created = int(time.time())
 
-    async def prepare(self) -> None:
+    async def prepare(self, names: Collection[str]) -> None:
         """Convert the packaged models that are not converted yet (once; slow the first time)."""
         from gateway.embedded import prepare
 
-        for model in self.settings.models.values():
+        for name in names:
+            model = self.settings.models[name]
             if isinstance(model, EngineModelSettings) and model.packaged is not None:
                 await asyncio.to_thread(prepare, model.packaged, self.settings.models_dir)
 
-    async def start(self) -> None:
-        """Start every backend concurrently; one that cannot start fails the whole start."""
-        await self.prepare()
-        await asyncio.gather(*(b.start() for b in self.backends.values()))
+    async def start(self, names: Collection[str] | None = None) -> None:
+        """Start the backends (all, or ``names``) concurrently; one that fails fails the start."""
+        chosen = list(self.backends) if names is None else [self.get(n).name for n in names]
+        await self.prepare(chosen)
+        await asyncio.gather(*(self.backends[n].start() for n in chosen))
 
     async def aclose(self) -> None:
         await asyncio.gather(*(b.aclose() for b in self.backends.values()),

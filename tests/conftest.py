@@ -141,6 +141,7 @@ def gateway(gateway_factory: GatewayFactory, upstream: ServerProcess) -> ServerP
                      "status-429", "status-500", "status-503"]
     }
     sections["models.slow"] = upstream_model(upstream, "slow-2000", first_byte_timeout_s=0.5)
+    sections["models.stall"] = upstream_model(upstream, "stall-500")
     sections["models.refused"] = {"backend": "http",
                                   "base_url": f"http://127.0.0.1:{free_port()}/v1",
                                   "upstream_model": "gone", "connect_timeout_s": 1.0}

@@ -70,3 +70,17 @@ def test_invalid_settings_are_named(tmp_path: Path, text: str, needle: str) -> N
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(tmp_path / "absent.toml")
+
+
+def test_every_field_is_documented() -> None:
+    from pydantic import BaseModel
+
+    from gateway.settings import AuthSettings, ServerSettings, Settings
+    from tests.conftest import REPO
+
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    sections: list[type[BaseModel]] = [Settings, ServerSettings, AuthSettings,
+                                       HTTPModelSettings, EngineModelSettings]
+    missing = [f"{cls.__name__}.{name}" for cls in sections for name in cls.model_fields
+               if f"`{name}`" not in doc]
+    assert not missing, f"fields missing from docs/configuration.md: {missing}"

@@ -1,0 +1,41 @@
+"""Streams end cleanly only when the answer did; a vanished client ends the upstream call."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from tests.conftest import ServerProcess
+
+
+def open_streams(upstream: ServerProcess) -> int:
+    count: int = httpx.get(upstream.url + "/stats").json()["open_streams"]
+    return count
+
+
+def test_client_disconnect_cancels_the_upstream_stream(gateway: ServerProcess,
+                                                       upstream: ServerProcess) -> None:
+    body = {"model": "stall", "stream": True, "messages": [{"role": "user", "content": "x" * 40}]}
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body,
+                      timeout=10) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+        assert open_streams(upstream) == 1
+    # The client is gone: the gateway must close its upstream connection, and the upstream's
+    # handler must end long before the 20 stalled chunks (10 s) would have.
+    deadline = time.monotonic() + 5
+    while open_streams(upstream) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert open_streams(upstream) == 0
+
+
+def test_gateway_keeps_serving_after_disconnects(gateway: ServerProcess) -> None:
+    body = {"model": "stall", "stream": True, "messages": [{"role": "user", "content": "y"}]}
+    for _ in range(5):
+        with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body,
+                          timeout=10) as response:
+            next(response.iter_lines())
+    ok = httpx.post(gateway.url + "/v1/chat/completions", timeout=10, json={
+        "model": "echo", "messages": [{"role": "user", "content": "still here"}]})
+    assert ok.json()["choices"][0]["message"]["content"] == "echo: still here"
