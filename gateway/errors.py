@@ -16,8 +16,8 @@ Hierarchy (status, OpenAI ``type``)::
     ├── AuthenticationError            401 authentication_error (code invalid_api_key)
     ├── PermissionDeniedError          403 permission_error
     ├── RateLimitError                 429 rate_limit_error (+ Retry-After)
-    ├── UpstreamError                  502 upstream_error (the model server failed or spoke nonsense)
-    ├── ServiceUnavailableError        503 service_unavailable (+ Retry-After; circuit open, draining)
+    ├── UpstreamError                  502 upstream_error (the model server failed / spoke nonsense)
+    ├── ServiceUnavailableError        503 service_unavailable (+ Retry-After; circuit open)
     ├── UpstreamTimeoutError           504 timeout_error
     └── ModelIntegrityError            500 model_integrity_error (weights do not match the pin)
 

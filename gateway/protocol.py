@@ -134,7 +134,8 @@ class ChatCompletionRequest(_SamplingFields):
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
 
-    passthrough_fields: ClassVar[tuple[str, ...]] = ("user", "tools", "tool_choice", "response_format")
+    passthrough_fields: ClassVar[tuple[str, ...]] = (
+        "user", "tools", "tool_choice", "response_format")
 
     @model_validator(mode="after")
     def _logprobs(self) -> ChatCompletionRequest:
@@ -215,7 +216,9 @@ def _completion_logprobs(logprobs: list[TokenLogprob], offset: int = 0) -> dict[
     }
 
 
-def _choice_extras(choice: ChoiceResult | GenerationChunk, return_token_ids: bool) -> dict[str, Any]:
+def _choice_extras(
+    choice: ChoiceResult | GenerationChunk, return_token_ids: bool
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if choice.stop_reason is not None:
         out["stop_reason"] = choice.stop_reason
@@ -331,7 +334,8 @@ class ChunkBuilder:
             choice = {
                 "index": index,
                 "text": chunk.text,
-                "logprobs": _completion_logprobs(chunk.logprobs, offset) if chunk.logprobs else None,
+                "logprobs": (_completion_logprobs(chunk.logprobs, offset)
+                             if chunk.logprobs else None),
                 "finish_reason": chunk.finish_reason,
                 **chunk.extra,
                 **extras,

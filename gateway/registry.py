@@ -10,9 +10,9 @@ from typing import Any
 
 from gateway import __version__
 from gateway.backends import create_backend
-from gateway.backends.base import Backend
 from gateway.errors import ModelNotFoundError
 from gateway.protocol import model_card
+from gateway.resilience import GuardedBackend
 from gateway.settings import EngineModelSettings, ModelSettings, Settings
 
 log = logging.getLogger("tiergate.registry")
@@ -31,8 +31,9 @@ def resolve_packaged(settings: Settings) -> dict[str, ModelSettings]:
 class ModelRegistry:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.backends: dict[str, Backend] = {
-            name: create_backend(name, model)
+        self.backends: dict[str, GuardedBackend] = {
+            name: GuardedBackend(create_backend(name, model), model.max_in_flight,
+                                 model.breaker_failures, model.breaker_reset_s)
             for name, model in resolve_packaged(settings).items()
         }
         self.created = int(time.time())
@@ -56,7 +57,11 @@ class ModelRegistry:
         await asyncio.gather(*(b.aclose() for b in self.backends.values()),
                              return_exceptions=True)
 
-    def get(self, name: str) -> Backend:
+    def settings_of(self, name: str) -> ModelSettings:
+        self.get(name)
+        return self.settings.models[name]
+
+    def get(self, name: str) -> GuardedBackend:
         backend = self.backends.get(name)
         if backend is None:
             raise ModelNotFoundError(f"The model '{name}' does not exist", param="model")

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import protocol
-from gateway.backends.base import Backend, GenerationChunk, GenerationRequest, StreamAccumulator
+from gateway.backends.base import GenerationChunk, GenerationRequest, StreamAccumulator
+from gateway.dispatch import Dispatcher, aclose
 from gateway.errors import TiergateError, internal_error
 from gateway.modeltuple import ModelTuple
 from gateway.protocol import SSE_DONE, sse_event
@@ -55,6 +56,7 @@ class OpenAIServing:
     def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
         self.settings = settings
         self.registry = registry
+        self.dispatcher = Dispatcher(registry)
 
     def _prepare(self, req: protocol.OpenAIRequest, ctx: RequestContext) -> GenerationRequest:
         gen = req.to_generation_request(ctx.request_id)
@@ -65,32 +67,22 @@ class OpenAIServing:
         return gen
 
     async def create(self, req: protocol.OpenAIRequest, ctx: RequestContext) -> Served:
-        backend = self.registry.get(req.model)
+        self.registry.get(req.model)  # an unknown model is a 404 before anything else
         gen = self._prepare(req, ctx)
         if req.stream:
-            return await self._stream(backend, req, gen)
-        result = await backend.generate(gen)
+            return await self._stream(req, gen)
+        result = await self.dispatcher.generate(req.model, gen)
         build = protocol.chat_completion if gen.kind == "chat" else protocol.completion
-        body = build(result, ctx.request_id, backend.name, gen.return_token_ids)
+        body = build(result, ctx.request_id, result.model.name, gen.return_token_ids)
         return Served(headers=_model_headers(result.model, gen), body=body)
 
-    async def _stream(
-        self, backend: Backend, req: protocol.OpenAIRequest, gen: GenerationRequest
-    ) -> Served:
-        upstream = backend.stream(gen)
-        # Wait for the first chunk before committing to a 200: a failure up to here is an
-        # ordinary HTTP error (and later, a retry or a fallback), not an error event.
-        try:
-            first: GenerationChunk | None = await anext(upstream)
-        except StopAsyncIteration:
-            first = None
-        except BaseException:
-            await _aclose(upstream)
-            raise
-        model = backend.describe()
-        chunks = protocol.ChunkBuilder(gen.kind, gen.request_id, backend.name,
-                                       gen.return_token_ids)
-        events = self._events(upstream, first, chunks, model, gen, req.include_usage)
+    async def _stream(self, req: protocol.OpenAIRequest, gen: GenerationRequest) -> Served:
+        # The first chunk arrives before the 200 is committed: a failure up to there is an
+        # ordinary HTTP error, after retries and fallbacks (gateway.dispatch).
+        opened = await self.dispatcher.open_stream(req.model, gen)
+        model = opened.backend.describe()
+        chunks = protocol.ChunkBuilder(gen.kind, gen.request_id, model.name, gen.return_token_ids)
+        events = self._events(opened.rest, opened.first, chunks, model, gen, req.include_usage)
         return Served(headers=_model_headers(model, gen), stream=events)
 
     async def _events(
@@ -121,13 +113,8 @@ class OpenAIServing:
             yield sse_event(internal_error().body())
             return
         finally:
-            await _aclose(upstream)
+            await aclose(upstream)
         if include_usage:
             yield sse_event(chunks.usage(accumulator.usage or accumulator.result().usage))
         yield SSE_DONE
 
-
-async def _aclose(iterator: AsyncIterator[Any]) -> None:
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        await aclose()

@@ -61,6 +61,19 @@ class _ModelBase(_Section):
     """Pinned quantization; ``None`` takes what the backend reports."""
     validating_eval: EvalRef | None = None
     """The eval that validated this tuple (written by ``tiergate eval``)."""
+    retries: int = Field(default=1, ge=0, le=10)
+    """Extra attempts on this model when it fails before anything reached the client."""
+    retry_backoff_s: float = Field(default=0.05, ge=0)
+    """Pause before a retry (doubled each time)."""
+    fallbacks: list[str] = Field(default_factory=list)
+    """Models to try, in order, when this one still fails (e.g. small → large, or a pinned
+    rollback version)."""
+    max_in_flight: int = Field(default=256, ge=1)
+    """Requests in flight to this model at once; one more gets 429 with Retry-After."""
+    breaker_failures: int = Field(default=5, ge=1)
+    """Consecutive failures that open this model's circuit breaker."""
+    breaker_reset_s: float = Field(default=10.0, gt=0)
+    """How long an open circuit fails fast before one probe is let through."""
 
 
 class HTTPModelSettings(_ModelBase):
@@ -132,6 +145,15 @@ class Settings(BaseSettings):
     default_seed_draw: bool = True
     """Sampled requests without a ``seed`` get one drawn by the gateway and passed down, so every
     sampled output can be reproduced."""
+
+    @model_validator(mode="after")
+    def _fallbacks_exist(self) -> Settings:
+        for name, model in self.models.items():
+            unknown = [f for f in model.fallbacks if f not in self.models or f == name]
+            if unknown:
+                raise ValueError(f"models.{name}.fallbacks: not other configured models: "
+                                 f"{unknown}")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -25,6 +25,15 @@ def free_port() -> int:
         return port
 
 
+@pytest.fixture(scope="session")
+def dead_url() -> Iterator[str]:
+    """An API root on a port that refuses connections, held (bound, not listening) for the
+    whole session so that no server started later can take it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+
+
 @dataclass
 class ServerProcess:
     """A server in a child process; ``url`` is its root (``http://127.0.0.1:PORT``)."""
@@ -133,7 +142,8 @@ def upstream_model(upstream: ServerProcess, behaviour: str, **extra: Any) -> dic
 
 
 @pytest.fixture(scope="session")
-def gateway(gateway_factory: GatewayFactory, upstream: ServerProcess) -> ServerProcess:
+def gateway(gateway_factory: GatewayFactory, upstream: ServerProcess,
+            dead_url: str) -> ServerProcess:
     """One tiergate with a model for each behaviour of the scriptable upstream."""
     sections = {
         f"models.{name}": upstream_model(upstream, name)
@@ -142,8 +152,7 @@ def gateway(gateway_factory: GatewayFactory, upstream: ServerProcess) -> ServerP
     }
     sections["models.slow"] = upstream_model(upstream, "slow-2000", first_byte_timeout_s=0.5)
     sections["models.stall"] = upstream_model(upstream, "stall-500")
-    sections["models.refused"] = {"backend": "http",
-                                  "base_url": f"http://127.0.0.1:{free_port()}/v1",
+    sections["models.refused"] = {"backend": "http", "base_url": dead_url,
                                   "upstream_model": "gone", "connect_timeout_s": 1.0}
     sections["server"] = {"max_body_bytes": 65536}
     return gateway_factory(sections)

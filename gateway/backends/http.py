@@ -99,7 +99,8 @@ class HTTPBackend(Backend):
             headers["authorization"] = f"Bearer {s.api_key.get_secret_value()}"
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=s.max_connections, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(total=s.total_timeout_s, sock_connect=s.connect_timeout_s),
+            timeout=aiohttp.ClientTimeout(total=s.total_timeout_s,
+                                          sock_connect=s.connect_timeout_s),
             headers=headers,
             json_serialize=lambda obj: orjson.dumps(obj).decode(),
             skip_auto_headers=("accept-encoding",),

@@ -79,7 +79,8 @@ def test_completions_endpoint(gateway: ServerProcess) -> None:
 
 
 def test_completions_default_max_tokens_is_16(gateway: ServerProcess) -> None:
-    completion = client(gateway).completions.create(model="echo", prompt="the quick brown fox jumps over the lazy dog")
+    completion = client(gateway).completions.create(
+        model="echo", prompt="the quick brown fox jumps over the lazy dog")
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage is not None and completion.usage.completion_tokens == 16
 
