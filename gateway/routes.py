@@ -127,10 +127,15 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": status, "models": models})
 
 
+async def openapi(request: Request) -> Response:
+    return JSONResponse(state_of(request).openapi)
+
+
 ROUTES = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
     Route("/health", health, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
 ]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.auth import KeyAuthenticator
+from gateway.openapi import openapi_document
 from gateway.registry import ModelRegistry
 from gateway.serving import OpenAIServing
 from gateway.settings import Settings
@@ -16,6 +18,7 @@ class GatewayState:
     registry: ModelRegistry
     serving: OpenAIServing
     auth: KeyAuthenticator
+    openapi: dict[str, Any]
 
     @classmethod
     def build(cls, settings: Settings) -> GatewayState:
@@ -25,4 +28,5 @@ class GatewayState:
             registry=registry,
             serving=OpenAIServing(settings, registry),
             auth=KeyAuthenticator(settings.auth.api_keys),
+            openapi=openapi_document(),
         )

@@ -75,8 +75,8 @@ class FakeUpstream:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/stats", self.stats)
         app.router.add_get("/last", self.last)
-        app.router.add_post("/v1/chat/completions", self.complete)
-        app.router.add_post("/v1/completions", self.complete)
+        app.router.add_post("/v1/chat/completions", self.robust_complete)
+        app.router.add_post("/v1/completions", self.robust_complete)
         return app
 
     async def models(self, request: web.Request) -> web.Response:
@@ -88,6 +88,15 @@ class FakeUpstream:
 
     async def last(self, request: web.Request) -> web.Response:
         return web.json_response({"body": self.last_body, "headers": self.last_headers})
+
+    async def robust_complete(self, request: web.Request) -> web.StreamResponse:
+        """Like a real server: input it cannot use is a 400, never a crash."""
+        try:
+            return await self.complete(request)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            error = {"message": f"fake upstream cannot use this request: {exc!r}",
+                     "type": "invalid_request_error", "param": None, "code": None}
+            return web.json_response({"error": error}, status=400)
 
     async def complete(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
