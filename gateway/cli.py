@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--force", action="store_true", help="convert again")
     prepare.set_defaults(handler=_prepare)
 
+    from canary.commands import add_commands as add_canary_commands
+
+    add_canary_commands(sub, common)
+
     keys = sub.add_parser("keys", help="make or hash client API keys", parents=[common])
     keys.add_argument("action", choices=["new", "hash"])
     keys.add_argument("key", nargs="?")

@@ -19,13 +19,14 @@ _ERROR = {
 }
 
 
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+
+
 def _operation(summary: str, schema_ref: str | None) -> dict[str, Any]:
     responses: dict[str, Any] = {
         "200": {"description": "OpenAI-shaped answer (JSON, or SSE when stream is true)"},
-        "4XX": {"description": "client error",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-        "5XX": {"description": "upstream or gateway error",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        "4XX": {"description": "client error", "content": _ERROR_CONTENT},
+        "5XX": {"description": "upstream or gateway error", "content": _ERROR_CONTENT},
     }
     operation: dict[str, Any] = {"summary": summary, "responses": responses}
     if schema_ref is not None:
@@ -45,7 +46,8 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "tiergate", "version": __version__,
                  "description": "OpenAI-compatible inference gateway (see docs/protocol.md)"},
         "paths": {
-            "/v1/chat/completions": {"post": _operation("Chat completion", "ChatCompletionRequest")},
+            "/v1/chat/completions": {"post": _operation("Chat completion",
+                                                        "ChatCompletionRequest")},
             "/v1/completions": {"post": _operation("Text completion", "CompletionRequest")},
             "/v1/models": {"get": _operation("Served models and their model tuples", None)},
             "/v1/models/{model}": {"get": {**_operation("One served model", None), "parameters": [
