@@ -1,0 +1,1 @@
+"""Canary sets, graders and drift checks against pinned model versions."""
