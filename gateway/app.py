@@ -84,6 +84,7 @@ def create_app(settings: Settings) -> Starlette:
             yield
         finally:
             await state.registry.aclose()
+            state.telemetry.shutdown()
 
     app = Starlette(
         routes=ROUTES,

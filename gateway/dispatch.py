@@ -20,6 +20,7 @@ from gateway.backends.base import Backend, GenerationChunk, GenerationRequest, G
 from gateway.errors import TiergateError
 from gateway.registry import ModelRegistry
 from gateway.resilience import BACKEND_FAILURES
+from gateway.telemetry import Telemetry
 
 log = logging.getLogger("tiergate.dispatch")
 
@@ -35,8 +36,9 @@ T = TypeVar("T")
 
 
 class Dispatcher:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, telemetry: Telemetry) -> None:
         self.registry = registry
+        self.telemetry = telemetry
 
     def chain(self, name: str) -> list[str]:
         return [name, *self.registry.settings_of(name).fallbacks]
@@ -51,7 +53,9 @@ class Dispatcher:
             delay = settings.retry_backoff_s
             for attempt in range(settings.retries + 1):
                 try:
-                    return await call(self.registry.get(model))
+                    with self.telemetry.span("tiergate.backend", **{
+                            "tiergate.model": model, "tiergate.attempt": attempt + 1}):
+                        return await call(self.registry.get(model))
                 except BACKEND_FAILURES as exc:
                     last = exc
                     log.warning("request %s: model %s attempt %d failed: %s",

@@ -96,7 +96,10 @@ async def _completions(request: Request, model: type[protocol.OpenAIRequest]) ->
     caller = state.auth.authenticate(request.headers.get("authorization"))
     body = await read_body(request, state.settings.server.max_body_bytes)
     parsed = parse(model, body)
-    ctx = RequestContext(request_id=request.scope["state"]["request_id"], caller=caller)
+    ctx = RequestContext(request_id=request.scope["state"]["request_id"], caller=caller,
+                         trace_headers={k: v for k in ("traceparent", "tracestate")
+                                        if (v := request.headers.get(k)) is not None},
+                         operation=request.url.path)
     return _respond(await state.serving.create(parsed, ctx))
 
 
@@ -127,6 +130,11 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": status, "models": models})
 
 
+async def metrics(request: Request) -> Response:
+    return Response(state_of(request).telemetry.prometheus_text(),
+                    media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
 async def openapi(request: Request) -> Response:
     return JSONResponse(state_of(request).openapi)
 
@@ -138,4 +146,5 @@ ROUTES = [
     Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
     Route("/health", health, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
 ]

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import protocol
-from gateway.backends.base import GenerationChunk, GenerationRequest, StreamAccumulator
+from gateway.backends.base import GenerationChunk, GenerationRequest, StreamAccumulator, Usage
 from gateway.dispatch import Dispatcher, aclose
 from gateway.errors import TiergateError, internal_error
 from gateway.modeltuple import ModelTuple
 from gateway.protocol import SSE_DONE, sse_event
 from gateway.registry import ModelRegistry
 from gateway.settings import Settings
+from gateway.telemetry import Telemetry
 
 log = logging.getLogger("tiergate.serving")
 
@@ -32,6 +34,10 @@ SEED_BOUND = 2**31
 class RequestContext:
     request_id: str
     caller: str | None = None
+    trace_headers: dict[str, str] = field(default_factory=dict)
+    """The client's ``traceparent`` / ``tracestate``, continued by the request's span."""
+    operation: str = "completion"
+    received: float = field(default_factory=time.perf_counter)
 
 
 @dataclass(slots=True)
@@ -53,10 +59,12 @@ def _model_headers(model: ModelTuple, request: GenerationRequest) -> dict[str, s
 class OpenAIServing:
     """Chat completions and completions over the model registry."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
+    def __init__(self, settings: Settings, registry: ModelRegistry,
+                 telemetry: Telemetry) -> None:
         self.settings = settings
         self.registry = registry
-        self.dispatcher = Dispatcher(registry)
+        self.telemetry = telemetry
+        self.dispatcher = Dispatcher(registry, telemetry)
 
     def _prepare(self, req: protocol.OpenAIRequest, ctx: RequestContext) -> GenerationRequest:
         gen = req.to_generation_request(ctx.request_id)
@@ -67,22 +75,42 @@ class OpenAIServing:
         return gen
 
     async def create(self, req: protocol.OpenAIRequest, ctx: RequestContext) -> Served:
-        self.registry.get(req.model)  # an unknown model is a 404 before anything else
-        gen = self._prepare(req, ctx)
-        if req.stream:
-            return await self._stream(req, gen)
-        result = await self.dispatcher.generate(req.model, gen)
+        span = self.telemetry.start_request_span(f"POST {ctx.operation}", ctx.trace_headers,
+                                                 ctx.request_id, req.model)
+        try:
+            with self.telemetry.use(span):
+                self.registry.get(req.model)  # an unknown model is a 404 before anything else
+                gen = self._prepare(req, ctx)
+                if req.stream:
+                    return await self._stream(req, gen, ctx, span)
+                result = await self.dispatcher.generate(req.model, gen)
+        except TiergateError as exc:
+            self._finish(span, ctx, req.model, req.model, exc.status, None, None, exc)
+            raise
+        except BaseException as exc:
+            self._finish(span, ctx, req.model, req.model, 500, None, None, exc)
+            raise
         build = protocol.chat_completion if gen.kind == "chat" else protocol.completion
         body = build(result, ctx.request_id, result.model.name, gen.return_token_ids)
+        self._finish(span, ctx, req.model, result.model.name, 200, None, result.usage)
         return Served(headers=_model_headers(result.model, gen), body=body)
 
-    async def _stream(self, req: protocol.OpenAIRequest, gen: GenerationRequest) -> Served:
+    def _finish(self, span: Any, ctx: RequestContext, route: str, model: str, status: int,
+                ttft_s: float | None, usage: Usage | None,
+                error: BaseException | None = None) -> None:
+        self.telemetry.observe_request(
+            route, model, status, time.perf_counter() - ctx.received, ttft_s,
+            usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+        self.telemetry.end_span(span, status, error)
+
+    async def _stream(self, req: protocol.OpenAIRequest, gen: GenerationRequest,
+                      ctx: RequestContext, span: Any) -> Served:
         # The first chunk arrives before the 200 is committed: a failure up to there is an
         # ordinary HTTP error, after retries and fallbacks (gateway.dispatch).
         opened = await self.dispatcher.open_stream(req.model, gen)
         model = opened.backend.describe()
         chunks = protocol.ChunkBuilder(gen.kind, gen.request_id, model.name, gen.return_token_ids)
-        events = self._events(opened.rest, opened.first, chunks, model, gen, req.include_usage)
+        events = self._events(opened.rest, opened.first, chunks, model, gen, req, ctx, span)
         return Served(headers=_model_headers(model, gen), stream=events)
 
     async def _events(
@@ -92,9 +120,13 @@ class OpenAIServing:
         chunks: protocol.ChunkBuilder,
         model: ModelTuple,
         gen: GenerationRequest,
-        include_usage: bool,
+        req: protocol.OpenAIRequest,
+        ctx: RequestContext,
+        span: Any,
     ) -> AsyncIterator[bytes]:
         accumulator = StreamAccumulator(model, gen.sampling.n)
+        status: int = 200
+        error: BaseException | None = None
         try:
             if first is not None:
                 accumulator.add(first)
@@ -104,17 +136,23 @@ class OpenAIServing:
                 accumulator.add(chunk)
                 if chunk.index is not None:
                     yield sse_event(chunks.chunk(chunk))
+            if req.include_usage:
+                yield sse_event(chunks.usage(accumulator.usage or accumulator.result().usage))
+            yield SSE_DONE
         except TiergateError as exc:
             log.warning("request %s: stream failed: %s", gen.request_id, exc.message)
+            status, error = exc.status, exc
             yield sse_event(exc.body())
-            return
-        except Exception:
+        except Exception as exc:
             log.exception("request %s: stream failed", gen.request_id)
+            status, error = 500, exc
             yield sse_event(internal_error().body())
-            return
+        except BaseException as exc:  # the client went away (cancelled / generator closed)
+            status, error = 499, exc
+            raise
         finally:
             await aclose(upstream)
-        if include_usage:
-            yield sse_event(chunks.usage(accumulator.usage or accumulator.result().usage))
-        yield SSE_DONE
-
+            ttft = accumulator.first_token_s
+            self._finish(span, ctx, req.model, model.name, status,
+                         None if ttft is None else ttft + (accumulator.started - ctx.received),
+                         accumulator.usage, error)

@@ -50,6 +50,17 @@ class AuthSettings(_Section):
     """Client keys. Empty: the OpenAI surface is open (for loopback and development)."""
 
 
+class TelemetrySettings(_Section):
+    metrics: bool = True
+    """OpenTelemetry metrics, exposed as Prometheus text at ``/metrics``."""
+    tracing: bool = True
+    """A span per request with child spans per backend call; ``traceparent`` sent upstream."""
+    otlp_endpoint: str | None = None
+    """OTLP/HTTP collector root (e.g. ``http://otel-collector:4318``) to export spans to."""
+    service_name: str = "tiergate"
+    """``service.name`` of the exported telemetry."""
+
+
 class _ModelBase(_Section):
     """What every configured model pins, whatever serves it."""
 
@@ -138,6 +149,7 @@ class Settings(BaseSettings):
     """The file these settings were read from (set by :func:`load_settings`)."""
     server: ServerSettings = Field(default_factory=ServerSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     """Served models by the name clients use."""
     models_dir: Path = Path("var/models")

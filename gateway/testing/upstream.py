@@ -15,6 +15,8 @@ kind of broken one:
 ``stall-MS``       sends the headers and the first chunk, then waits MS milliseconds per chunk
 =================  ==============================================================================
 
+It is also an OTLP/HTTP trace receiver (``POST /v1/traces``) for telemetry tests.
+
 Every request it served is counted at ``GET /stats`` (``{"requests": N, "open_streams": K}``), so
 tests can check that cancelled requests really ended upstream.
 
@@ -69,12 +71,14 @@ class FakeUpstream:
         self.open_streams = 0
         self.last_body: dict[str, Any] | None = None
         self.last_headers: dict[str, str] = {}
+        self.trace_exports: list[bytes] = []
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/stats", self.stats)
         app.router.add_get("/last", self.last)
+        app.router.add_post("/v1/traces", self.traces)
         app.router.add_post("/v1/chat/completions", self.robust_complete)
         app.router.add_post("/v1/completions", self.robust_complete)
         return app
@@ -84,7 +88,13 @@ class FakeUpstream:
         return web.json_response({"object": "list", "data": cards})
 
     async def stats(self, request: web.Request) -> web.Response:
-        return web.json_response({"requests": self.requests, "open_streams": self.open_streams})
+        return web.json_response({"requests": self.requests, "open_streams": self.open_streams,
+                                  "trace_exports": [e.hex() for e in self.trace_exports]})
+
+    async def traces(self, request: web.Request) -> web.Response:
+        """An OTLP/HTTP trace receiver (protobuf bodies kept as they came)."""
+        self.trace_exports.append(await request.read())
+        return web.Response(body=b"", content_type="application/x-protobuf")
 
     async def last(self, request: web.Request) -> web.Response:
         return web.json_response({"body": self.last_body, "headers": self.last_headers})
