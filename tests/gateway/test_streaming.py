@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import time
 
 import httpx
+import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import GatewayFactory, ServerProcess, upstream_model
 
 
 def open_streams(upstream: ServerProcess) -> int:
@@ -39,3 +41,26 @@ def test_gateway_keeps_serving_after_disconnects(gateway: ServerProcess) -> None
     ok = httpx.post(gateway.url + "/v1/chat/completions", timeout=10, json={
         "model": "echo", "messages": [{"role": "user", "content": "still here"}]})
     assert ok.json()["choices"][0]["message"]["content"] == "echo: still here"
+
+
+def test_graceful_shutdown_drains_in_flight_streams(gateway_factory: GatewayFactory,
+                                                    upstream: ServerProcess) -> None:
+    gateway = gateway_factory({"models.stall": upstream_model(upstream, "stall-500"),
+                               "server": {"graceful_shutdown_s": 20}})
+    body = {"model": "stall", "stream": True, "messages": [{"role": "user", "content": "drain"}]}
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body,
+                      timeout=30) as response:
+        lines = response.iter_lines()
+        first = next(lines)
+        gateway.process.send_signal(signal.SIGTERM)  # mid-stream: ~5 s of answer still to come
+        time.sleep(0.5)
+        with pytest.raises(httpx.ConnectError):  # no new work is accepted while draining
+            httpx.get(gateway.url + "/health", timeout=2)
+        rest = [line for line in lines if line]
+    assert first.startswith("data: ")
+    assert rest[-1] == "data: [DONE]"
+    text = "".join(httpx.Response(200, content=line[6:]).json()["choices"][0]["delta"]
+                   .get("content", "") for line in [first, *rest[:-1]])
+    assert text == "echo: drain"
+    gateway.process.wait(10)
+    assert "Application shutdown complete" in gateway.logs()
