@@ -10,12 +10,18 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import protocol
-from gateway.backends.base import GenerationChunk, GenerationRequest, StreamAccumulator, Usage
+from gateway.backends.base import (
+    GenerationChunk,
+    GenerationRequest,
+    GenerationResult,
+    StreamAccumulator,
+    Usage,
+)
 from gateway.dispatch import Dispatcher, aclose
 from gateway.errors import TiergateError, internal_error
 from gateway.modeltuple import ModelTuple
@@ -23,6 +29,7 @@ from gateway.protocol import SSE_DONE, sse_event
 from gateway.registry import ModelRegistry
 from gateway.settings import Settings
 from gateway.telemetry import Telemetry
+from router.decision import Decision
 
 log = logging.getLogger("tiergate.serving")
 
@@ -38,6 +45,29 @@ class RequestContext:
     """The client's ``traceparent`` / ``tracestate``, continued by the request's span."""
     operation: str = "completion"
     received: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(slots=True)
+class CompletedRequest:
+    """Everything about one answered request, handed to listeners (records, shadow mirroring)
+    after the response is complete. Listeners must not block: they queue and return."""
+
+    ctx: RequestContext
+    route: str
+    """The ``model`` the client asked for."""
+    client_request: protocol.OpenAIRequest
+    """The request as the client sent it (validated; ``model_dump`` gives the JSON)."""
+    request: GenerationRequest
+    """The request as applied: every sampling parameter, the effective seed."""
+    results: list[GenerationResult]
+    """Every model call's result, in call order (a cascade: the small answer, then the large)."""
+    decision: Decision | None
+    stream: bool
+    status: int
+    finished_at: float = field(default_factory=time.time)
+
+
+CompletionListener = Callable[[CompletedRequest], None]
 
 
 @dataclass(slots=True)
@@ -65,6 +95,20 @@ class OpenAIServing:
         self.registry = registry
         self.telemetry = telemetry
         self.dispatcher = Dispatcher(registry, telemetry)
+        self.listeners: list[CompletionListener] = []
+
+    def _completed(self, ctx: RequestContext, req: protocol.OpenAIRequest,
+                   gen: GenerationRequest, results: list[GenerationResult],
+                   decision: Decision | None) -> None:
+        if not self.listeners:
+            return
+        done = CompletedRequest(ctx, req.model, req, gen, results, decision, stream=req.stream,
+                                status=200)
+        for listener in self.listeners:
+            try:
+                listener(done)
+            except Exception:  # a listener's bug must never fail the request
+                log.exception("request %s: completion listener failed", done.ctx.request_id)
 
     def _prepare(self, req: protocol.OpenAIRequest, ctx: RequestContext) -> GenerationRequest:
         gen = req.to_generation_request(ctx.request_id)
@@ -93,6 +137,7 @@ class OpenAIServing:
         build = protocol.chat_completion if gen.kind == "chat" else protocol.completion
         body = build(result, ctx.request_id, result.model.name, gen.return_token_ids)
         self._finish(span, ctx, req.model, result.model.name, 200, None, result.usage)
+        self._completed(ctx, req, gen, [result], None)
         return Served(headers=_model_headers(result.model, gen), body=body)
 
     def _finish(self, span: Any, ctx: RequestContext, route: str, model: str, status: int,
@@ -136,9 +181,11 @@ class OpenAIServing:
                 accumulator.add(chunk)
                 if chunk.index is not None:
                     yield sse_event(chunks.chunk(chunk))
+            result = accumulator.result()
             if req.include_usage:
-                yield sse_event(chunks.usage(accumulator.usage or accumulator.result().usage))
+                yield sse_event(chunks.usage(result.usage))
             yield SSE_DONE
+            self._completed(ctx, req, gen, [result], None)
         except TiergateError as exc:
             log.warning("request %s: stream failed: %s", gen.request_id, exc.message)
             status, error = exc.status, exc
@@ -156,3 +203,4 @@ class OpenAIServing:
             self._finish(span, ctx, req.model, model.name, status,
                          None if ttft is None else ttft + (accumulator.started - ctx.received),
                          accumulator.usage, error)
+

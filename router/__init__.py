@@ -1,0 +1,1 @@
+"""Routing policy: which tier answers a request (fixed, prompt-only, cascade)."""
