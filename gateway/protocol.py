@@ -153,6 +153,8 @@ class ChatCompletionRequest(_SamplingFields):
             messages=[m.model_dump(exclude_none=True) for m in self.messages],
             passthrough=self._passthrough(),
             return_token_ids=self.return_token_ids,
+            max_tokens_field=("max_completion_tokens" if self.max_completion_tokens is not None
+                              else "max_tokens"),
         )
 
 

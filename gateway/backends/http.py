@@ -48,25 +48,27 @@ def _retry_after(headers: Any) -> float | None:
         return None
 
 
-def _upstream_message(status: int, body: bytes) -> str:
+def _upstream_message(status: int, body: bytes) -> tuple[str, str | None]:
+    """The upstream's error message, and the parameter it names (OpenAI's ``param``)."""
     try:
         data = orjson.loads(body)
         error = data.get("error") if isinstance(data, dict) else None
         if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])
+            param = error.get("param")
+            return str(error["message"]), str(param) if isinstance(param, str) else None
         if isinstance(data, dict) and data.get("message"):  # vLLM < 0.6 style
-            return str(data["message"])
+            return str(data["message"]), None
     except orjson.JSONDecodeError:
         pass
-    return body[:200].decode("utf-8", "replace") or f"HTTP {status}"
+    return body[:200].decode("utf-8", "replace") or f"HTTP {status}", None
 
 
 def map_status(status: int, body: bytes, headers: Any) -> TiergateError:
     """An upstream's error response → the error the client sees."""
-    message = _upstream_message(status, body)
+    message, param = _upstream_message(status, body)
     retry_after = _retry_after(headers)
     if status in (400, 422):
-        return InvalidRequestError(message, code="upstream_rejected_request")
+        return InvalidRequestError(message, param=param, code="upstream_rejected_request")
     if status == 413:
         return RequestTooLargeError(message)
     if status == 429:

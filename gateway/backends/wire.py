@@ -33,7 +33,7 @@ def request_body(request: GenerationRequest, upstream_model: str, stream: bool) 
     if request.kind == "chat":
         body["messages"] = request.messages
         if s.max_tokens is not None:
-            body["max_completion_tokens"] = s.max_tokens
+            body[request.max_tokens_field] = s.max_tokens
         if s.logprobs is not None:
             body["logprobs"] = True
             body["top_logprobs"] = s.logprobs
@@ -123,7 +123,7 @@ def parse_choice(raw: dict[str, Any], chat: bool) -> ChoiceResult:
         extra = {k: v for k, v in message.items() if k not in _MESSAGE_KNOWN and v is not None}
     else:
         text = raw.get("text") or ""
-        extra = {k: v for k, v in raw.items() if k not in _CHOICE_KNOWN}
+        extra = {k: v for k, v in raw.items() if k not in _CHOICE_KNOWN and v is not None}
     return ChoiceResult(
         index=int(raw.get("index", 0)),
         text=str(text),
@@ -164,7 +164,8 @@ def parse_chunk(data: Any, chat: bool) -> list[GenerationChunk]:
                          if k not in _MESSAGE_KNOWN and v is not None}
             else:
                 text = raw.get("text") or ""
-                extra = {k: v for k, v in raw.items() if k not in _CHOICE_KNOWN}
+                extra = {k: v for k, v in raw.items()
+                         if k not in _CHOICE_KNOWN and v is not None}
             out.append(
                 GenerationChunk(
                     index=int(raw.get("index", 0)),

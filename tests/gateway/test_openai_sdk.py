@@ -124,7 +124,8 @@ def test_unknown_and_vllm_fields_reach_the_upstream(gateway: ServerProcess,
     body = last["body"]
     assert body["model"] == "echo"
     assert body["temperature"] == 0.5 and body["top_p"] == 1.0
-    assert body["max_completion_tokens"] == 50 and body["stop"] == ["zzz"]
+    assert body["max_completion_tokens"] == 50 and "max_tokens" not in body
+    assert body["stop"] == ["zzz"]
     assert body["top_k"] == 5 and body["min_p"] == 0.1 and body["repetition_penalty"] == 1.1
     assert body["stop_token_ids"] == [7]
     assert body["custom_field"] == {"a": 1} and body["user"] == "u-1"
