@@ -377,6 +377,7 @@ def test_completions_string_prompt(client: openai.OpenAI, vllm: ServerProcess) -
         "model": UPSTREAM_MODEL, "prompt": prompt, "max_tokens": 6, "temperature": 0}).json()
     assert completion.choices[0].text == direct["choices"][0]["text"]
     assert completion.usage.prompt_tokens == direct["usage"]["prompt_tokens"]
+    assert None not in (completion.choices[0].model_extra or {}).values()  # no null extras
 
 
 async def test_completions_stream(gateway_url: str, client: openai.OpenAI) -> None:
@@ -396,6 +397,7 @@ def test_upstream_400_is_bad_request(client: openai.OpenAI) -> None:
     assert caught.value.status_code == 400
     assert "cannot be greater than max_model_len=2048" in caught.value.message  # vLLM's words
     assert caught.value.type == "invalid_request_error"
+    assert caught.value.param in (None, "max_tokens")  # the name the client used, if vLLM names it
 
 
 async def test_upstream_400_is_bad_request_async(gateway_url: str) -> None:
