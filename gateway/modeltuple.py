@@ -9,6 +9,7 @@ on anything else.
 from __future__ import annotations
 
 import hashlib
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -76,12 +77,17 @@ class ModelTuple(BaseModel):
 
     def digest(self) -> str:
         """sha256 over the canonical JSON of :meth:`identity`."""
+        return self._digest
+
+    @cached_property
+    def _digest(self) -> str:  # a tuple is immutable: hash it once, not per request
         canonical = orjson.dumps(self.identity(), option=orjson.OPT_SORT_KEYS)
         return "sha256:" + hashlib.sha256(canonical).hexdigest()
 
     def short_digest(self) -> str:
-        return self.digest()[7:19]
+        return self._digest[7:19]
 
+    @cached_property
     def header_value(self) -> str:
         """``x-tiergate-model``: the name, and the tuple digest that pins what answered."""
         return f"{self.name}@{self.short_digest()}"

@@ -72,6 +72,17 @@ def _describe(errors: list[Any]) -> tuple[str, str | None]:
 def parse(model: type[M], body: bytes) -> M:
     """A request body → its typed model, or a 400 that names the offending parameter."""
     try:
+        return model.model_validate_json(body)  # one pass over the bytes, no dict in between
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] in ("json_invalid", "model_type"):
+            return _parse_slowly(model, body)
+        message, param = _describe(exc.errors(include_url=False, include_input=False))
+        raise InvalidRequestError(message, param=param) from exc
+
+
+def _parse_slowly(model: type[M], body: bytes) -> M:
+    """The error for a body that is not a JSON object, in words a client understands."""
+    try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequestError(f"The body is not valid JSON: {exc}") from exc
@@ -99,7 +110,7 @@ async def _completions(request: Request, model: type[protocol.OpenAIRequest]) ->
     ctx = RequestContext(request_id=request.scope["state"]["request_id"], caller=caller,
                          trace_headers={k: v for k in ("traceparent", "tracestate")
                                         if (v := request.headers.get(k)) is not None},
-                         operation=request.url.path)
+                         operation=request.scope["path"])
     return _respond(await state.serving.create(parsed, ctx))
 
 

@@ -79,8 +79,11 @@ class Served:
     stream: AsyncIterator[bytes] | None = None
 
 
-def _model_headers(model: ModelTuple, request: GenerationRequest) -> dict[str, str]:
-    headers = {"x-tiergate-model": model.header_value()}
+def _model_headers(model: ModelTuple, request: GenerationRequest,
+                   recorded: bool = False) -> dict[str, str]:
+    headers = {"x-tiergate-model": model.header_value}
+    if recorded:
+        headers["x-tiergate-record-id"] = request.request_id
     if request.sampling.seed is not None:
         headers["x-tiergate-seed"] = str(request.sampling.seed)
     return headers
@@ -96,6 +99,10 @@ class OpenAIServing:
         self.telemetry = telemetry
         self.dispatcher = Dispatcher(registry, telemetry)
         self.listeners: list[CompletionListener] = []
+        self.admission: list[Callable[[], None]] = []
+        """Checks before a request is served; one that raises refuses it (records' backpressure)."""
+        self.recorded = False
+        """A recorder listens: answers carry ``x-tiergate-record-id``."""
 
     def _completed(self, ctx: RequestContext, req: protocol.OpenAIRequest,
                    gen: GenerationRequest, results: list[GenerationResult],
@@ -112,6 +119,7 @@ class OpenAIServing:
 
     def _prepare(self, req: protocol.OpenAIRequest, ctx: RequestContext) -> GenerationRequest:
         gen = req.to_generation_request(ctx.request_id)
+        gen.trace_headers = ctx.trace_headers
         sampling = gen.sampling
         if sampling.seed is None and not sampling.greedy and self.settings.default_seed_draw:
             # The effective seed: drawn here and passed down, so a sampled answer can be replayed.
@@ -124,6 +132,8 @@ class OpenAIServing:
         try:
             with self.telemetry.use(span):
                 self.registry.get(req.model)  # an unknown model is a 404 before anything else
+                for admit in self.admission:
+                    admit()
                 gen = self._prepare(req, ctx)
                 if req.stream:
                     return await self._stream(req, gen, ctx, span)
@@ -138,7 +148,7 @@ class OpenAIServing:
         body = build(result, ctx.request_id, result.model.name, gen.return_token_ids)
         self._finish(span, ctx, req.model, result.model.name, 200, None, result.usage)
         self._completed(ctx, req, gen, [result], None)
-        return Served(headers=_model_headers(result.model, gen), body=body)
+        return Served(headers=_model_headers(result.model, gen, self.recorded), body=body)
 
     def _finish(self, span: Any, ctx: RequestContext, route: str, model: str, status: int,
                 ttft_s: float | None, usage: Usage | None,
@@ -156,7 +166,7 @@ class OpenAIServing:
         model = opened.backend.describe()
         chunks = protocol.ChunkBuilder(gen.kind, gen.request_id, model.name, gen.return_token_ids)
         events = self._events(opened.rest, opened.first, chunks, model, gen, req, ctx, span)
-        return Served(headers=_model_headers(model, gen), stream=events)
+        return Served(headers=_model_headers(model, gen, self.recorded), stream=events)
 
     async def _events(
         self,
@@ -184,8 +194,8 @@ class OpenAIServing:
             result = accumulator.result()
             if req.include_usage:
                 yield sse_event(chunks.usage(result.usage))
+            self._completed(ctx, req, gen, [result], None)  # recorded before [DONE] goes out
             yield SSE_DONE
-            self._completed(ctx, req, gen, [result], None)
         except TiergateError as exc:
             log.warning("request %s: stream failed: %s", gen.request_id, exc.message)
             status, error = exc.status, exc

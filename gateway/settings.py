@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from gateway.errors import ConfigError
 from gateway.modeltuple import AdapterRef, EvalRef, Quantization
+from gateway.records.settings import RecordsSettings
 
 
 class _Section(BaseModel):
@@ -48,13 +49,18 @@ class ApiKey(_Section):
 class AuthSettings(_Section):
     api_keys: list[ApiKey] = Field(default_factory=list)
     """Client keys. Empty: the OpenAI surface is open (for loopback and development)."""
+    admin_keys: list[ApiKey] = Field(default_factory=list)
+    """Keys of the admin API (``/admin/...``), separate from client keys. Empty: it is off."""
 
 
 class TelemetrySettings(_Section):
     metrics: bool = True
-    """OpenTelemetry metrics, exposed as Prometheus text at ``/metrics``."""
+    """Request metrics, exposed as Prometheus text at ``/metrics``."""
     tracing: bool = True
     """A span per request with child spans per backend call; ``traceparent`` sent upstream."""
+    trace_sample_ratio: float = Field(default=0.05, ge=0.0, le=1.0)
+    """Share of requests traced when the client sent no ``traceparent`` (a sampled client
+    trace is always continued)."""
     otlp_endpoint: str | None = None
     """OTLP/HTTP collector root (e.g. ``http://otel-collector:4318``) to export spans to."""
     service_name: str = "tiergate"
@@ -150,6 +156,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    records: RecordsSettings = Field(default_factory=RecordsSettings)
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     """Served models by the name clients use."""
     models_dir: Path = Path("var/models")

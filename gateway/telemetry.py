@@ -1,22 +1,23 @@
-"""Metrics and traces: OpenTelemetry SDK, metrics exposed as Prometheus text at ``/metrics``.
+"""Metrics and traces.
 
-Each app owns its providers (no global OpenTelemetry state is set), so several gateways can live
-in one process. Traces: one server span per request, child spans for routing, the verifier and
-each backend call; the W3C ``traceparent`` of the current span is sent to HTTP upstreams; spans
-go to an OTLP/HTTP collector when ``telemetry.otlp_endpoint`` is set.
-
-Metric names (Prometheus): ``tiergate_requests_total``, ``tiergate_request_duration_seconds``,
-``tiergate_time_to_first_token_seconds``, ``tiergate_tokens_total``,
-``tiergate_escalations_total``, ``tiergate_in_flight``, ``tiergate_circuit_state``,
-``tiergate_record_queue_depth`` (labels and meanings in docs/operations.md).
+Metrics: :mod:`gateway.metrics` instruments (about a microsecond per request; see there why not
+OpenTelemetry's metric SDK), Prometheus text at ``/metrics``. Traces: the OpenTelemetry SDK — a
+server span per sampled request, a child span per backend attempt, the W3C ``traceparent`` sent
+to HTTP upstreams, OTLP/HTTP export when ``telemetry.otlp_endpoint`` is set. Sampling is
+parent-based: a client's sampled ``traceparent`` is always traced (and continued); otherwise a
+``trace_sample_ratio`` share of requests is. An unsampled request creates no span at all, and a
+client's unsampled ``traceparent`` is passed upstream unchanged. Each app owns its providers and
+registry: no global state, several gateways can live in one process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import random
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+from gateway.metrics import Counter, Gauge, Histogram, MetricsRegistry
 from gateway.settings import TelemetrySettings
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -29,68 +30,39 @@ Gauges = Callable[[], dict[str, float]]
 class Telemetry:
     def __init__(self, settings: TelemetrySettings) -> None:
         self.settings = settings
-        self._gauges: dict[str, Gauges] = {}
-        self._registry: Any = None
+        self.registry = MetricsRegistry()
+        self.requests = Counter("tiergate_requests_total",
+                                "Requests answered, by route, model and status",
+                                ("route", "model", "status"))
+        self.duration = Histogram("tiergate_request_duration_seconds",
+                                  "Whole request latency (a stream: until its last byte)",
+                                  ("route", "model", "status"), LATENCY_BUCKETS)
+        self.ttft = Histogram("tiergate_time_to_first_token_seconds",
+                              "Time from request arrival to the first token",
+                              ("route", "model"), LATENCY_BUCKETS)
+        self.tokens = Counter("tiergate_tokens_total",
+                              "Tokens in (prompt) and out (completion), by model",
+                              ("model", "direction"))
+        self.escalations = Counter("tiergate_escalations_total",
+                                   "Requests a route sent to its large model", ("route",))
+        self.gauges = {
+            "tiergate_in_flight": Gauge("tiergate_in_flight", "Requests in flight, by model",
+                                        "model"),
+            "tiergate_circuit_state": Gauge("tiergate_circuit_state",
+                                            "Circuit breaker: 0 closed, 1 half-open, 2 open",
+                                            "model"),
+            "tiergate_record_queue_depth": Gauge("tiergate_record_queue_depth",
+                                                 "Decode records waiting for the sink", None),
+        }
+        metrics: list[Counter | Histogram | Gauge] = [
+            self.requests, self.duration, self.ttft, self.tokens, self.escalations,
+            *self.gauges.values()]
+        for metric in metrics:
+            self.registry.add(metric)
         self._tracer: Any = None
-        self._meter_provider: Any = None
         self._tracer_provider: Any = None
-        if settings.metrics:
-            self._setup_metrics()
         if settings.tracing:
             self._setup_tracing()
-
-    # -- set-up ------------------------------------------------------------------------------
-
-    def _setup_metrics(self) -> None:
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
-        from opentelemetry.sdk.resources import Resource
-        from prometheus_client import CollectorRegistry
-
-        self._registry = CollectorRegistry(auto_describe=True)
-        reader = PrometheusMetricReader(disable_target_info=True, scope_info_enabled=False,
-                                        registry=self._registry)
-        self._meter_provider = MeterProvider(
-            metric_readers=[reader],
-            resource=Resource.create({"service.name": self.settings.service_name}),
-            views=[View(instrument_name="*duration*",
-                        aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS)),
-                   View(instrument_name="*first_token*",
-                        aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS))],
-        )
-        meter = self._meter_provider.get_meter("tiergate")
-        self.requests = meter.create_counter(
-            "tiergate_requests", description="Requests answered, by route, model and status")
-        self.duration = meter.create_histogram(
-            "tiergate_request_duration", unit="s",
-            description="Whole request latency (a stream: until its last byte)")
-        self.ttft = meter.create_histogram(
-            "tiergate_time_to_first_token", unit="s",
-            description="Time to the first token of an answer")
-        self.tokens = meter.create_counter(
-            "tiergate_tokens", description="Tokens in (prompt) and out (completion), by model")
-        self.escalations = meter.create_counter(
-            "tiergate_escalations", description="Requests a route sent to its large model")
-        for name, description in (
-            ("tiergate_in_flight", "Requests in flight, by model"),
-            ("tiergate_circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open"),
-            ("tiergate_record_queue_depth", "Decode records waiting for the sink"),
-        ):
-            meter.create_observable_gauge(name, callbacks=[self._observer(name)],
-                                          description=description)
-
-    def _observer(self, name: str) -> Callable[[Any], Iterator[Any]]:
-        from opentelemetry.metrics import Observation
-
-        def observe(options: Any) -> Iterator[Any]:
-            source = self._gauges.get(name)
-            if source is None:
-                return
-            for label, value in source().items():
-                yield Observation(value, {"model": label} if label else {})
-
-        return observe
 
     def _setup_tracing(self) -> None:
         from opentelemetry.sdk.resources import Resource
@@ -110,56 +82,53 @@ class Telemetry:
     def shutdown(self) -> None:
         if self._tracer_provider is not None:
             self._tracer_provider.shutdown()
-        if self._meter_provider is not None:
-            self._meter_provider.shutdown()
 
-    # -- use ---------------------------------------------------------------------------------
+    # -- metrics -----------------------------------------------------------------------------
 
     def gauge(self, name: str, source: Gauges) -> None:
-        """Report ``source()`` (label → value) as the observable gauge ``name``."""
-        self._gauges[name] = source
+        """Report ``source()`` (label value → number) as the gauge ``name`` when scraped."""
+        self.gauges[name].source = source
 
     def observe_request(self, route: str, model: str, status: int, duration_s: float,
                         ttft_s: float | None, prompt_tokens: int,
                         completion_tokens: int) -> None:
-        if self._registry is None:
+        if not self.settings.metrics:
             return
-        labels = {"route": route, "model": model, "status": str(status)}
-        self.requests.add(1, labels)
-        self.duration.record(duration_s, labels)
+        labels = (route, model, str(status))
+        self.requests.inc(labels)
+        self.duration.observe(labels, duration_s)
         if ttft_s is not None:
-            self.ttft.record(ttft_s, {"route": route, "model": model})
+            self.ttft.observe((route, model), ttft_s)
         if prompt_tokens:
-            self.tokens.add(prompt_tokens, {"model": model, "direction": "in"})
+            self.tokens.inc((model, "in"), prompt_tokens)
         if completion_tokens:
-            self.tokens.add(completion_tokens, {"model": model, "direction": "out"})
+            self.tokens.inc((model, "out"), completion_tokens)
+
+    def count_escalation(self, route: str) -> None:
+        if self.settings.metrics:
+            self.escalations.inc((route,))
 
     def prometheus_text(self) -> bytes:
-        if self._registry is None:
-            return b""
-        from prometheus_client import generate_latest
+        return self.registry.render() if self.settings.metrics else b""
 
-        text: bytes = generate_latest(self._registry)
-        return text
-
-    def span(self, name: str, **attributes: Any) -> AbstractContextManager[Any]:
-        """A span (child of the current one), or nothing when tracing is off."""
-        if self._tracer is None:
-            return nullcontext()
-        span: AbstractContextManager[Any] = self._tracer.start_as_current_span(
-            name, attributes=attributes)
-        return span
+    # -- traces ------------------------------------------------------------------------------
 
     def start_request_span(self, name: str, trace_headers: dict[str, str], request_id: str,
                            model: str) -> Any:
-        """The request's server span (not yet current; see :meth:`use`), continuing the trace
-        whose ``traceparent`` the client sent. ``None`` when tracing is off."""
+        """The request's server span if this request is sampled (not yet current; see
+        :meth:`use`), else ``None``."""
         if self._tracer is None:
+            return None
+        parent = trace_headers.get("traceparent")
+        if parent is not None:
+            if not parent.endswith("-01"):
+                return None  # the client's trace is not sampled: pass it on untouched
+        elif random.random() >= self.settings.trace_sample_ratio:
             return None
         from opentelemetry.propagate import extract
         from opentelemetry.trace import SpanKind
 
-        context = extract(trace_headers) if trace_headers else None
+        context = extract(trace_headers) if parent is not None else None
         return self._tracer.start_span(
             name, context=context, kind=SpanKind.SERVER,
             attributes={"tiergate.request_id": request_id, "tiergate.route": model})
@@ -172,19 +141,38 @@ class Telemetry:
 
         return use_span(span, end_on_exit=False)
 
+    def span(self, name: str, **attributes: Any) -> AbstractContextManager[Any]:
+        """A child of the current span — only inside a sampled request."""
+        if self._tracer is None or not _recording():
+            return nullcontext()
+        span: AbstractContextManager[Any] = self._tracer.start_as_current_span(
+            name, attributes=attributes)
+        return span
+
     def end_span(self, span: Any, status: int, error: BaseException | None) -> None:
         if span is None:
             return
         from opentelemetry.trace import Status, StatusCode
 
         span.set_attribute("http.response.status_code", status)
-        if status >= 500 or (error is not None and status != 499 and status >= 400):
+        if status >= 500:
             span.set_status(Status(StatusCode.ERROR, str(error) if error else None))
         span.end()
 
 
-def inject_traceparent(headers: dict[str, str]) -> None:
-    """Add the current span's W3C ``traceparent`` (and ``tracestate``) to upstream headers."""
-    from opentelemetry.propagate import inject
+def _recording() -> bool:
+    from opentelemetry.trace import get_current_span
 
-    inject(headers)
+    return bool(get_current_span().is_recording())
+
+
+def trace_headers_for_upstream(client_headers: dict[str, str]) -> dict[str, str]:
+    """What to send upstream: the current span's ``traceparent`` inside a sampled request,
+    else the client's own trace headers unchanged (if it sent any)."""
+    if _recording():
+        from opentelemetry.propagate import inject
+
+        headers: dict[str, str] = {}
+        inject(headers)
+        return headers
+    return client_headers

@@ -62,6 +62,8 @@ class GenerationRequest:
     fields): HTTP upstreams receive them verbatim; the in-process engine rejects what it cannot
     honour."""
     return_token_ids: bool = False
+    trace_headers: dict[str, str] = field(default_factory=dict)
+    """The client's W3C trace headers (``traceparent``, ``tracestate``), if it sent any."""
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     """Which name the client used for the token budget: HTTP upstreams get the same one, so
     their errors name the parameter the client sent."""

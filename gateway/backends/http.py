@@ -36,7 +36,7 @@ from gateway.errors import (
 )
 from gateway.modeltuple import ModelTuple, Quantization
 from gateway.settings import HTTPModelSettings
-from gateway.telemetry import inject_traceparent
+from gateway.telemetry import trace_headers_for_upstream
 
 log = logging.getLogger("tiergate.backends.http")
 
@@ -213,8 +213,8 @@ class HTTPBackend(Backend):
             await self.probe()
         assert self.upstream_model is not None
         body = orjson.dumps(request_body(request, self.upstream_model, stream))
-        headers = {"content-type": "application/json", "x-request-id": request.request_id}
-        inject_traceparent(headers)
+        headers = {"content-type": "application/json", "x-request-id": request.request_id,
+                   **trace_headers_for_upstream(request.trace_headers)}
         try:
             async with asyncio.timeout(self.settings.first_byte_timeout_s):
                 resp = await self.session.post(self._url(request), data=body, headers=headers)
