@@ -1,0 +1,118 @@
+"""The routing policy: for a route such as ``auto``, which tier answers a request.
+
+Three modes, chosen per route:
+
+- ``fixed``: always one tier (``tier = "small"`` or ``"large"``) — a baseline, or a kill switch;
+- ``prompt``: a **prompt** verifier scores the request before any generation; escalate to the
+  large model when ``score >= threshold``; one model call;
+- ``cascade``: the small model answers first (with logprobs), an **answer** verifier scores the
+  request with that answer; accept it, or escalate: the large model answers. A cascade that
+  accepts costs one small call; one that escalates costs both.
+
+The policy works on plain request/result objects (no HTTP): the caller passes a function that
+generates with a named model. Every decision says which verifier (id + sha256) and threshold it
+used, the score, and a digest of exactly what the verifier saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from gateway.backends.base import GenerationRequest, GenerationResult
+from router.decision import Decision, Mode, Tier
+from router.thresholds import ThresholdStore
+
+if TYPE_CHECKING:
+    from verifiers.data import VerifierInput
+    from verifiers.scoring import Verifier
+
+Generate = Callable[[str, GenerationRequest], Awaitable[GenerationResult]]
+
+
+@dataclass(slots=True)
+class Route:
+    name: str
+    mode: Mode
+    small: str
+    large: str
+    tier: Tier = "small"
+    """For ``fixed`` routes: the tier that always answers."""
+    verifier: Verifier | None = None
+
+
+def verifier_input(request: GenerationRequest, answer: GenerationResult | None) -> VerifierInput:
+    """What a verifier sees: the prompt text, and the small model's answer with its logprobs."""
+    from verifiers.data import Answer, VerifierInput
+
+    body: dict[str, Any] = ({"messages": request.messages} if request.kind == "chat"
+                            else {"prompt": request.prompt if isinstance(request.prompt, str)
+                                  else ""})
+    small_answer = None
+    if answer is not None:
+        choice = answer.choices[0]
+        logprobs = tuple(lp.logprob for lp in choice.logprobs) if choice.logprobs else None
+        tops = (tuple(tuple(t.logprob for t in lp.top) for lp in choice.logprobs)
+                if choice.logprobs else None)
+        small_answer = Answer(choice.text, logprobs, tops)
+    return VerifierInput.from_request(body, small_answer)
+
+
+def feature_digest(item: VerifierInput) -> str:
+    payload = {"prompt": item.prompt, "slice": item.slice,
+               "answer": None if item.answer is None else {
+                   "text": item.answer.text, "token_logprobs": item.answer.token_logprobs}}
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class Router:
+    def __init__(self, routes: dict[str, Route], thresholds: ThresholdStore) -> None:
+        self.routes = routes
+        self.thresholds = thresholds
+
+    def _decision(self, route: Route, tier: Tier, **fields: Any) -> Decision:
+        return Decision(route=route.name, mode=route.mode, tier=tier,
+                        model=route.small if tier == "small" else route.large,
+                        escalated=tier == "large" and route.mode != "fixed", **fields)
+
+    def _scored(self, route: Route, request: GenerationRequest,
+                answer: GenerationResult | None) -> Decision:
+        assert route.verifier is not None
+        item = verifier_input(request, answer)
+        score = float(route.verifier.score(item))
+        threshold = self.thresholds.get(route.name)
+        tier: Tier = "large" if score >= threshold else "small"
+        return self._decision(route, tier, verifier_id=route.verifier.id,
+                              verifier_sha256=route.verifier.sha256,
+                              feature_digest=feature_digest(item), score=score,
+                              threshold=threshold)
+
+    def decide_before(self, route: Route, request: GenerationRequest) -> Decision:
+        """``fixed`` and ``prompt`` routes: the tier, before any model is called."""
+        if route.mode == "fixed":
+            return self._decision(route, route.tier)
+        if route.mode == "prompt":
+            return self._scored(route, request, None)
+        raise ValueError(f"route {route.name} is a cascade: use cascade()")
+
+    async def cascade(self, route: Route, request: GenerationRequest,
+                      generate: Generate) -> tuple[Decision, GenerationResult]:
+        """The small model answers (logprobs on); the answer verifier accepts it or escalates.
+        Returns the decision and the small result (the caller produces the large answer when
+        the decision escalates, streamed or not)."""
+        small_request = request
+        if request.sampling.logprobs is None:  # the verifier reads logprobs; the client won't
+            from dataclasses import replace
+
+            small_request = replace(request, sampling=replace(request.sampling, logprobs=0))
+        small = await generate(route.small, small_request)
+        decision = self._scored(route, request, small)
+        decision.candidates.append(route.small)
+        if request.sampling.logprobs is None:  # scored: now hide what the client did not ask for
+            for choice in small.choices:
+                choice.logprobs = None
+        return decision, small

@@ -1,0 +1,78 @@
+"""Thresholds: local reads, live changes across replicas through a real Redis, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from router.thresholds import ThresholdError, ThresholdStore
+from tests.conftest import RedisProcess
+
+
+async def wait_for(predicate: object, timeout: float = 2.0) -> float:
+    started = time.monotonic()
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() - started < timeout, "condition not reached in time"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
+async def test_in_process_store() -> None:
+    store = ThresholdStore({"auto": 0.5})
+    await store.start()
+    assert store.get("auto") == 0.5
+    await store.set("auto", 0.3)
+    assert store.get("auto") == 0.3
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ThresholdError):
+            await store.set("auto", bad)
+    with pytest.raises(ThresholdError):
+        await store.set("nope", 0.5)
+
+
+async def test_a_change_reaches_every_replica_within_a_second(redis_server: RedisProcess) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    replicas = [ThresholdStore({"auto": 0.5, "cheap": 0.7}, redis_server.url, prefix)
+                for _ in range(3)]
+    for replica in replicas:
+        await replica.start()
+    try:
+        await wait_for(lambda: all(r.connected for r in replicas))
+        await replicas[0].set("auto", 0.25)
+        took = await wait_for(lambda: all(r.get("auto") == 0.25 for r in replicas), 1.0)
+        assert took < 1.0
+        assert replicas[2].get("cheap") == 0.7
+        # A replica that starts later reads the stored value, not its default.
+        late = ThresholdStore({"auto": 0.5, "cheap": 0.7}, redis_server.url, prefix)
+        await late.start()
+        await wait_for(lambda: late.get("auto") == 0.25)
+        await late.aclose()
+    finally:
+        for replica in replicas:
+            await replica.aclose()
+
+
+async def test_redis_outage_never_blocks_reads(redis_server: RedisProcess) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    writer = ThresholdStore({"auto": 0.5}, redis_server.url, prefix)
+    reader = ThresholdStore({"auto": 0.5}, redis_server.url, prefix)
+    await writer.start()
+    await reader.start()
+    try:
+        await wait_for(lambda: reader.connected and writer.connected)
+        await writer.set("auto", 0.4)
+        await wait_for(lambda: reader.get("auto") == 0.4)
+        redis_server.stop()
+        await wait_for(lambda: not reader.connected, 5.0)
+        assert reader.get("auto") == 0.4  # the last known value, served from memory
+        redis_server.start()
+        await wait_for(lambda: reader.connected and writer.connected, 10.0)
+        await writer.set("auto", 0.6)
+        await wait_for(lambda: reader.get("auto") == 0.6)
+    finally:
+        redis_server.start()
+        await writer.aclose()
+        await reader.aclose()
