@@ -12,10 +12,10 @@ from router.thresholds import ThresholdError, ThresholdStore
 from tests.conftest import RedisProcess
 
 
-async def wait_for(predicate: object, timeout: float = 2.0) -> float:
+async def wait_for(predicate: object, within: float = 2.0) -> float:
     started = time.monotonic()
     while not predicate():  # type: ignore[operator]
-        assert time.monotonic() - started < timeout, "condition not reached in time"
+        assert time.monotonic() - started < within, "condition not reached in time"
         await asyncio.sleep(0.01)
     return time.monotonic() - started
 
