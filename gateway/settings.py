@@ -125,6 +125,11 @@ class EngineModelSettings(_ModelBase):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     int8: bool = False
     """Dynamic int8 quantization of Linear layers (the small tier)."""
+    int8_keep_float: list[str] = Field(default_factory=list)
+    """With ``int8``: Linear layers kept in float, by name or name suffix (``down_proj``: the
+    Llama/Gemma MLP output, whose inputs carry outlier activations)."""
+    chat_template: Path | None = None
+    """A Jinja chat template file used instead of the tokenizer's (or tiergate's shipped one)."""
     adapter_path: Path | None = None
     """A LoRA adapter directory (peft) applied on the base weights."""
     max_new_tokens: int = Field(default=256, ge=1)
@@ -217,7 +222,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Relative model and adapter paths in a file are relative to the file."""
     for model in (data.get("models") or {}).values():
         if isinstance(model, dict):
-            for key in ("path", "adapter_path"):
+            for key in ("path", "adapter_path", "chat_template"):
                 if isinstance(model.get(key), str) and not Path(model[key]).is_absolute():
                     model[key] = str((base / model[key]).resolve())
     return data

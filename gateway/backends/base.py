@@ -154,6 +154,11 @@ class GenerationChunk:
     usage: Usage | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     """Delta fields passed on from an upstream (tool_calls, reasoning_content)."""
+    prompt_token_ids: list[int] | None = None
+    """On the final (usage) chunk, where the backend knows them: what records need of a
+    stream that a whole result carries too."""
+    rendered_prompt: str | None = None
+    runtime: dict[str, Any] | None = None
 
 
 class StreamAccumulator:
@@ -169,10 +174,17 @@ class StreamAccumulator:
         self.usage: Usage | None = None
         self.runtime: dict[str, Any] = {}
         self.prompt_token_ids: list[int] | None = None
+        self.rendered_prompt: str | None = None
 
     def add(self, chunk: GenerationChunk) -> None:
         if chunk.usage is not None:
             self.usage = chunk.usage
+        if chunk.prompt_token_ids is not None:
+            self.prompt_token_ids = chunk.prompt_token_ids
+        if chunk.rendered_prompt is not None:
+            self.rendered_prompt = chunk.rendered_prompt
+        if chunk.runtime is not None:
+            self.runtime = chunk.runtime
         if chunk.index is None:
             return
         if self.first_token_s is None and (chunk.text or chunk.token_ids):
@@ -204,6 +216,7 @@ class StreamAccumulator:
                 total_s=time.perf_counter() - self.started,
             ),
             prompt_token_ids=self.prompt_token_ids,
+            rendered_prompt=self.rendered_prompt,
             runtime=self.runtime,
         )
 
