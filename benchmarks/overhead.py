@@ -16,7 +16,7 @@ checks tiergate's resident memory stays flat over 100k requests.
     .venv/bin/python benchmarks/overhead.py [--sequential 2000] [--seconds 10] [--rss]
 
 Bars (one worker, this 2-core machine): added sequential p50 ≤ 0.7 ms, p99 ≤ 2 ms; throughput
-≥ 0.6× the floor's; added time-to-first-byte ≤ 1 ms; RSS growth ≤ 5 % over 100k requests.
+≥ 0.6x the floor's; added time-to-first-byte ≤ 1 ms; RSS growth ≤ 5 % over 100k requests.
 """
 
 from __future__ import annotations

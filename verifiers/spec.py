@@ -1,0 +1,182 @@
+"""What a verifier is made of: its features and classifier heads, as plain JSON-able data.
+
+A verifier has one or two **heads**, each a classifier over some of the verifier's feature
+blocks (TF-IDF of the prompt and/or of the answer, the slice one-hot, numeric extractors):
+
+- the **small head** predicts ``P(small answer is not good enough)`` (label ``not small_correct``);
+- the optional **large head** predicts ``P(large answer is correct)`` (label ``large_correct``).
+
+With target ``"gain"`` (the default) both heads are trained and the routing score is the
+expected accuracy gain of escalating, ``P(large right) - P(small right)`` in [-1, 1]: escalating
+where both models fail, or where only the small one is right, gains nothing, and ranking by the
+gain is what maximises the routing curve. With target ``"small-wrong"`` only the small head is
+trained and the score is ``P(small wrong)`` in [0, 1]. ``docs/verifiers.md`` explains the choice.
+
+Classifier models (``HeadSpec.model``), by name:
+
+- ``linear``: one logistic regression over the concatenated blocks (sparse TF-IDF, slice,
+  standardised numeric features); ``C``.
+- ``stacked``: a logistic regression per text source gives an out-of-fold probability that
+  becomes one more numeric column for an outer logistic regression (``C``, ``text_C``,
+  ``folds``) — or an outer gradient-boosting model with ``outer="gbdt"``.
+- ``gbdt``: histogram gradient boosting over the numeric and slice blocks (no text);
+  ``learning_rate``, ``max_iter``, ``max_depth``, ``min_samples_leaf``, ``l2_regularization``.
+
+Each head may be calibrated (``none``, ``sigmoid`` or ``isotonic``) on out-of-fold predictions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from verifiers.errors import SpecError
+from verifiers.features import EXTRACTORS, NEEDS_ANSWER
+
+Kind = Literal["prompt", "answer"]
+Target = Literal["gain", "small-wrong"]
+KINDS: tuple[Kind, ...] = ("prompt", "answer")
+TARGETS: tuple[Target, ...] = ("gain", "small-wrong")
+TEXT_SOURCES = ("prompt", "answer")
+MODELS = ("linear", "stacked", "gbdt")
+CALIBRATIONS = ("none", "sigmoid", "isotonic")
+
+
+@dataclass(frozen=True, slots=True)
+class TextSpec:
+    """TF-IDF over word n-grams (lower-cased, scikit-learn's default tokenizer)."""
+
+    ngram_max: int = 2
+    min_df: int = 2
+    max_features: int | None = 200_000
+    sublinear_tf: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class HeadSpec:
+    model: str = "linear"
+    text: tuple[str, ...] = ("prompt",)
+    slice: bool = True
+    numeric: tuple[str, ...] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)
+    calibration: str = "none"
+
+    def check(self, kind: Kind, extractors: tuple[str, ...]) -> None:
+        if self.model not in MODELS:
+            raise SpecError(f"unknown classifier model {self.model!r} (known: {', '.join(MODELS)})")
+        if self.calibration not in CALIBRATIONS:
+            raise SpecError(f"unknown calibration {self.calibration!r} "
+                            f"(known: {', '.join(CALIBRATIONS)})")
+        for source in self.text:
+            if source not in TEXT_SOURCES:
+                raise SpecError(f"unknown text source {source!r} (prompt, answer)")
+            if source == "answer" and kind == "prompt":
+                raise SpecError("a prompt verifier cannot read the answer text")
+        for name in self.numeric:
+            if name not in extractors:
+                raise SpecError(f"head uses numeric features {name!r} that the verifier does "
+                                f"not extract ({', '.join(extractors) or 'none'})")
+        if self.model == "gbdt" and self.text:
+            raise SpecError("a gbdt head takes no text blocks; use model 'stacked' with "
+                            "outer='gbdt'")
+        if not (self.text or self.slice or self.numeric):
+            raise SpecError("a head needs at least one feature block")
+
+
+@dataclass(frozen=True, slots=True)
+class VerifierSpec:
+    kind: Kind
+    target: Target = "gain"
+    text: TextSpec = field(default_factory=TextSpec)
+    extractors: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    small: HeadSpec = field(default_factory=HeadSpec)
+    large: HeadSpec | None = field(default_factory=HeadSpec)
+    slice_dropout: bool = True
+    """Train on every sliced row twice, with and without its slice (see models.fit_state)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise SpecError(f"unknown verifier kind {self.kind!r} (prompt, answer)")
+        if self.target not in TARGETS:
+            raise SpecError(f"unknown target {self.target!r} (gain, small-wrong)")
+        names = tuple(name for name, _ in self.extractors)
+        for name in names:
+            if name not in EXTRACTORS:
+                raise SpecError(f"unknown feature extractor {name!r} "
+                                f"(known: {', '.join(EXTRACTORS)})")
+            if self.kind == "prompt" and name in NEEDS_ANSWER:
+                raise SpecError(f"a prompt verifier cannot use answer features ({name!r})")
+        self.small.check(self.kind, names)
+        if self.target == "gain":
+            if self.large is None:
+                raise SpecError("target 'gain' needs a large head")
+            self.large.check(self.kind, names)
+            if "answer" in self.large.text:
+                raise SpecError("the large head predicts the large model's correctness from "
+                                "the request; it cannot read the small model's answer")
+
+    @property
+    def score_name(self) -> str:
+        return "expected_gain" if self.target == "gain" else "p_small_wrong"
+
+    def to_json(self) -> dict[str, Any]:
+        def head(spec: HeadSpec | None) -> dict[str, Any] | None:
+            if spec is None:
+                return None
+            obj = asdict(spec)
+            obj["text"] = list(spec.text)
+            obj["numeric"] = list(spec.numeric)
+            obj["params"] = dict(spec.params)
+            return obj
+
+        return {"kind": self.kind, "target": self.target, "text": asdict(self.text),
+                "extractors": [{"name": name, "params": dict(params)}
+                               for name, params in self.extractors],
+                "small": head(self.small),
+                "large": head(self.large) if self.target == "gain" else None,
+                "slice_dropout": self.slice_dropout}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> VerifierSpec:
+        def head(data: Mapping[str, Any] | None) -> HeadSpec | None:
+            if data is None:
+                return None
+            return HeadSpec(model=str(data["model"]), text=tuple(data["text"]),
+                            slice=bool(data["slice"]), numeric=tuple(data["numeric"]),
+                            params=dict(data["params"]),
+                            calibration=str(data.get("calibration", "none")))
+
+        try:
+            return cls(kind=obj["kind"], target=obj["target"], text=TextSpec(**obj["text"]),
+                       extractors=tuple((e["name"], dict(e["params"]))
+                                        for e in obj["extractors"]),
+                       small=head(obj["small"]) or HeadSpec(), large=head(obj.get("large")),
+                       slice_dropout=bool(obj.get("slice_dropout", False)))
+        except (KeyError, TypeError) as exc:
+            raise SpecError(f"invalid verifier spec: {exc!r}") from exc
+
+
+ANSWER_EXTRACTORS: tuple[tuple[str, Mapping[str, Any]], ...] = (
+    ("prompt_stats", {}), ("answer_stats", {}), ("arithmetic", {}), ("logprobs", {}))
+
+
+def preset(kind: Kind, target: Target = "gain") -> VerifierSpec:
+    """The default recipe of each kind (chosen by cross-validation on the RouteLLM train split,
+    see ``docs/verifiers.md``)."""
+    if kind == "prompt":
+        spec = VerifierSpec(
+            kind="prompt", target=target, extractors=(),
+            small=HeadSpec(model="linear", text=("prompt",), slice=True, params={"C": 1.0}),
+            large=HeadSpec(model="linear", text=("prompt",), slice=True, params={"C": 1.0}))
+    elif kind == "answer":
+        names = tuple(name for name, _ in ANSWER_EXTRACTORS)
+        spec = VerifierSpec(
+            kind="answer", target=target, extractors=ANSWER_EXTRACTORS,
+            small=HeadSpec(model="stacked", text=("answer",), slice=True, numeric=names,
+                           params={"C": 0.1, "text_C": 1.0, "folds": 5}),
+            large=HeadSpec(model="linear", text=("prompt",), slice=True,
+                           numeric=("prompt_stats",), params={"C": 0.5}))
+    else:
+        raise SpecError(f"unknown verifier kind {kind!r} (prompt, answer)")
+    return spec if target == "gain" else replace(spec, large=None)
