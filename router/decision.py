@@ -22,7 +22,8 @@ class Decision:
     feature_digest: str | None = None
     """sha256 of the verifier's input features, so a replay can show it saw the same input."""
     score: float | None = None
-    """P(the small answer is not good enough), as the verifier said."""
+    """The verifier's routing score: P(the small answer is not good enough), or the expected
+    accuracy gain of escalating (P(large right) - P(small right)), per its manifest."""
     threshold: float | None = None
     """Escalate when score >= threshold."""
     escalated: bool = False

@@ -23,13 +23,16 @@ CHANNEL = "tiergate:thresholds:changed"
 
 
 class ThresholdError(ValueError):
-    """A threshold outside [0, 1] or for a route that does not exist."""
+    """A threshold outside its verifier's score range, or for a route that does not exist."""
 
 
 class ThresholdStore:
     def __init__(self, defaults: dict[str, float], redis_url: str | None = None,
-                 prefix: str = "") -> None:
+                 prefix: str = "", ranges: dict[str, tuple[float, float]] | None = None) -> None:
         self.values = dict(defaults)
+        self.ranges = ranges or {}
+        """Per route, the scores its verifier can give (default [0, 1]): a P(small not good
+        enough) is a probability; a gain score (P(large right) - P(small right)) is in [-1, 1]."""
         self.redis_url = redis_url
         self.hash = prefix + HASH
         self.channel = prefix + CHANNEL
@@ -43,8 +46,9 @@ class ThresholdStore:
     def validate(self, route: str, value: float) -> None:
         if route not in self.values:
             raise ThresholdError(f"no route {route!r}")
-        if not (isinstance(value, int | float) and math.isfinite(value) and 0.0 <= value <= 1.0):
-            raise ThresholdError("a threshold is a probability: a number in [0, 1]")
+        low, high = self.ranges.get(route, (0.0, 1.0))
+        if not (isinstance(value, int | float) and math.isfinite(value) and low <= value <= high):
+            raise ThresholdError(f"route {route}'s threshold is a score in [{low:g}, {high:g}]")
 
     async def set(self, route: str, value: float) -> None:
         """Change a route's threshold here and, with Redis, on every replica."""

@@ -31,6 +31,11 @@ async def test_in_process_store() -> None:
             await store.set("auto", bad)
     with pytest.raises(ThresholdError):
         await store.set("nope", 0.5)
+    gain = ThresholdStore({"auto": 0.0}, ranges={"auto": (-1.0, 1.0)})
+    await gain.set("auto", -0.2)  # a gain score: escalate when large is expected to help
+    assert gain.get("auto") == -0.2
+    with pytest.raises(ThresholdError, match=r"\[-1, 1\]"):
+        await gain.set("auto", -1.5)
 
 
 async def test_a_change_reaches_every_replica_within_a_second(redis_server: RedisProcess) -> None:
