@@ -20,7 +20,8 @@ from gateway.errors import (
     TiergateError,
     internal_error,
 )
-from gateway.routes import ROUTES, error_response
+from gateway.records.admin import ADMIN_ROUTES
+from gateway.routes import ROUTES, THRESHOLD_ROUTES, error_response
 from gateway.settings import Settings, load_settings
 from gateway.state import GatewayState
 
@@ -78,16 +79,24 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if state.recorder is not None:
+            await state.recorder.start()
         await state.registry.start()
+        if state.router is not None:
+            await state.router.thresholds.start()
         log.info("tiergate serving models: %s", ", ".join(state.registry.backends) or "(none)")
         try:
             yield
         finally:
+            if state.router is not None:
+                await state.router.thresholds.aclose()
             await state.registry.aclose()
+            if state.recorder is not None:
+                await state.recorder.aclose()  # delivers what is left to the store
             state.telemetry.shutdown()
 
     app = Starlette(
-        routes=ROUTES,
+        routes=ROUTES + ADMIN_ROUTES + THRESHOLD_ROUTES,
         lifespan=lifespan,
         exception_handlers={TiergateError: _tiergate_error, HTTPException: _http_error},
     )

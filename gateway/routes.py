@@ -12,9 +12,17 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway import protocol
-from gateway.errors import InvalidRequestError, RequestTooLargeError, TiergateError
+from gateway.auth import KeyAuthenticator
+from gateway.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    RequestTooLargeError,
+    TiergateError,
+)
 from gateway.serving import RequestContext, Served
 from gateway.state import GatewayState
+from router.thresholds import ThresholdError, ThresholdStore
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -125,13 +133,57 @@ async def completions(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     state = state_of(request)
     state.auth.authenticate(request.headers.get("authorization"))
-    return JSONResponse({"object": "list", "data": state.registry.cards()})
+    return JSONResponse({"object": "list", "data": state.route_cards() + state.registry.cards()})
 
 
 async def retrieve_model(request: Request) -> Response:
     state = state_of(request)
     state.auth.authenticate(request.headers.get("authorization"))
-    return JSONResponse(state.registry.card(request.path_params["model"]))
+    name = request.path_params["model"]
+    for card in state.route_cards():
+        if card["id"] == name:
+            return JSONResponse(card)
+    return JSONResponse(state.registry.card(name))
+
+
+def require_admin(request: Request) -> GatewayState:
+    state = state_of(request)
+    keys = state.settings.auth.admin_keys
+    if not keys:
+        raise PermissionDeniedError("The admin API is off: configure [[auth.admin_keys]].")
+    KeyAuthenticator(keys).authenticate(request.headers.get("authorization"))
+    return state
+
+
+def _threshold_store(state: GatewayState, route: str) -> ThresholdStore:
+    if state.router is None or route not in state.router.routes:
+        raise NotFoundError(f"No route {route!r}")
+    return state.router.thresholds
+
+
+async def get_threshold(request: Request) -> Response:
+    state = require_admin(request)
+    route = request.path_params["route"]
+    store = _threshold_store(state, route)
+    low, high = store.ranges.get(route, (0.0, 1.0))
+    return JSONResponse({"route": route, "threshold": store.get(route), "range": [low, high],
+                         "shared": store.redis_url is not None})
+
+
+async def put_threshold(request: Request) -> Response:
+    state = require_admin(request)
+    route = request.path_params["route"]
+    store = _threshold_store(state, route)
+    body = await read_body(request, 4096)
+    try:
+        value = orjson.loads(body).get("threshold")
+    except (orjson.JSONDecodeError, AttributeError) as exc:
+        raise InvalidRequestError('Send {"threshold": <number>}.', param="threshold") from exc
+    try:
+        await store.set(route, value)
+    except ThresholdError as exc:
+        raise InvalidRequestError(str(exc), param="threshold") from exc
+    return await get_threshold(request)
 
 
 async def health(request: Request) -> Response:
@@ -149,6 +201,11 @@ async def metrics(request: Request) -> Response:
 async def openapi(request: Request) -> Response:
     return JSONResponse(state_of(request).openapi)
 
+
+THRESHOLD_ROUTES = [
+    Route("/admin/routes/{route}/threshold", get_threshold, methods=["GET"]),
+    Route("/admin/routes/{route}/threshold", put_threshold, methods=["PUT"]),
+]
 
 ROUTES = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),

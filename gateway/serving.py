@@ -30,6 +30,7 @@ from gateway.registry import ModelRegistry
 from gateway.settings import Settings
 from gateway.telemetry import Telemetry
 from router.decision import Decision
+from router.policy import Route, Router
 
 log = logging.getLogger("tiergate.serving")
 
@@ -79,9 +80,25 @@ class Served:
     stream: AsyncIterator[bytes] | None = None
 
 
-def _model_headers(model: ModelTuple, request: GenerationRequest,
-                   recorded: bool = False) -> dict[str, str]:
+@dataclass(slots=True)
+class Plan:
+    """How a request will be answered: by ``model``, or by ``ready`` (a cascade's accepted
+    small answer), after the calls in ``prior`` (a cascade's rejected small answer)."""
+
+    model: str
+    decision: Decision | None = None
+    ready: GenerationResult | None = None
+    prior: list[GenerationResult] = field(default_factory=list)
+
+
+def _model_headers(model: ModelTuple, request: GenerationRequest, recorded: bool = False,
+                   decision: Decision | None = None) -> dict[str, str]:
     headers = {"x-tiergate-model": model.header_value}
+    if decision is not None:
+        headers["x-tiergate-route"] = decision.route
+        headers["x-tiergate-escalated"] = "true" if decision.escalated else "false"
+        if decision.score is not None:
+            headers["x-tiergate-score"] = f"{decision.score:.6f}"
     if recorded:
         headers["x-tiergate-record-id"] = request.request_id
     if request.sampling.seed is not None:
@@ -92,11 +109,12 @@ def _model_headers(model: ModelTuple, request: GenerationRequest,
 class OpenAIServing:
     """Chat completions and completions over the model registry."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry,
-                 telemetry: Telemetry) -> None:
+    def __init__(self, settings: Settings, registry: ModelRegistry, telemetry: Telemetry,
+                 router: Router | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.telemetry = telemetry
+        self.router = router
         self.dispatcher = Dispatcher(registry, telemetry)
         self.listeners: list[CompletionListener] = []
         self.admission: list[Callable[[], None]] = []
@@ -126,18 +144,45 @@ class OpenAIServing:
             sampling.seed = secrets.randbelow(SEED_BOUND)
         return gen
 
+    def _route(self, name: str) -> Route | None:
+        route = self.router.routes.get(name) if self.router is not None else None
+        if route is None:
+            self.registry.get(name)  # an unknown model is a 404 before anything else
+        return route
+
+    async def _plan(self, route: Route | None, name: str, gen: GenerationRequest) -> Plan:
+        if route is None:
+            return Plan(model=name)
+        assert self.router is not None
+        if route.mode != "cascade":
+            with self.telemetry.span("tiergate.route", **{"tiergate.route": route.name}):
+                decision = self.router.decide_before(route, gen)
+            decision.candidates.append(decision.model)
+            plan = Plan(model=decision.model, decision=decision)
+        else:
+            decision, small = await self.router.cascade(route, gen, self.dispatcher.generate)
+            if not decision.escalated:
+                plan = Plan(model=route.small, decision=decision, ready=small)
+            else:
+                decision.candidates.append(route.large)
+                plan = Plan(model=route.large, decision=decision, prior=[small])
+        if decision.escalated:
+            self.telemetry.count_escalation(route.name)
+        return plan
+
     async def create(self, req: protocol.OpenAIRequest, ctx: RequestContext) -> Served:
         span = self.telemetry.start_request_span(f"POST {ctx.operation}", ctx.trace_headers,
                                                  ctx.request_id, req.model)
         try:
             with self.telemetry.use(span):
-                self.registry.get(req.model)  # an unknown model is a 404 before anything else
+                route = self._route(req.model)
                 for admit in self.admission:
                     admit()
                 gen = self._prepare(req, ctx)
+                plan = await self._plan(route, req.model, gen)
                 if req.stream:
-                    return await self._stream(req, gen, ctx, span)
-                result = await self.dispatcher.generate(req.model, gen)
+                    return await self._stream(req, gen, ctx, span, plan)
+                result = plan.ready or await self.dispatcher.generate(plan.model, gen)
         except TiergateError as exc:
             self._finish(span, ctx, req.model, req.model, exc.status, None, None, exc)
             raise
@@ -147,8 +192,9 @@ class OpenAIServing:
         build = protocol.chat_completion if gen.kind == "chat" else protocol.completion
         body = build(result, ctx.request_id, result.model.name, gen.return_token_ids)
         self._finish(span, ctx, req.model, result.model.name, 200, None, result.usage)
-        self._completed(ctx, req, gen, [result], None)
-        return Served(headers=_model_headers(result.model, gen, self.recorded), body=body)
+        self._completed(ctx, req, gen, [*plan.prior, result], plan.decision)
+        return Served(headers=_model_headers(result.model, gen, self.recorded, plan.decision),
+                      body=body)
 
     def _finish(self, span: Any, ctx: RequestContext, route: str, model: str, status: int,
                 ttft_s: float | None, usage: Usage | None,
@@ -159,14 +205,19 @@ class OpenAIServing:
         self.telemetry.end_span(span, status, error)
 
     async def _stream(self, req: protocol.OpenAIRequest, gen: GenerationRequest,
-                      ctx: RequestContext, span: Any) -> Served:
-        # The first chunk arrives before the 200 is committed: a failure up to there is an
-        # ordinary HTTP error, after retries and fallbacks (gateway.dispatch).
-        opened = await self.dispatcher.open_stream(req.model, gen)
-        model = opened.backend.describe()
+                      ctx: RequestContext, span: Any, plan: Plan) -> Served:
+        if plan.ready is not None:  # a cascade's accepted answer, verified before any byte
+            model = plan.ready.model
+            first, rest = None, _replay(plan.ready)
+        else:
+            # The first chunk arrives before the 200 is committed: a failure up to there is an
+            # ordinary HTTP error, after retries and fallbacks (gateway.dispatch).
+            opened = await self.dispatcher.open_stream(plan.model, gen)
+            model, first, rest = opened.backend.describe(), opened.first, opened.rest
         chunks = protocol.ChunkBuilder(gen.kind, gen.request_id, model.name, gen.return_token_ids)
-        events = self._events(opened.rest, opened.first, chunks, model, gen, req, ctx, span)
-        return Served(headers=_model_headers(model, gen, self.recorded), stream=events)
+        events = self._events(rest, first, chunks, model, gen, req, ctx, span, plan)
+        return Served(headers=_model_headers(model, gen, self.recorded, plan.decision),
+                      stream=events)
 
     async def _events(
         self,
@@ -178,6 +229,7 @@ class OpenAIServing:
         req: protocol.OpenAIRequest,
         ctx: RequestContext,
         span: Any,
+        plan: Plan,
     ) -> AsyncIterator[bytes]:
         accumulator = StreamAccumulator(model, gen.sampling.n)
         status: int = 200
@@ -194,7 +246,8 @@ class OpenAIServing:
             result = accumulator.result()
             if req.include_usage:
                 yield sse_event(chunks.usage(result.usage))
-            self._completed(ctx, req, gen, [result], None)  # recorded before [DONE] goes out
+            # Recorded before [DONE] goes out.
+            self._completed(ctx, req, gen, [*plan.prior, result], plan.decision)
             yield SSE_DONE
         except TiergateError as exc:
             log.warning("request %s: stream failed: %s", gen.request_id, exc.message)
@@ -214,3 +267,13 @@ class OpenAIServing:
                          None if ttft is None else ttft + (accumulator.started - ctx.received),
                          accumulator.usage, error)
 
+
+async def _replay(result: GenerationResult) -> AsyncIterator[GenerationChunk]:
+    """A finished result as a stream: one chunk per choice, then the usage."""
+    for choice in result.choices:
+        yield GenerationChunk(index=choice.index, text=choice.text, token_ids=choice.token_ids,
+                              logprobs=choice.logprobs, finish_reason=choice.finish_reason,
+                              stop_reason=choice.stop_reason, extra=choice.extra)
+    yield GenerationChunk(index=None, usage=result.usage,
+                          prompt_token_ids=result.prompt_token_ids,
+                          rendered_prompt=result.rendered_prompt, runtime=result.runtime)

@@ -50,7 +50,8 @@ class AuthSettings(_Section):
     api_keys: list[ApiKey] = Field(default_factory=list)
     """Client keys. Empty: the OpenAI surface is open (for loopback and development)."""
     admin_keys: list[ApiKey] = Field(default_factory=list)
-    """Keys of the admin API (``/admin/...``), separate from client keys. Empty: it is off."""
+    """Keys of the admin API (``/admin/...``: thresholds, records), separate from client keys.
+    Empty: the admin API is off (403)."""
 
 
 class TelemetrySettings(_Section):
@@ -149,6 +150,30 @@ class EngineModelSettings(_ModelBase):
 ModelSettings = Annotated[HTTPModelSettings | EngineModelSettings, Field(discriminator="backend")]
 
 
+class RouteSettings(_Section):
+    """A routed model name (e.g. ``auto``): which tier answers each request."""
+
+    mode: Literal["fixed", "prompt", "cascade"]
+    """``fixed``: always ``tier``; ``prompt``: a prompt verifier decides before generating;
+    ``cascade``: the small model answers, an answer verifier accepts it or escalates."""
+    small: str
+    """The small (cheap, quantized) tier: a configured model."""
+    large: str
+    """The large tier: a configured model."""
+    tier: Literal["small", "large"] = "small"
+    """``fixed`` routes: the tier that always answers."""
+    verifier: Path | None = None
+    """``prompt`` / ``cascade``: a verifier artifact directory (``tiergate verifier train``)."""
+    threshold: float = 0.5
+    """Escalate when the verifier's score >= threshold (changed live by the admin API)."""
+
+    @model_validator(mode="after")
+    def _verifier_needed(self) -> RouteSettings:
+        if self.mode != "fixed" and self.verifier is None:
+            raise ValueError(f"a {self.mode} route needs a 'verifier'")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything tiergate is configured with."""
 
@@ -164,11 +189,25 @@ class Settings(BaseSettings):
     records: RecordsSettings = Field(default_factory=RecordsSettings)
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     """Served models by the name clients use."""
+    routes: dict[str, RouteSettings] = Field(default_factory=dict)
+    """Routed model names (``auto``, ...), listed in ``/v1/models`` beside the models."""
+    redis_url: str | None = None
+    """Redis shared by the replicas (thresholds hot reload); none: everything in-process."""
     models_dir: Path = Path("var/models")
     """Where packaged models are converted to (relative paths: to the working directory)."""
     default_seed_draw: bool = True
     """Sampled requests without a ``seed`` get one drawn by the gateway and passed down, so every
     sampled output can be reproduced."""
+
+    @model_validator(mode="after")
+    def _routes_name_models(self) -> Settings:
+        for name, route in self.routes.items():
+            if name in self.models:
+                raise ValueError(f"routes.{name}: a model has the same name")
+            unknown = [m for m in (route.small, route.large) if m not in self.models]
+            if unknown:
+                raise ValueError(f"routes.{name}: not configured models: {unknown}")
+        return self
 
     @model_validator(mode="after")
     def _fallbacks_exist(self) -> Settings:
@@ -225,6 +264,10 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             for key in ("path", "adapter_path", "chat_template"):
                 if isinstance(model.get(key), str) and not Path(model[key]).is_absolute():
                     model[key] = str((base / model[key]).resolve())
+    for route in (data.get("routes") or {}).values():
+        if isinstance(route, dict) and isinstance(route.get("verifier"), str) \
+                and not Path(route["verifier"]).is_absolute():
+            route["verifier"] = str((base / route["verifier"]).resolve())
     return data
 
 

@@ -7,10 +7,14 @@ from typing import Any
 
 from gateway.auth import KeyAuthenticator
 from gateway.openapi import openapi_document
+from gateway.protocol import model_card
+from gateway.records.recorder import Recorder
 from gateway.registry import ModelRegistry
 from gateway.serving import OpenAIServing
 from gateway.settings import Settings
 from gateway.telemetry import CIRCUIT_VALUES, Telemetry
+from router.loading import build_router
+from router.policy import Router
 
 
 @dataclass(slots=True)
@@ -21,6 +25,8 @@ class GatewayState:
     auth: KeyAuthenticator
     openapi: dict[str, Any]
     telemetry: Telemetry
+    recorder: Recorder | None = None
+    router: Router | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> GatewayState:
@@ -31,11 +37,35 @@ class GatewayState:
         telemetry.gauge("tiergate_circuit_state",
                         lambda: {n: CIRCUIT_VALUES[b.breaker.state.value]
                                  for n, b in registry.backends.items()})
+        router = build_router(settings.routes, settings.redis_url) if settings.routes else None
+        serving = OpenAIServing(settings, registry, telemetry, router)
+        recorder = Recorder(settings.records) if settings.records.sink != "none" else None
+        if recorder is not None:
+            serving.listeners.append(recorder)
+            serving.admission.append(recorder.admit)
+            serving.recorded = True
         return cls(
             settings=settings,
             registry=registry,
-            serving=OpenAIServing(settings, registry, telemetry),
+            serving=serving,
             auth=KeyAuthenticator(settings.auth.api_keys),
             openapi=openapi_document(),
             telemetry=telemetry,
+            recorder=recorder,
+            router=router,
         )
+
+    def route_cards(self) -> list[dict[str, Any]]:
+        """Routes as ``/v1/models`` entries (``tiergate.kind = "route"``)."""
+        if self.router is None:
+            return []
+        cards = []
+        for name, route in self.router.routes.items():
+            info = {"kind": "route", "mode": route.mode, "small": route.small,
+                    "large": route.large, "threshold": self.router.thresholds.get(name),
+                    "verifier_id": route.verifier.id if route.verifier else None,
+                    "verifier_sha256": route.verifier.sha256 if route.verifier else None}
+            if route.mode == "fixed":
+                info["tier"] = route.tier
+            cards.append(model_card(name, self.registry.created, info))
+        return cards

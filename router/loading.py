@@ -1,0 +1,38 @@
+"""Building the router from settings: verifier artifacts loaded (sha256-checked) once."""
+
+from __future__ import annotations
+
+from gateway.errors import ConfigError
+from gateway.settings import RouteSettings
+from router.policy import Route, Router
+from router.thresholds import ThresholdStore
+
+MODE_KIND = {"prompt": "prompt", "cascade": "answer"}
+
+
+def build_router(routes: dict[str, RouteSettings], redis_url: str | None) -> Router:
+    built: dict[str, Route] = {}
+    ranges: dict[str, tuple[float, float]] = {}
+    for name, settings in routes.items():
+        verifier = None
+        if settings.verifier is not None:
+            from verifiers.artifact import load_artifact
+            from verifiers.errors import VerifierError
+
+            try:
+                verifier = load_artifact(settings.verifier)
+            except VerifierError as exc:
+                raise ConfigError(f"routes.{name}.verifier: {exc}") from exc
+            wanted = MODE_KIND[settings.mode]
+            if verifier.kind != wanted:
+                raise ConfigError(f"routes.{name}: a {settings.mode} route needs a {wanted} "
+                                  f"verifier; {settings.verifier} is a {verifier.kind} verifier")
+            low, high = verifier.manifest.get("score", {}).get("range", (0.0, 1.0))
+            ranges[name] = (float(low), float(high))
+        built[name] = Route(name, settings.mode, settings.small, settings.large, settings.tier,
+                            verifier)
+    thresholds = ThresholdStore({n: r.threshold for n, r in routes.items()}, redis_url,
+                                ranges=ranges)
+    for name, value in thresholds.values.items():
+        thresholds.validate(name, value)
+    return Router(built, thresholds)

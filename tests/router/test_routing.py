@@ -1,0 +1,153 @@
+"""Routes end to end: trained verifiers decide, headers say so, thresholds change live across
+two real gateway processes that share a real Redis."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from gateway.auth import hash_key
+from tests.conftest import GatewayFactory, RedisProcess, ServerProcess, upstream_model
+from verifiers.training import train_artifact
+
+ADMIN = "admin-secret"
+ADMIN_HEADERS = {"authorization": f"Bearer {ADMIN}"}
+
+
+def training_rows(kind: str) -> list[dict[str, Any]]:
+    """Easy prompts the small model gets right; hard ones only the large model gets right."""
+    rows = []
+    for i in range(240):
+        hard = i % 2 == 1
+        prompt = f"{'hard puzzle' if hard else 'easy sum'} number {i}"
+        row: dict[str, Any] = {"id": f"r{i}", "request": {"messages": [
+            {"role": "user", "content": prompt}]}, "small_correct": not hard,
+            "large_correct": True, "slice": "synthetic"}
+        if kind == "answer":
+            row["small"] = {"text": f"echo: {prompt}"}
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def verifier_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("verifiers")
+    out = {}
+    for kind in ("prompt", "answer"):
+        data = base / f"{kind}.jsonl"
+        data.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in training_rows(kind)))
+        train_artifact(data, kind, base / kind, target="small-wrong")  # type: ignore[arg-type]
+        out[kind] = base / kind
+    return out
+
+
+def sections(upstream: ServerProcess, verifiers: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    return {
+        "models.small": upstream_model(upstream, "echo"),
+        "models.large": upstream_model(upstream, "echo"),
+        "routes.auto": {"mode": "prompt", "small": "small", "large": "large",
+                        "verifier": str(verifiers["prompt"]), "threshold": 0.5},
+        "routes.cascade": {"mode": "cascade", "small": "small", "large": "large",
+                           "verifier": str(verifiers["answer"]), "threshold": 0.5},
+        "routes.always-large": {"mode": "fixed", "small": "small", "large": "large",
+                                "tier": "large"},
+        "auth": {"admin_keys": [{"id": "sre", "sha256": hash_key(ADMIN)}]},
+    }
+
+
+def ask(gateway: ServerProcess, route: str, prompt: str, **extra: Any) -> httpx.Response:
+    return httpx.post(gateway.url + "/v1/chat/completions", timeout=30, json={
+        "model": route, "messages": [{"role": "user", "content": prompt}], **extra})
+
+
+@pytest.fixture(scope="module")
+def routed(gateway_factory: GatewayFactory, upstream: ServerProcess,
+           verifier_dirs: dict[str, Path]) -> ServerProcess:
+    return gateway_factory(sections(upstream, verifier_dirs))
+
+
+@pytest.mark.parametrize("route", ["auto", "cascade"])
+def test_verifier_routes_hard_prompts_to_the_large_model(routed: ServerProcess,
+                                                         route: str) -> None:
+    easy, hard = ask(routed, route, "easy sum number 7"), ask(routed, route, "hard puzzle number 8")
+    assert easy.status_code == hard.status_code == 200
+    assert easy.headers["x-tiergate-route"] == route
+    assert easy.headers["x-tiergate-escalated"] == "false"
+    assert easy.headers["x-tiergate-model"].startswith("small@")
+    assert easy.json()["model"] == "small"
+    assert hard.headers["x-tiergate-escalated"] == "true"
+    assert hard.headers["x-tiergate-model"].startswith("large@")
+    assert float(hard.headers["x-tiergate-score"]) >= 0.5 > float(easy.headers["x-tiergate-score"])
+    assert hard.json()["choices"][0]["message"]["content"] == "echo: hard puzzle number 8"
+
+
+def test_cascade_streams_the_verified_answer(routed: ServerProcess) -> None:
+    for prompt, tier in (("easy sum number 3", "small"), ("hard puzzle number 5", "large")):
+        with httpx.stream("POST", routed.url + "/v1/chat/completions", timeout=30, json={
+                "model": "cascade", "stream": True, "stream_options": {"include_usage": True},
+                "messages": [{"role": "user", "content": prompt}]}) as response:
+            assert response.headers["x-tiergate-model"].startswith(f"{tier}@")
+            events = [orjson.loads(line[6:]) for line in response.iter_lines()
+                      if line.startswith("data: {")]
+        text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events
+                       if e["choices"])
+        assert text == f"echo: {prompt}"
+        assert events[-1]["usage"]["completion_tokens"] > 0
+        assert all(e["choices"][0]["logprobs"] is None for e in events if e["choices"])
+
+
+def test_fixed_route_and_models_list(routed: ServerProcess) -> None:
+    response = ask(routed, "always-large", "easy sum number 1")
+    assert response.headers["x-tiergate-model"].startswith("large@")
+    assert "x-tiergate-score" not in response.headers
+    cards = {c["id"]: c["tiergate"] for c in httpx.get(routed.url + "/v1/models").json()["data"]}
+    assert cards["auto"]["kind"] == "route" and cards["auto"]["mode"] == "prompt"
+    assert cards["auto"]["verifier_id"].startswith("vrf-") and cards["auto"]["threshold"] == 0.5
+    assert cards["small"]["kind"] == "model"
+
+
+def test_threshold_admin_api(routed: ServerProcess) -> None:
+    url = routed.url + "/admin/routes/auto/threshold"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers={"authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.get(url, headers=ADMIN_HEADERS).json()["threshold"] == 0.5
+    bad = httpx.put(url, headers=ADMIN_HEADERS, json={"threshold": 7})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "threshold"
+    assert httpx.put(routed.url + "/admin/routes/nope/threshold", headers=ADMIN_HEADERS,
+                     json={"threshold": 0.5}).status_code == 404
+    try:
+        put = httpx.put(url, headers=ADMIN_HEADERS, json={"threshold": 1.0})
+        assert put.status_code == 200 and put.json()["threshold"] == 1.0
+        # Nothing scores >= 1.0: the hard prompt now stays on the small model.
+        assert ask(routed, "auto", "hard puzzle number 9").headers["x-tiergate-escalated"] == \
+            "false"
+    finally:
+        httpx.put(url, headers=ADMIN_HEADERS, json={"threshold": 0.5})
+
+
+def test_threshold_reload_across_replicas(gateway_factory: GatewayFactory,
+                                          upstream: ServerProcess, redis_server: RedisProcess,
+                                          verifier_dirs: dict[str, Path]) -> None:
+    config = sections(upstream, verifier_dirs)
+    a = gateway_factory(config, env={"TIERGATE_REDIS_URL": redis_server.url})
+    b = gateway_factory(config, env={"TIERGATE_REDIS_URL": redis_server.url})
+    try:
+        assert ask(b, "auto", "hard puzzle number 11").headers["x-tiergate-escalated"] == "true"
+        httpx.put(a.url + "/admin/routes/auto/threshold", headers=ADMIN_HEADERS,
+                  json={"threshold": 1.0})
+        started = time.monotonic()
+        while httpx.get(b.url + "/admin/routes/auto/threshold",
+                        headers=ADMIN_HEADERS).json()["threshold"] != 1.0:
+            assert time.monotonic() - started < 1.0, "the change did not reach replica b in 1 s"
+            time.sleep(0.02)
+        assert ask(b, "auto", "hard puzzle number 11").headers["x-tiergate-escalated"] == "false"
+    finally:
+        httpx.put(a.url + "/admin/routes/auto/threshold", headers=ADMIN_HEADERS,
+                  json={"threshold": 0.5})
+        a.stop()
+        b.stop()
