@@ -124,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_canary_commands(sub, common)
 
+    from verifiers.commands import add_commands as add_verifier_commands
+
+    add_verifier_commands(sub, common)
+
+    from gateway.records.commands import add_commands as add_records_commands
+
+    add_records_commands(sub, common)
+
     keys = sub.add_parser("keys", help="make or hash client API keys", parents=[common])
     keys.add_argument("action", choices=["new", "hash"])
     keys.add_argument("key", nargs="?")

@@ -22,6 +22,7 @@ from gateway.backends.base import (
     TokenLogprob,
     Usage,
 )
+from gateway.errors import InvalidRequestError
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -52,7 +53,8 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-NonNegInt = Annotated[int, Field(ge=0)]
+NonNegInt = Annotated[int, Field(ge=0, le=2**31 - 1)]
+TokenBudget = Annotated[int, Field(ge=1, le=2**31 - 1)]
 
 
 class _SamplingFields(BaseModel):
@@ -72,11 +74,11 @@ class _SamplingFields(BaseModel):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     user: str | None = None
     # vLLM extensions
-    top_k: int | None = Field(default=None, ge=-1)
+    top_k: int | None = Field(default=None, ge=-1, le=2**31 - 1)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     stop_token_ids: list[NonNegInt] | None = None
-    min_tokens: int | None = Field(default=None, ge=0)
+    min_tokens: int | None = Field(default=None, ge=0, le=2**31 - 1)
     ignore_eos: bool = False
     return_token_ids: bool = False
 
@@ -118,6 +120,8 @@ class _SamplingFields(BaseModel):
     def _passthrough(self) -> dict[str, Any]:
         """Fields tiergate does not interpret, as the client sent them (unknown ones included)."""
         data = dict(self.model_extra or {})
+        if data:
+            _check_json_integers(data)
         for name in self.passthrough_fields:
             if name in self.model_fields_set:
                 data[name] = getattr(self, name)
@@ -126,8 +130,8 @@ class _SamplingFields(BaseModel):
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: TokenBudget | None = None
+    max_completion_tokens: TokenBudget | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None
@@ -146,11 +150,14 @@ class ChatCompletionRequest(_SamplingFields):
     def to_generation_request(self, request_id: str) -> GenerationRequest:
         max_tokens = self.max_completion_tokens or self.max_tokens
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        messages = [m.model_dump(exclude_none=True) for m in self.messages]
+        if any(m.model_extra or isinstance(m.content, list) for m in self.messages):
+            _check_json_integers(messages, "messages")
         return GenerationRequest(
             request_id=request_id,
             kind="chat",
             sampling=self._sampling(max_tokens, logprobs),
-            messages=[m.model_dump(exclude_none=True) for m in self.messages],
+            messages=messages,
             passthrough=self._passthrough(),
             return_token_ids=self.return_token_ids,
             max_tokens_field=("max_completion_tokens" if self.max_completion_tokens is not None
@@ -160,7 +167,7 @@ class ChatCompletionRequest(_SamplingFields):
 
 class CompletionRequest(_SamplingFields):
     prompt: str | Annotated[list[NonNegInt], Field(min_length=1)]
-    max_tokens: int | None = Field(default=16, ge=1)
+    max_tokens: TokenBudget | None = 16
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
@@ -179,6 +186,25 @@ class CompletionRequest(_SamplingFields):
 
 
 OpenAIRequest = ChatCompletionRequest | CompletionRequest
+
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def _check_json_integers(value: Any, path: str = "") -> None:
+    """Integers must fit in 64 bits: what upstreams, records and JSON tooling can carry."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not INT64[0] <= value <= INT64[1]:
+            raise InvalidRequestError(f"{path or 'value'}: integer outside the 64-bit range",
+                                      param=path or None)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_json_integers(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json_integers(item, f"{path}.{index}")
+
 
 # ---------------------------------------------------------------------------------------------
 # Responses

@@ -183,6 +183,7 @@ class OpenAIServing:
                 if req.stream:
                     return await self._stream(req, gen, ctx, span, plan)
                 result = plan.ready or await self.dispatcher.generate(plan.model, gen)
+            answer = _for_client(result, gen)
         except TiergateError as exc:
             self._finish(span, ctx, req.model, req.model, exc.status, None, None, exc)
             raise
@@ -190,7 +191,7 @@ class OpenAIServing:
             self._finish(span, ctx, req.model, req.model, 500, None, None, exc)
             raise
         build = protocol.chat_completion if gen.kind == "chat" else protocol.completion
-        body = build(result, ctx.request_id, result.model.name, gen.return_token_ids)
+        body = build(answer, ctx.request_id, result.model.name, gen.return_token_ids)
         self._finish(span, ctx, req.model, result.model.name, 200, None, result.usage)
         self._completed(ctx, req, gen, [*plan.prior, result], plan.decision)
         return Served(headers=_model_headers(result.model, gen, self.recorded, plan.decision),
@@ -208,7 +209,7 @@ class OpenAIServing:
                       ctx: RequestContext, span: Any, plan: Plan) -> Served:
         if plan.ready is not None:  # a cascade's accepted answer, verified before any byte
             model = plan.ready.model
-            first, rest = None, _replay(plan.ready)
+            first, rest = None, _replay(_for_client(plan.ready, gen))
         else:
             # The first chunk arrives before the 200 is committed: a failure up to there is an
             # ordinary HTTP error, after retries and fallbacks (gateway.dispatch).
@@ -277,3 +278,12 @@ async def _replay(result: GenerationResult) -> AsyncIterator[GenerationChunk]:
     yield GenerationChunk(index=None, usage=result.usage,
                           prompt_token_ids=result.prompt_token_ids,
                           rendered_prompt=result.rendered_prompt, runtime=result.runtime)
+
+
+def _for_client(result: GenerationResult, request: GenerationRequest) -> GenerationResult:
+    """The result without the logprobs a cascade asked for on its own account."""
+    if request.sampling.logprobs is not None or all(c.logprobs is None for c in result.choices):
+        return result
+    from dataclasses import replace
+
+    return replace(result, choices=[replace(c, logprobs=None) for c in result.choices])

@@ -102,8 +102,9 @@ class Router:
     async def cascade(self, route: Route, request: GenerationRequest,
                       generate: Generate) -> tuple[Decision, GenerationResult]:
         """The small model answers (logprobs on); the answer verifier accepts it or escalates.
-        Returns the decision and the small result (the caller produces the large answer when
-        the decision escalates, streamed or not)."""
+        Returns the decision and the small result, logprobs included even if the client did
+        not ask for them (the caller strips them from its response; records keep them). The
+        caller produces the large answer when the decision escalates, streamed or not."""
         small_request = request
         if request.sampling.logprobs is None:  # the verifier reads logprobs; the client won't
             from dataclasses import replace
@@ -112,7 +113,4 @@ class Router:
         small = await generate(route.small, small_request)
         decision = self._scored(route, request, small)
         decision.candidates.append(route.small)
-        if request.sampling.logprobs is None:  # scored: now hide what the client did not ask for
-            for choice in small.choices:
-                choice.logprobs = None
-        return decision, small
+        return decision, small  # with the logprobs the verifier read (records keep them)

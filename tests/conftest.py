@@ -164,6 +164,9 @@ def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatewa
     def start(sections: dict[str, dict[str, Any]], env: dict[str, str] | None = None,
               extra_args: list[str] | None = None) -> ServerProcess:
         directory = tmp_path_factory.mktemp("gateway")
+        records = {"sqlite_path": str(directory / "records.sqlite3"),
+                   "spool_dir": str(directory / "spool")}
+        sections = {**sections, "records": {**records, **sections.get("records", {})}}
         config = write_config(directory / "tiergate.toml", sections)
         port = free_port()
         args = [sys.executable, "-m", "gateway", "serve", "--config", str(config),

@@ -177,3 +177,13 @@ def test_api_keys(keyed_gateway: ServerProcess) -> None:
     missing = httpx.post(keyed_gateway.url + "/v1/chat/completions", json={"model": "echo", **CHAT})
     assert_openai_error(missing, 401, "authentication_error")
     assert httpx.get(keyed_gateway.url + "/health").status_code == 200
+
+
+@pytest.mark.parametrize("body", [
+    {"model": "echo", **CHAT, "custom": {"deep": [1, 2**70]}},
+    {"model": "echo", "messages": [{"role": "user", "content": "x", "meta": 2**64}]},
+    {"model": "echo", **CHAT, "max_tokens": 2**40},
+    {"model": "echo", **CHAT, "stop_token_ids": [2**63]},
+])
+def test_integers_beyond_64_bits_are_400(gateway: ServerProcess, body: dict[str, Any]) -> None:
+    assert_openai_error(post(gateway, body), 400, "invalid_request_error")

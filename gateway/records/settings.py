@@ -1,0 +1,58 @@
+"""The ``[records]`` settings section: where decode records go and how they are kept.
+
+Part of :class:`gateway.settings.Settings` (``settings.records``); documented field by field in
+``docs/records.md`` and ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+class RecordsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sink: Literal["sqlite", "redis", "none"] = "sqlite"
+    """Where records are stored: embedded SQLite (WAL), Redis Streams (several replicas), or
+    ``none`` (no records, no ``x-tiergate-record-id`` header)."""
+    sqlite_path: Path = Path("var/records.sqlite3")
+    """The SQLite database (relative: to the working directory)."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_stream: str = "tiergate:records"
+    """Key prefix in Redis: the chain ``C`` is the stream ``<redis_stream>:chain:C``."""
+    chain_id: str = Field(default="main", min_length=1, max_length=64,
+                          pattern=r"^[A-Za-z0-9_.-]+$")
+    """The hash chain this gateway appends to. Replicas sharing a store may share a chain (the
+    store serializes appends) or each use their own."""
+    batch_size: int = Field(default=256, ge=1, le=10_000)
+    """Records written to the sink in one transaction, at most."""
+    flush_interval_s: float = Field(default=0.05, gt=0, le=60)
+    """The writer delivers (and fsyncs the spool, with ``spool_fsync = "batch"``) at least this
+    often."""
+    queue_bound: int = Field(default=10_000, ge=1)
+    """Records held in memory for the writer; beyond it the writer reads them back from the
+    spool (nothing is dropped)."""
+    spool_dir: Path = Path("var/records-spool")
+    """The local append-only spool every record is written to before its response is sent."""
+    spool_fsync: Literal["always", "batch", "never"] = "batch"
+    """``always``: fsync each record before its response (survives power loss; costs an fsync
+    per request). ``batch``: records reach the OS before the response (survive a crash or
+    kill -9 of the gateway) and are fsynced by the writer every ``flush_interval_s``.
+    ``never``: the OS decides."""
+    spool_max_bytes: int = Field(default=1 << 30, ge=1 << 16)
+    """Undelivered records the spool may hold; beyond it new requests are refused with 503
+    (backpressure) until the sink catches up."""
+    redact: bool = False
+    """Replace prompts, rendered prompts, prompt/output token ids, output texts and logprobs by
+    the sha256 of what was removed. Redacted records cannot be replayed."""
+    retention_days: float | None = Field(default=None, gt=0)
+    """Delete records older than this (``tiergate records prune``; the writer prunes hourly).
+    ``None``: keep forever."""
+    checkpoint_every: int = Field(default=1000, ge=1)
+    """A checkpoint (signed when ``signing_key`` is set) every this many records of a chain."""
+    signing_key: SecretStr | None = None
+    """HMAC-SHA256 key that signs checkpoints and retention anchors. With a key, ``tiergate audit
+    verify`` also catches a chain recomputed after an edit."""

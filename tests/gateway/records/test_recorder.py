@@ -1,0 +1,196 @@
+"""The recorder: spool first, store later, in order; store down → spool; backpressure; recovery."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.errors import ServiceUnavailableError
+from gateway.records.chain import verify_store
+from gateway.records.recorder import Recorder
+from gateway.records.settings import RecordsSettings
+from gateway.records.sinks import create_sink, signer_for
+from gateway.records.spool import encode_line
+from tests.conftest import REPO, free_port
+from tests.gateway.records.conftest import RedisServer, record_of, redis_settings, sqlite_settings
+
+
+async def stored_ids(settings: RecordsSettings) -> list[str]:
+    sink = create_sink(settings)
+    await sink.open()
+    try:
+        return [s.record_id async for s in sink.scan(settings.chain_id)]
+    finally:
+        await sink.aclose()
+
+
+async def chain_ok(settings: RecordsSettings) -> bool:
+    sink = create_sink(settings)
+    await sink.open()
+    try:
+        reports = await verify_store(sink, signer_for(settings), settings.checkpoint_every)
+        return all(r.ok for r in reports)
+    finally:
+        await sink.aclose()
+
+
+def submit(recorder: Recorder, count: int, tag: str = "q") -> list[str]:
+    records = [record_of(f"{tag} {i}") for i in range(count)]
+    for record in records:
+        recorder.submit(record)
+    return [r["record_id"] for r in records]
+
+
+async def test_records_reach_the_store_in_order(tmp_path: Path) -> None:
+    settings = sqlite_settings(tmp_path, batch_size=16, flush_interval_s=0.01)
+    recorder = Recorder(settings)
+    await recorder.start()
+    ids = submit(recorder, 100)
+    assert await recorder.flush()
+    await recorder.aclose()
+    assert await stored_ids(settings) == ids
+    assert await chain_ok(settings)
+    assert recorder.recorded == recorder.delivered == 100
+    assert list((tmp_path / "spool").glob("*.spool")) == []  # drained segments are removed
+
+
+async def test_past_the_queue_bound_records_are_read_back_from_the_spool(
+        tmp_path: Path) -> None:
+    settings = sqlite_settings(tmp_path, queue_bound=3, batch_size=8, flush_interval_s=0.5)
+    recorder = Recorder(settings)
+    await recorder.start()
+    ids = submit(recorder, 60)  # far more than the bound, before the writer wakes
+    assert await recorder.flush()
+    await recorder.aclose()
+    assert await stored_ids(settings) == ids
+
+
+async def test_graceful_shutdown_delivers_what_is_left(tmp_path: Path) -> None:
+    settings = sqlite_settings(tmp_path, flush_interval_s=30.0)
+    recorder = Recorder(settings)
+    await recorder.start()
+    ids = submit(recorder, 10)
+    await recorder.aclose()  # no flush: closing delivers
+    assert await stored_ids(settings) == ids
+
+
+async def test_store_down_records_wait_in_the_spool_then_arrive_in_order(
+        tmp_path: Path, durable_redis: RedisServer) -> None:
+    durable_redis.start()
+    settings = redis_settings(tmp_path, durable_redis, flush_interval_s=0.01, batch_size=5,
+                              spool_max_bytes=1 << 16)
+    recorder = Recorder(settings)
+    await recorder.start()
+    try:
+        first = submit(recorder, 5, "before")
+        assert await recorder.flush()
+        durable_redis.stop()
+        down = submit(recorder, 12, "down")
+        recorder.admit()  # still within spool_max_bytes: requests go on
+        assert not await recorder.flush(wait_s=0.5)
+        assert recorder.sink_error is not None
+        many = submit(recorder, 40, "backlog")  # past spool_max_bytes: new requests refused
+        with pytest.raises(ServiceUnavailableError) as refused:
+            recorder.admit()
+        assert refused.value.status == 503 and refused.value.retry_after
+        durable_redis.start()
+        assert await recorder.flush(wait_s=30)
+        recorder.admit()
+    finally:
+        durable_redis.start()
+        await recorder.aclose()
+    assert await stored_ids(settings) == first + down + many
+    assert await chain_ok(settings)
+
+
+CRASHING_WRITER = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from gateway.records.recorder import Recorder
+from gateway.records.settings import RecordsSettings
+from tests.gateway.records.conftest import record_of
+
+async def main() -> None:
+    settings = RecordsSettings(sink="redis", redis_url=sys.argv[2], spool_dir=Path(sys.argv[1]))
+    recorder = Recorder(settings)  # its store is unreachable: records stay in the spool
+    await recorder.start()
+    for i in range(int(sys.argv[3])):
+        record = record_of(f"crash {i}")
+        recorder.submit(record)
+        print(record["record_id"], flush=True)
+    print("done", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def crashed_spool(spool: Path, count: int) -> list[str]:
+    """Run a recorder in a process, let it spool ``count`` records, kill -9 it."""
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    process = subprocess.Popen([sys.executable, "-c", CRASHING_WRITER, str(spool), dead,
+                                str(count)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    ids = []
+    for line in process.stdout:
+        if line.strip() == "done":
+            break
+        ids.append(line.strip())
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    return ids
+
+
+async def test_a_killed_process_spool_is_recovered_before_new_records(tmp_path: Path) -> None:
+    settings = sqlite_settings(tmp_path, flush_interval_s=0.01)
+    crashed = crashed_spool(settings.spool_dir, 30)
+    assert len(crashed) == 30
+    (segment,) = settings.spool_dir.glob("*.spool")
+    with segment.open("ab") as torn:  # a record half written when the process died
+        torn.write(encode_line(b'{"record_id": "torn"}')[:-9])
+    recorder = Recorder(settings)
+    await recorder.start()
+    new = submit(recorder, 5, "after")
+    assert await recorder.flush(wait_s=30)
+    await recorder.aclose()
+    assert await stored_ids(settings) == crashed + new
+    assert await chain_ok(settings)
+    assert list(settings.spool_dir.glob("*.spool")) == []
+
+
+async def test_a_failing_spool_refuses_requests(tmp_path: Path) -> None:
+    settings = sqlite_settings(tmp_path)
+    recorder = Recorder(settings)
+    await recorder.start()
+    try:
+        live = recorder.spool.live
+        assert live is not None
+        good = os.dup(live.fd)
+        os.close(live.fd)
+        live.fd = os.open(os.devnull, os.O_RDONLY)  # writes now fail (EBADF)
+        with pytest.raises(OSError):
+            recorder.submit(record_of())
+        with pytest.raises(ServiceUnavailableError):
+            recorder.admit()
+        os.close(live.fd)
+        live.fd = good
+        recorder.submit(record_of())
+        recorder.admit()
+    finally:
+        await recorder.aclose()
+
+
+def test_settings_refuse_unknown_fields() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        RecordsSettings.model_validate({"sink": "sqlite", "batchsize": 3})
+    extra: dict[str, Any] = {"sink": "kafka"}
+    with pytest.raises(ValidationError):
+        RecordsSettings.model_validate(extra)
