@@ -51,7 +51,16 @@ class ModelRegistry:
         """Start the backends (all, or ``names``) concurrently; one that fails fails the start."""
         chosen = list(self.backends) if names is None else [self.get(n).name for n in names]
         await self.prepare(chosen)
-        await asyncio.gather(*(self.backends[n].start() for n in chosen))
+        engines = [n for n in chosen if isinstance(self.settings.models[n], EngineModelSettings)]
+
+        async def load_engines() -> None:
+            # One after the other: transformers' model loading is not thread-safe (it patches
+            # torch's module initialisation process-wide while it loads).
+            for name in engines:
+                await self.backends[name].start()
+
+        await asyncio.gather(load_engines(),
+                             *(self.backends[n].start() for n in chosen if n not in engines))
 
     async def aclose(self) -> None:
         await asyncio.gather(*(b.aclose() for b in self.backends.values()),
