@@ -145,13 +145,13 @@ class EngineBackend(Backend):
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        from gateway.engine.decoder import Decoder
-        from gateway.engine.loader import load_model
-
         # transformers resolves its classes lazily, and two threads resolving them at once can
         # fail ("cannot import name AutoModelForCausalLM"): resolve them here, on the loop's
         # thread, before several engines load in worker threads (once per process, at start).
         from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+        from gateway.engine.decoder import Decoder
+        from gateway.engine.loader import load_model
 
         loaded = await asyncio.to_thread(load_model, self.settings)
         if loaded.device.type == "cuda":
