@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import secrets
 
-from gateway.errors import AuthenticationError
+from gateway.errors import AuthenticationError, PermissionDeniedError
 from gateway.settings import ApiKey
 
 
@@ -42,3 +42,12 @@ class KeyAuthenticator:
         if found is None:
             raise AuthenticationError("Incorrect API key provided.")
         return found
+
+
+def authenticate_admin(keys: list[ApiKey], authorization: str | None) -> str:
+    """The admin API's check (thresholds, records): off (403) without admin keys."""
+    if not keys:
+        raise PermissionDeniedError("The admin API is off: configure [[auth.admin_keys]].")
+    caller = KeyAuthenticator(keys).authenticate(authorization)
+    assert caller is not None
+    return caller

@@ -23,7 +23,6 @@ from gateway.backends.base import Backend, GenerationChunk, GenerationRequest, G
 from gateway.errors import (
     RateLimitError,
     ServiceUnavailableError,
-    TiergateError,
     UpstreamError,
     UpstreamTimeoutError,
 )
@@ -153,7 +152,6 @@ class GuardedBackend(Backend):
             error = exc
             raise
         finally:
-            # A stream abandoned by its client (GeneratorExit) says nothing about the backend.
-            if isinstance(error, GeneratorExit):
-                error = TiergateError("abandoned")
+            # A stream its client abandoned (GeneratorExit) is no verdict on the backend:
+            # _exit counts only backend failures.
             self._exit(error)

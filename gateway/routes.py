@@ -12,11 +12,10 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway import protocol
-from gateway.auth import KeyAuthenticator
+from gateway.auth import authenticate_admin
 from gateway.errors import (
     InvalidRequestError,
     NotFoundError,
-    PermissionDeniedError,
     RequestTooLargeError,
     TiergateError,
 )
@@ -148,10 +147,7 @@ async def retrieve_model(request: Request) -> Response:
 
 def require_admin(request: Request) -> GatewayState:
     state = state_of(request)
-    keys = state.settings.auth.admin_keys
-    if not keys:
-        raise PermissionDeniedError("The admin API is off: configure [[auth.admin_keys]].")
-    KeyAuthenticator(keys).authenticate(request.headers.get("authorization"))
+    authenticate_admin(state.settings.auth.admin_keys, request.headers.get("authorization"))
     return state
 
 

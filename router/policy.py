@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -107,8 +107,6 @@ class Router:
         caller produces the large answer when the decision escalates, streamed or not."""
         small_request = request
         if request.sampling.logprobs is None:  # the verifier reads logprobs; the client won't
-            from dataclasses import replace
-
             small_request = replace(request, sampling=replace(request.sampling, logprobs=0))
         small = await generate(route.small, small_request)
         decision = self._scored(route, request, small)

@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.auth import KeyAuthenticator
-from gateway.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from gateway.auth import authenticate_admin
+from gateway.errors import InvalidRequestError, NotFoundError
 
 if TYPE_CHECKING:
     from gateway.records.recorder import Recorder
@@ -34,10 +34,7 @@ def _json(content: Any, status: int = 200) -> Response:
 
 async def _sink(request: Request) -> RecordSink:
     state = request.app.state.tiergate
-    keys = state.settings.auth.admin_keys
-    if not keys:
-        raise PermissionDeniedError("The admin API is off: configure [[auth.admin_keys]].")
-    KeyAuthenticator(keys).authenticate(request.headers.get("authorization"))
+    authenticate_admin(state.settings.auth.admin_keys, request.headers.get("authorization"))
     recorder: Recorder | None = getattr(state, "recorder", None)
     if recorder is None:
         raise NotFoundError("Decode records are off (records.sink = \"none\").")
