@@ -84,10 +84,14 @@ def create_app(settings: Settings) -> Starlette:
         await state.registry.start()
         if state.router is not None:
             await state.router.thresholds.start()
+        if state.shadow is not None:
+            await state.shadow.start()
         log.info("tiergate serving models: %s", ", ".join(state.registry.backends) or "(none)")
         try:
             yield
         finally:
+            if state.shadow is not None:
+                await state.shadow.aclose()
             if state.router is not None:
                 await state.router.thresholds.aclose()
             await state.registry.aclose()

@@ -39,9 +39,18 @@ class Dispatcher:
     def __init__(self, registry: ModelRegistry, telemetry: Telemetry) -> None:
         self.registry = registry
         self.telemetry = telemetry
+        self.redirects: dict[str, str] = {}
+        """Rollbacks in force: a model's traffic goes to another configured model (its pinned
+        version) until the canary alarm behind it is acknowledged (:mod:`gateway.canaries`)."""
 
     def chain(self, name: str) -> list[str]:
-        return [name, *self.registry.settings_of(name).fallbacks]
+        """The models a call to ``name`` tries, in order: ``name`` (or the version it is rolled
+        back to), then its fallbacks."""
+        fallbacks = self.registry.settings_of(name).fallbacks
+        target = self.redirects.get(name)
+        if target is None:
+            return [name, *fallbacks]
+        return [target, *(f for f in fallbacks if f != target)]
 
     async def _first_success(
         self, name: str, request: GenerationRequest,

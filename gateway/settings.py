@@ -174,6 +174,37 @@ class RouteSettings(_Section):
         return self
 
 
+class ShadowMirror(_Section):
+    """Mirror a share of one model's live requests to a shadow model, after the response."""
+
+    target: str
+    """The configured model that answers the mirrored requests."""
+    share: float = Field(default=0.05, gt=0.0, le=1.0)
+    """Share of the model's answered requests that are mirrored (drawn per request)."""
+    relation: Literal["pinned", "tier"] = "pinned"
+    """``pinned``: the target serves this model's pinned version — a greedy or seeded request
+    must decode to the same tokens on both, a difference is drift evidence. ``tier``: the
+    target is another tier (e.g. the large model of a route) — the pairs are verifier
+    training data (``tiergate collect --from-shadow``)."""
+
+
+class ShadowSettings(_Section):
+    mirrors: dict[str, ShadowMirror] = Field(default_factory=dict)
+    """Per live model name, where its mirrored requests go."""
+    queue_size: int = Field(default=256, ge=1)
+    """Mirrored requests waiting for a shadow call; when full, new mirror work is dropped
+    (counted in ``tiergate_shadow_total{outcome="dropped"}``), never user work."""
+    workers: int = Field(default=2, ge=1, le=64)
+    """Shadow calls in flight at once."""
+    busy_share: float = Field(default=0.5, gt=0.0, le=1.0)
+    """A shadow call is skipped (``outcome="busy"``) while its target has at least this share
+    of its ``max_in_flight`` taken: mirrors never take a slot user requests need."""
+    timeout_s: float = Field(default=120.0, gt=0)
+    """A shadow call that takes longer is abandoned (``outcome="error"``)."""
+    dir: Path = Path("var/shadow")
+    """Where shadow pairs are appended (JSONL, one file per UTC day)."""
+
+
 class Settings(BaseSettings):
     """Everything tiergate is configured with."""
 
@@ -191,6 +222,8 @@ class Settings(BaseSettings):
     """Served models by the name clients use."""
     routes: dict[str, RouteSettings] = Field(default_factory=dict)
     """Routed model names (``auto``, ...), listed in ``/v1/models`` beside the models."""
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
+    """Shadow traffic: live requests mirrored to pinned versions or the other tier."""
     redis_url: str | None = None
     """Redis shared by the replicas (thresholds hot reload); none: everything in-process."""
     models_dir: Path = Path("var/models")
@@ -216,6 +249,15 @@ class Settings(BaseSettings):
             if unknown:
                 raise ValueError(f"models.{name}.fallbacks: not other configured models: "
                                  f"{unknown}")
+        return self
+
+    @model_validator(mode="after")
+    def _mirrors_name_models(self) -> Settings:
+        for name, mirror in self.shadow.mirrors.items():
+            unknown = [m for m in (name, mirror.target) if m not in self.models]
+            if unknown or name == mirror.target:
+                raise ValueError(f"shadow.mirrors.{name}: needs two different configured "
+                                 f"models (unknown: {unknown})")
         return self
 
     @classmethod

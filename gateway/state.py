@@ -12,6 +12,7 @@ from gateway.records.recorder import Recorder
 from gateway.registry import ModelRegistry
 from gateway.serving import OpenAIServing
 from gateway.settings import Settings
+from gateway.shadow import ShadowMirror
 from gateway.telemetry import CIRCUIT_VALUES, Telemetry
 from router.loading import build_router
 from router.policy import Router
@@ -27,6 +28,7 @@ class GatewayState:
     telemetry: Telemetry
     recorder: Recorder | None = None
     router: Router | None = None
+    shadow: ShadowMirror | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> GatewayState:
@@ -44,6 +46,13 @@ class GatewayState:
             serving.listeners.append(recorder)
             serving.admission.append(recorder.admit)
             serving.recorded = True
+            telemetry.gauge("tiergate_record_queue_depth", lambda: {"": recorder.pending})
+        shadow = None
+        if settings.shadow.mirrors:
+            shadow = ShadowMirror(settings.shadow, registry, telemetry)
+            serving.listeners.append(shadow)
+            queue = shadow.queue
+            telemetry.gauge("tiergate_shadow_queue_depth", lambda: {"": queue.qsize()})
         return cls(
             settings=settings,
             registry=registry,
@@ -53,6 +62,7 @@ class GatewayState:
             telemetry=telemetry,
             recorder=recorder,
             router=router,
+            shadow=shadow,
         )
 
     def route_cards(self) -> list[dict[str, Any]]:

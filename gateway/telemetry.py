@@ -45,17 +45,24 @@ class Telemetry:
                               ("model", "direction"))
         self.escalations = Counter("tiergate_escalations_total",
                                    "Requests a route sent to its large model", ("route",))
+        self.shadow = Counter("tiergate_shadow_total",
+                              "Mirrored requests by live model, shadow target and outcome "
+                              "(identical, diverged, error, busy, dropped)",
+                              ("model", "target", "outcome"))
         self.gauges = {
             "tiergate_in_flight": Gauge("tiergate_in_flight", "Requests in flight, by model",
                                         "model"),
             "tiergate_circuit_state": Gauge("tiergate_circuit_state",
                                             "Circuit breaker: 0 closed, 1 half-open, 2 open",
                                             "model"),
+            "tiergate_shadow_queue_depth": Gauge("tiergate_shadow_queue_depth",
+                                                 "Mirrored requests waiting for a shadow call",
+                                                 None),
             "tiergate_record_queue_depth": Gauge("tiergate_record_queue_depth",
                                                  "Decode records waiting for the sink", None),
         }
         metrics: list[Counter | Histogram | Gauge] = [
-            self.requests, self.duration, self.ttft, self.tokens, self.escalations,
+            self.requests, self.duration, self.ttft, self.tokens, self.escalations, self.shadow,
             *self.gauges.values()]
         for metric in metrics:
             self.registry.add(metric)
@@ -107,6 +114,10 @@ class Telemetry:
     def count_escalation(self, route: str) -> None:
         if self.settings.metrics:
             self.escalations.inc((route,))
+
+    def count_shadow(self, model: str, target: str, outcome: str) -> None:
+        if self.settings.metrics:
+            self.shadow.inc((model, target, outcome))
 
     def prometheus_text(self) -> bytes:
         return self.registry.render() if self.settings.metrics else b""

@@ -69,6 +69,11 @@ class Recorder:
         self.sink_error: str | None = None
         """Why the last append failed, until one succeeds."""
 
+    @property
+    def pending(self) -> int:
+        """Records this process spooled that the store has not taken yet."""
+        return max(0, self.recorded - self.delivered)
+
     # -- lifecycle (on the server's event loop) --------------------------------------------
 
     async def start(self) -> None:

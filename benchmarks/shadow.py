@@ -1,0 +1,182 @@
+"""Shadow traffic: what mirroring adds to the primary request.
+
+1. **request path** — the mirror's completion listener (draw, enqueue) timed per call,
+   interleaved with serving's hook with no listener, in the same run; the enqueue path and the
+   full-queue (drop) path.
+2. **end to end** — two tiergate processes on one fixed upstream, identical but for mirroring
+   (``share = 1.0`` of every request mirrored to a second model on the same upstream); paced
+   requests alternate between them; p50/p99 latency of each and the difference.
+
+    .venv/bin/python benchmarks/shadow.py [--calls 20000] [--requests 2000] [--rate 100]
+
+Bar (issue 7): mirroring adds ≤ 0.1 ms to the primary request's p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from gateway import protocol  # noqa: E402
+from gateway.backends.base import ChoiceResult, GenerationResult, Usage  # noqa: E402
+from gateway.modeltuple import ModelTuple  # noqa: E402
+from gateway.registry import ModelRegistry  # noqa: E402
+from gateway.serving import CompletedRequest, OpenAIServing, RequestContext  # noqa: E402
+from gateway.settings import Settings, ShadowSettings, TelemetrySettings  # noqa: E402
+from gateway.shadow import ShadowMirror  # noqa: E402
+from gateway.telemetry import Telemetry  # noqa: E402
+from tests.conftest import free_port, start_server, write_config  # noqa: E402
+
+MODEL = ModelTuple(name="live", engine="openai-http", engine_version="bench",
+                   upstream_model="echo")
+
+
+def answered(i: int) -> CompletedRequest:
+    client = protocol.ChatCompletionRequest.model_validate(
+        {"model": "live", "temperature": 0, "max_tokens": 64,
+         "messages": [{"role": "user", "content": f"Question {i}: why?"}]})
+    gen = client.to_generation_request(f"bench{i:08d}")
+    result = GenerationResult(model=MODEL, usage=Usage(prompt_tokens=20, completion_tokens=64),
+                              choices=[ChoiceResult(0, "word " * 64, "stop")])
+    return CompletedRequest(RequestContext(request_id=gen.request_id), "live", client, gen,
+                            [result], None, stream=False, status=200)
+
+
+def percentile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+async def request_path(calls: int, drain: bool) -> dict[str, float]:
+    """Per-call cost (µs) of the mirror listener vs no listener, interleaved."""
+    settings = Settings(models={
+        "live": {"backend": "http", "base_url": "http://127.0.0.1:9/v1"},
+        "pinned": {"backend": "http", "base_url": "http://127.0.0.1:9/v1"}},
+        shadow=ShadowSettings.model_validate({"mirrors": {"live": {
+            "target": "pinned", "share": 1.0}}, "queue_size": 256}))
+    telemetry = Telemetry(TelemetrySettings(tracing=False))
+    mirror = ShadowMirror(settings.shadow, ModelRegistry(settings), telemetry)
+    bare = OpenAIServing.__new__(OpenAIServing)
+    bare.listeners = []
+    mirrored = OpenAIServing.__new__(OpenAIServing)
+    mirrored.listeners = [mirror]
+    requests = [answered(i) for i in range(calls)]
+    clock = time.perf_counter_ns
+
+    async def serve(done: CompletedRequest) -> tuple[float, float]:
+        """One request's task: the hook without and with the mirror listening."""
+        t0 = clock()
+        bare._completed(done.ctx, done.client_request, done.request, done.results, None)
+        t1 = clock()
+        mirrored._completed(done.ctx, done.client_request, done.request, done.results, None)
+        t2 = clock()
+        return (t1 - t0) / 1000, (t2 - t1) / 1000
+
+    base, added = [], []
+    for done in requests:
+        without, with_mirror = await asyncio.create_task(serve(done))
+        base.append(without)
+        added.append(with_mirror)
+        await asyncio.sleep(0)  # the task's end queues the mirror work
+        if drain:  # a worker took it: the next request finds room in the queue
+            mirror.queue.get_nowait()
+    return {"base_p50": percentile(base, 50), "p50": percentile(added, 50),
+            "p99": percentile(added, 99)}
+
+
+def gateway_config(directory: Path, upstream: str, mirror: bool) -> Path:
+    sections = {
+        "models.live": {"backend": "http", "base_url": upstream + "/v1",
+                        "upstream_model": "echo"},
+        "models.pinned": {"backend": "http", "base_url": upstream + "/v1",
+                          "upstream_model": "echo"},
+        "records": {"sink": "none"},
+        "shadow": {"dir": str(directory / "shadow"), "queue_size": 1024},
+    }
+    if mirror:
+        sections["shadow.mirrors.live"] = {"target": "pinned", "share": 1.0}
+    return write_config(directory / f"tiergate-{'mirror' if mirror else 'plain'}.toml",
+                        sections)
+
+
+async def end_to_end(requests: int, rate: float) -> dict[str, dict[str, float]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        port = free_port()
+        upstream = start_server([sys.executable, "-m", "gateway.testing.upstream", "--port",
+                                 str(port)], port, directory / "upstream.log",
+                                ready_path="/v1/models")
+        servers = {}
+        try:
+            for name, mirror in (("plain", False), ("mirrored", True)):
+                gw_port = free_port()
+                config = gateway_config(directory, upstream.url, mirror)
+                servers[name] = start_server(
+                    [sys.executable, "-m", "gateway", "serve", "--config", str(config),
+                     "--port", str(gw_port)], gw_port, directory / f"{name}.log")
+            body = {"model": "live", "max_tokens": 16, "temperature": 0,
+                    "messages": [{"role": "user", "content": "The quick brown fox"}]}
+            latencies: dict[str, list[float]] = {name: [] for name in servers}
+            async with httpx.AsyncClient(timeout=30) as client:
+                for server in servers.values():  # warm up both
+                    for _ in range(50):
+                        await client.post(server.url + "/v1/chat/completions", json=body)
+                pause = 1.0 / rate
+                for _ in range(requests):
+                    for name, server in servers.items():
+                        started = time.perf_counter()
+                        response = await client.post(server.url + "/v1/chat/completions",
+                                                     json=body)
+                        latencies[name].append((time.perf_counter() - started) * 1000)
+                        assert response.status_code == 200, response.text
+                        await asyncio.sleep(pause)
+                metrics = (await client.get(servers["mirrored"].url + "/metrics")).text
+            mirrored = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                           if line.startswith("tiergate_shadow_total{")
+                           and 'outcome="identical"' in line)
+        finally:
+            for server in servers.values():
+                server.stop()
+            upstream.stop()
+    out = {name: {"p50": percentile(v, 50), "p99": percentile(v, 99)}
+           for name, v in latencies.items()}
+    out["mirrored"]["pairs"] = mirrored
+    return out
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--requests", type=int, default=2_000,
+                        help="end-to-end requests per gateway")
+    parser.add_argument("--rate", type=float, default=100.0,
+                        help="end-to-end requests per second, per gateway")
+    args = parser.parse_args()
+
+    print("request path: the mirror listener's cost per answered request (µs), baseline = "
+          "serving's hook with no listener")
+    for label, drain in (("mirrored (enqueue)", True), ("queue full (drop)", False)):
+        r = await request_path(args.calls, drain)
+        print(f"  {label:<20} baseline p50 {r['base_p50']:6.2f}   added p50 {r['p50']:6.2f}  "
+              f"p99 {r['p99']:6.2f}   p50 / 100 µs bar = {r['p50'] / 100:.3f}")
+    r2 = await end_to_end(args.requests, args.rate)
+    added = r2["mirrored"]["p50"] - r2["plain"]["p50"]
+    print(f"end to end ({args.requests} paced requests each, alternating; every request of "
+          f"the mirrored gateway mirrored: {r2['mirrored']['pairs']:.0f} identical pairs)")
+    for name in ("plain", "mirrored"):
+        print(f"  {name:<10} p50 {r2[name]['p50']:7.3f} ms   p99 {r2[name]['p99']:7.3f} ms")
+    print(f"  added p50 {added * 1000:+8.1f} µs   bar 100 µs: "
+          f"{'PASS' if added <= 0.1 else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
