@@ -2,21 +2,16 @@
 
 The request path reads only a local dict (:meth:`ThresholdStore.get`), never the network, so a
 Redis outage cannot slow or block a request. Changes (:meth:`ThresholdStore.set`, from the admin
-API) go to Redis when it is configured: the value is stored in a hash (the source of truth for
-replicas that start later) and published on a channel; every replica's subscriber updates its
-local dict as the message arrives (well under a second). Without Redis, changes are in-process.
-While Redis is unreachable a replica keeps serving with the last values it knew and reconnects
-in the background; on reconnect it reloads the hash.
+API) go to Redis when it is configured and reach every replica well under a second (see
+:class:`gateway.sharedmap.SharedMap`: a hash + pub/sub, served from memory through outages).
+Without Redis, changes are in-process.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
-from typing import Any
 
-log = logging.getLogger("tiergate.thresholds")
+from gateway.sharedmap import SharedMap
 
 HASH = "tiergate:thresholds"
 CHANNEL = "tiergate:thresholds:changed"
@@ -29,16 +24,22 @@ class ThresholdError(ValueError):
 class ThresholdStore:
     def __init__(self, defaults: dict[str, float], redis_url: str | None = None,
                  prefix: str = "", ranges: dict[str, tuple[float, float]] | None = None) -> None:
-        self.values = dict(defaults)
         self.ranges = ranges or {}
         """Per route, the scores its verifier can give (default [0, 1]): a P(small not good
         enough) is a probability; a gain score (P(large right) - P(small right)) is in [-1, 1]."""
-        self.redis_url = redis_url
-        self.hash = prefix + HASH
-        self.channel = prefix + CHANNEL
-        self._redis: Any = None
-        self._listener: asyncio.Task[None] | None = None
-        self.connected = False
+        self.shared: SharedMap[float] = SharedMap(
+            "thresholds", redis_url, prefix + HASH, prefix + CHANNEL, encode=repr,
+            decode=float, defaults=defaults, accept=lambda route: route in defaults)
+        self.values = self.shared.values
+        """Route → threshold in force (read on the request path; never the network)."""
+
+    @property
+    def connected(self) -> bool:
+        return self.shared.connected
+
+    @property
+    def redis_url(self) -> str | None:
+        return self.shared.redis_url
 
     def get(self, route: str) -> float:
         return self.values[route]
@@ -53,67 +54,10 @@ class ThresholdStore:
     async def set(self, route: str, value: float) -> None:
         """Change a route's threshold here and, with Redis, on every replica."""
         self.validate(route, value)
-        self.values[route] = float(value)
-        if self._redis is not None:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self.hash, route, repr(float(value)))
-                pipe.publish(self.channel, route)
-                await pipe.execute()
-
-    # -- Redis -------------------------------------------------------------------------------
+        await self.shared.set(route, float(value))
 
     async def start(self) -> None:
-        if self.redis_url is None:
-            return
-        import redis.asyncio as redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        # No retries inside the client: the listener below notices an outage at once, serves
-        # from memory meanwhile, and reconnects with its own backoff.
-        self._redis = redis.from_url(self.redis_url, socket_connect_timeout=2,
-                                     socket_timeout=5, retry=Retry(NoBackoff(), 0))
-        self._listener = asyncio.create_task(self._listen(), name="threshold-listener")
+        await self.shared.start()
 
     async def aclose(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
-        if self._redis is not None:
-            await self._redis.aclose()
-
-    async def _load(self) -> None:
-        stored = await self._redis.hgetall(self.hash)
-        for raw_route, raw_value in stored.items():
-            route = raw_route.decode()
-            if route in self.values:
-                self.values[route] = float(raw_value)
-
-    async def _listen(self) -> None:
-        delay = 0.2
-        while True:
-            try:
-                async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self.channel)
-                    await self._load()  # after subscribing: no change can fall in between
-                    self.connected, delay = True, 0.2
-                    while True:
-                        message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                           timeout=1.0)
-                        if message is None:
-                            await pubsub.ping()  # an outage shows up within a second
-                            continue
-                        if message.get("type") != "message":  # e.g. the ping's pong
-                            continue
-                        route = message["data"].decode()
-                        raw = await self._redis.hget(self.hash, route)
-                        if raw is not None and route in self.values:
-                            self.values[route] = float(raw)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis down: keep serving with what we know
-                if self.connected:
-                    log.warning("thresholds: lost Redis (%s); serving with the last values", exc)
-                self.connected = False
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        await self.shared.aclose()

@@ -1,0 +1,133 @@
+"""A small map that every replica holds in memory and changes through Redis.
+
+Reads (``values``) never touch the network, so a Redis outage cannot slow or block the request
+path. With Redis configured, :meth:`SharedMap.set` / :meth:`SharedMap.delete` write the value to
+a hash (the source of truth for replicas that start later) and publish the key on a channel;
+every replica's listener re-reads that key as the message arrives (well under a second). While
+Redis is unreachable a replica keeps the last values it knew and reconnects in the background,
+reloading the hash on reconnect. Without Redis, changes are in-process. Route thresholds
+(:mod:`router.thresholds`) and canary rollbacks (:mod:`gateway.canaries`) use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+log = logging.getLogger("tiergate.sharedmap")
+
+V = TypeVar("V")
+
+
+class SharedMap(Generic[V]):
+    def __init__(self, name: str, redis_url: str | None, hash_key: str, channel: str,
+                 encode: Callable[[V], str], decode: Callable[[bytes], V],
+                 defaults: dict[str, V] | None = None,
+                 accept: Callable[[str], bool] = lambda key: True,
+                 on_change: Callable[[str, V | None], None] | None = None) -> None:
+        self.name = name
+        self.defaults = dict(defaults or {})
+        """What a key holds while the hash has no value for it (deleting restores it)."""
+        self.values: dict[str, V] = dict(self.defaults)
+        self.redis_url = redis_url
+        self.hash = hash_key
+        self.channel = channel
+        self._encode, self._decode, self._accept = encode, decode, accept
+        self._on_change = on_change
+        self._redis: Any = None
+        self._listener: asyncio.Task[None] | None = None
+        self.connected = False
+
+    def _apply(self, key: str, value: V | None) -> None:
+        if value is None and key in self.defaults:
+            value = self.defaults[key]
+        if value is None:
+            if self.values.pop(key, None) is None:
+                return
+        else:
+            if self.values.get(key) == value:
+                return
+            self.values[key] = value
+        if self._on_change is not None:
+            self._on_change(key, value)
+
+    async def set(self, key: str, value: V) -> None:
+        """Change ``key`` here and, with Redis, on every replica."""
+        self._apply(key, value)
+        if self._redis is not None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self.hash, key, self._encode(value))
+                pipe.publish(self.channel, key)
+                await pipe.execute()
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key`` here and, with Redis, on every replica."""
+        self._apply(key, None)
+        if self._redis is not None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(self.hash, key)
+                pipe.publish(self.channel, key)
+                await pipe.execute()
+
+    async def start(self) -> None:
+        if self.redis_url is None:
+            return
+        import redis.asyncio as redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # No retries inside the client: the listener notices an outage at once, serves from
+        # memory meanwhile, and reconnects with its own backoff.
+        self._redis = redis.from_url(self.redis_url, socket_connect_timeout=2,
+                                     socket_timeout=5, retry=Retry(NoBackoff(), 0))
+        self._listener = asyncio.create_task(self._listen(), name=f"{self.name}-listener")
+
+    async def aclose(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    async def _load(self) -> None:
+        stored = await self._redis.hgetall(self.hash)
+        keys = {raw.decode() for raw in stored}
+        for raw_key, raw_value in stored.items():
+            key = raw_key.decode()
+            if self._accept(key):
+                self._apply(key, self._decode(raw_value))
+        for key in [k for k in list(self.values) if k not in keys]:
+            self._apply(key, None)
+
+    async def _listen(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self.channel)
+                    await self._load()  # after subscribing: no change can fall in between
+                    self.connected, delay = True, 0.2
+                    while True:
+                        message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                           timeout=1.0)
+                        if message is None:
+                            await pubsub.ping()  # an outage shows up within a second
+                            continue
+                        if message.get("type") != "message":  # e.g. the ping's pong
+                            continue
+                        key = message["data"].decode()
+                        if not self._accept(key):
+                            continue
+                        raw = await self._redis.hget(self.hash, key)
+                        self._apply(key, None if raw is None else self._decode(raw))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis down: keep serving with what we know
+                if self.connected:
+                    log.warning("%s: lost Redis (%s); serving with the last values",
+                                self.name, exc)
+                self.connected = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
