@@ -75,12 +75,19 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_every_field_is_documented() -> None:
     from pydantic import BaseModel
 
-    from gateway.settings import AuthSettings, ServerSettings, Settings
+    from gateway.settings import (
+        AuthSettings,
+        CanaryModelSettings,
+        CanarySettings,
+        ServerSettings,
+        Settings,
+    )
     from tests.conftest import REPO
 
     doc = (REPO / "docs" / "configuration.md").read_text()
     sections: list[type[BaseModel]] = [Settings, ServerSettings, AuthSettings,
-                                       HTTPModelSettings, EngineModelSettings]
+                                       HTTPModelSettings, EngineModelSettings, CanarySettings,
+                                       CanaryModelSettings]
     missing = [f"{cls.__name__}.{name}" for cls in sections for name in cls.model_fields
                if f"`{name}`" not in doc]
     assert not missing, f"fields missing from docs/configuration.md: {missing}"
