@@ -80,8 +80,11 @@ async def _with_backends(settings: Settings, names: list[str],
 def run_pin(args: argparse.Namespace, settings: Settings) -> int:
     from canary.pins import Pin
     from canary.service import CanaryService
+    from canary.sets import load_canary_set
 
     service = CanaryService(settings)
+    service.require_configured(args.model)  # fail before loading any model
+    load_canary_set(args.set_path or service.set_path(args.model))
 
     async def pin(registry: Any) -> Pin:
         return await service.pin(args.model, registry.get(args.model), args.set_path)

@@ -204,25 +204,27 @@ class DriftState(BaseModel):
         if state is None or not outcomes:
             return None
         test = get_test(self.config.test)
-        statistic = state.statistic
-        raised: StreamAlarm | None = None
-        failures = 0
+        success, failure = state.llr_success, state.llr_failure
+        statistic, peak, count = state.statistic, state.peak, state.observations
+        crossed: tuple[int, float] | None = None
         for outcome in outcomes:
-            state.observations += 1
-            failures += not outcome
-            statistic = test.step(statistic, state.llr_success if outcome else state.llr_failure)
-            state.peak = max(state.peak, statistic)
-            if statistic >= self.threshold and state.alarm is None:
-                raised = state.alarm = StreamAlarm(
-                    stream=state.name, slice=state.slice, kind=state.kind,
-                    statistic=statistic, threshold=self.threshold, raised_at=now,
-                    observation=state.observations, evidence="")
+            count += 1
+            statistic = test.step(statistic, success if outcome else failure)
+            peak = max(peak, statistic)
+            if crossed is None and statistic >= self.threshold:
+                crossed = (count, statistic)
+        raised: StreamAlarm | None = None
+        failures = len(outcomes) - sum(bool(o) for o in outcomes)
+        state.observations, state.peak = count, peak
         state.failures += failures
         state.batches += 1
         state.last_batch = (len(outcomes), failures)
         state.statistic = test.end_batch(statistic)
-        if raised is not None:
-            raised.evidence = describe(state, self.threshold, raised.statistic)
+        if crossed is not None and state.alarm is None:
+            raised = state.alarm = StreamAlarm(
+                stream=state.name, slice=state.slice, kind=state.kind, statistic=crossed[1],
+                threshold=self.threshold, raised_at=now, observation=crossed[0],
+                evidence=describe(state, self.threshold, crossed[1]))
         return raised
 
     def reset(self) -> None:
