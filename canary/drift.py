@@ -244,7 +244,7 @@ def describe(state: StreamState, threshold: float, statistic: float) -> str:
     h0 = (f"pass rate >= {state.p0:.0%}" if state.kind == "pass"
           else f"<= {1 - state.p0:.0%} differ")
     return (f"{state.name}: {failed} of {seen} {what} in the last batch "
-            f"({state.failures} of {state.observations} since reset; H0 {h0}); "
+            f"({state.failures} of {state.observations} since reset, H0 {h0}), "
             f"log-LR {statistic:.2f} >= {threshold:.2f}")
 
 

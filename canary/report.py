@@ -60,7 +60,8 @@ def _pin_lines(pin: Pin) -> list[str]:
                                      else "")
     return [
         f"  pinned    v{pin.version} at {when(pin.created_at)}: tuple {pin.tuple_digest[:19]}",
-        f"            engine {t.engine} {t.engine_version or ''}".rstrip(),
+        f"            engine {t.engine}" + (f" ({t.engine_version})" if t.engine_version
+                                              else ""),
         f"            weights {t.base_weights_sha256 or '(not pinned)'}, quantization {quant}",
         f"  set       {pin.set_path} (sha256 {pin.set_sha256[:12]}), {len(pin.golden)} items, "
         f"golden pass rate {pin.pass_rate:.1%}",
@@ -110,7 +111,8 @@ def status_report(status: ModelStatus) -> str:
         if alarm is not None:
             lines.append(f"  ALARM     raised {when(alarm.raised_at)} by {alarm.source}"
                          f"{f' (run {alarm.run_id})' if alarm.run_id else ''}:")
-            lines.extend(f"            {part}" for part in alarm.summary.split("; "))
+            lines.extend(f"            {part}" for part in alarm.summary.split("; ")
+                         if not part.startswith("traffic goes to"))
             if status.rollback_to:
                 lines.append(f"            traffic of {status.model} goes to "
                              f"{status.rollback_to} until: tiergate canary ack {status.model}")
