@@ -64,7 +64,7 @@ async def request_path(calls: int, drain: bool) -> dict[str, float]:
         shadow=ShadowSettings.model_validate({"mirrors": {"live": {
             "target": "pinned", "share": 1.0}}, "queue_size": 256}))
     telemetry = Telemetry(TelemetrySettings(tracing=False))
-    mirror = ShadowMirror(settings.shadow, ModelRegistry(settings), telemetry)
+    mirror = ShadowMirror(settings, ModelRegistry(settings), telemetry)
     bare = OpenAIServing.__new__(OpenAIServing)
     bare.listeners = []
     mirrored = OpenAIServing.__new__(OpenAIServing)

@@ -1,4 +1,6 @@
-"""``tiergate eval``: the shared baseline harness from the command line."""
+"""``tiergate eval`` (the shared baseline harness) and ``tiergate canary ...`` from the command
+line. Canary handlers return 0, or 1 when a run found drift (so cron and CI can act on it);
+errors are one line on stderr with exit code 2 (the CLI's handler)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     evaluate.add_argument("--concurrency", type=int, default=1)
     evaluate.add_argument("--out", type=Path, help="write the report as JSON here")
     evaluate.set_defaults(handler=run_eval)
+
+    from canary.cli import add_canary_commands
+
+    add_canary_commands(sub, common)
 
 
 def run_eval(args: argparse.Namespace, settings: Settings) -> int:

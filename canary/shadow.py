@@ -11,7 +11,6 @@ tokens) and, graded, training data for verifiers (``tiergate collect --from-shad
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,46 +19,10 @@ from typing import Any
 
 import orjson
 
+from canary.runs import ShadowComparison, TokenComparison, compare_tokens
 from gateway.backends.base import GenerationRequest, GenerationResult
 
 SCHEMA = "tiergate.shadow/1"
-
-
-@dataclass(slots=True)
-class Comparison:
-    """How two decodes of one request compare, token by token."""
-
-    identical: bool
-    """Token ids equal (texts, where a side has no token ids)."""
-    first_divergence: int | None
-    """The first position where the tokens differ (None when identical)."""
-    logprob_shift: float | None
-    """Mean absolute difference of the sampled tokens' logprobs over the common prefix."""
-
-
-def compare_outputs(tokens_a: Sequence[int] | None, logprobs_a: Sequence[float] | None,
-                    tokens_b: Sequence[int] | None, logprobs_b: Sequence[float] | None,
-                    text_a: str = "", text_b: str = "") -> Comparison:
-    """Compare two decodes (``a``: the reference) by their token ids, else by their text."""
-    if tokens_a is None or tokens_b is None:
-        same = text_a == text_b
-        diverge = None if same else _first_difference(text_a, text_b)
-        return Comparison(same, diverge, None)
-    diverge = _first_difference(tokens_a, tokens_b)
-    prefix = len(tokens_a) if diverge is None else diverge
-    shift = None
-    if logprobs_a is not None and logprobs_b is not None:
-        shared = min(prefix, len(logprobs_a), len(logprobs_b))
-        if shared:
-            shift = math.fsum(abs(logprobs_a[i] - logprobs_b[i]) for i in range(shared)) / shared
-    return Comparison(diverge is None, diverge, shift)
-
-
-def _first_difference(a: Sequence[Any], b: Sequence[Any]) -> int | None:
-    for position, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return position
-    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 @dataclass(slots=True)
@@ -101,7 +64,8 @@ class ShadowPair:
     """kind, messages or prompt, and the sampling parameters as applied (with the seed)."""
     live: ShadowAnswer
     shadow: ShadowAnswer
-    comparison: Comparison
+    comparison: TokenComparison
+    """Live vs shadow (``logprob_shift``: mean live - shadow logprob over the common prefix)."""
     deterministic: bool
     """Greedy or seeded: the two decodes are expected to agree when nothing drifted."""
     at: float = field(default_factory=time.time)
@@ -117,9 +81,19 @@ class ShadowPair:
             request={"kind": request.kind, "messages": request.messages,
                      "prompt": request.prompt, "sampling": sampling.to_dict()},
             live=a, shadow=b,
-            comparison=compare_outputs(b.token_ids, b.logprobs, a.token_ids, a.logprobs,
-                                       b.text, a.text),
+            comparison=compare_tokens(a.token_ids, a.text, b.token_ids, b.text,
+                                      a.logprobs, b.logprobs),
             deterministic=sampling.greedy or sampling.seed is not None)
+
+    def drift_evidence(self) -> ShadowComparison:
+        """The pair as the canary service's shadow stream takes it."""
+        return ShadowComparison(
+            request_id=self.request_id, model=self.live.model, shadow_model=self.shadow.model,
+            agree=self.comparison.agree, first_divergence=self.comparison.first_divergence,
+            logprob_shift=self.comparison.logprob_shift,
+            primary_tokens=self.live.completion_tokens,
+            shadow_tokens=self.shadow.completion_tokens,
+            shadow_latency_ms=self.shadow.latency_s * 1000)
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -129,7 +103,8 @@ class ShadowPair:
         return cls(
             request_id=data["request_id"], route=data["route"], relation=data["relation"],
             request=data["request"], live=ShadowAnswer(**data["live"]),
-            shadow=ShadowAnswer(**data["shadow"]), comparison=Comparison(**data["comparison"]),
+            shadow=ShadowAnswer(**data["shadow"]),
+            comparison=TokenComparison(**data["comparison"]),
             deterministic=data["deterministic"], at=data["at"], schema=data["schema"])
 
 

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.canary_admin import CANARY_ROUTES
 from gateway.errors import (
     MethodNotAllowedError,
     NotFoundError,
@@ -86,12 +87,14 @@ def create_app(settings: Settings) -> Starlette:
             await state.router.thresholds.start()
         if state.shadow is not None:
             await state.shadow.start()
+        await state.canaries.start()
         log.info("tiergate serving models: %s", ", ".join(state.registry.backends) or "(none)")
         try:
             yield
         finally:
             if state.shadow is not None:
                 await state.shadow.aclose()
+            await state.canaries.aclose()
             if state.router is not None:
                 await state.router.thresholds.aclose()
             await state.registry.aclose()
@@ -100,7 +103,7 @@ def create_app(settings: Settings) -> Starlette:
             state.telemetry.shutdown()
 
     app = Starlette(
-        routes=ROUTES + ADMIN_ROUTES + THRESHOLD_ROUTES,
+        routes=ROUTES + ADMIN_ROUTES + THRESHOLD_ROUTES + CANARY_ROUTES,
         lifespan=lifespan,
         exception_handlers={TiergateError: _tiergate_error, HTTPException: _http_error},
     )

@@ -13,6 +13,8 @@ Hierarchy (status, OpenAI ``type``)::
     │   └── ModelNotFoundError         404 invalid_request_error (code model_not_found)
     ├── NotFoundError                  404 invalid_request_error (unknown path / record)
     ├── MethodNotAllowedError          405 invalid_request_error
+    ├── ConflictError                  409 invalid_request_error (state changed under the request,
+    │                                      e.g. a canary set edited since its pin)
     ├── AuthenticationError            401 authentication_error (code invalid_api_key)
     ├── PermissionDeniedError          403 permission_error
     ├── RateLimitError                 429 rate_limit_error (+ Retry-After)
@@ -85,6 +87,14 @@ class MethodNotAllowedError(TiergateError):
     status = 405
     error_type = "invalid_request_error"
     default_code = "method_not_allowed"
+
+
+class ConflictError(TiergateError):
+    """The request conflicts with the current state (e.g. a canary set changed since its pin)."""
+
+    status = 409
+    error_type = "invalid_request_error"
+    default_code = "conflict"
 
 
 class AuthenticationError(TiergateError):

@@ -23,7 +23,7 @@ from canary.shadow import ShadowLog, ShadowPair
 from gateway.errors import TiergateError
 from gateway.registry import ModelRegistry
 from gateway.serving import CompletedRequest
-from gateway.settings import ShadowSettings
+from gateway.settings import Settings
 from gateway.telemetry import Telemetry
 
 log = logging.getLogger("tiergate.shadow")
@@ -35,15 +35,20 @@ FLUSH_EVERY_S = 0.5
 
 
 class ShadowMirror:
-    def __init__(self, settings: ShadowSettings, registry: ModelRegistry,
+    def __init__(self, settings: Settings, registry: ModelRegistry,
                  telemetry: Telemetry, rng: random.Random | None = None) -> None:
-        self.settings = settings
+        self.settings = settings.shadow
         self.registry = registry
         self.telemetry = telemetry
-        self.mirrors = settings.mirrors
-        self.log = ShadowLog(settings.dir)
+        self.mirrors = self.settings.mirrors
+        self.relations = {
+            live: "pinned" if settings.canary.for_model(live).pinned == mirror.target else "tier"
+            for live, mirror in self.mirrors.items()}
+        """``pinned``: the target serves the live model's pinned version (drift evidence);
+        ``tier``: another model (verifier training data)."""
+        self.log = ShadowLog(self.settings.dir)
         self.listeners: list[PairListener] = []
-        self.queue: asyncio.Queue[CompletedRequest] = asyncio.Queue(settings.queue_size)
+        self.queue: asyncio.Queue[CompletedRequest] = asyncio.Queue(self.settings.queue_size)
         self._draw = (rng or random.Random()).random
         self._pending: list[ShadowPair] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -127,8 +132,9 @@ class ShadowMirror:
                         mirror.target, getattr(exc, "message", None) or type(exc).__name__)
             self.telemetry.count_shadow(live.model.name, mirror.target, "error")
             return None
-        pair = ShadowPair.of(done.request, done.route, mirror.relation, live, shadow)
-        outcome = "identical" if pair.comparison.identical else "diverged"
+        pair = ShadowPair.of(done.request, done.route, self.relations[live.model.name], live,
+                             shadow)
+        outcome = "identical" if pair.comparison.agree else "diverged"
         self.telemetry.count_shadow(live.model.name, mirror.target, outcome)
         self._pending.append(pair)
         for listener in self.listeners:

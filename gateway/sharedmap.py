@@ -38,6 +38,8 @@ class SharedMap(Generic[V]):
         self._on_change = on_change
         self._redis: Any = None
         self._listener: asyncio.Task[None] | None = None
+        self._closing = False
+        self._pubsub: Any = None
         self.connected = False
 
     def _apply(self, key: str, value: V | None) -> None:
@@ -71,7 +73,9 @@ class SharedMap(Generic[V]):
                 pipe.publish(self.channel, key)
                 await pipe.execute()
 
-    async def start(self) -> None:
+    async def start(self, listen: bool = True) -> None:
+        """Connect to Redis (when configured) and, with ``listen``, follow other replicas'
+        changes; ``listen=False`` suits one-shot writers (the CLI)."""
         if self.redis_url is None:
             return
         import redis.asyncio as redis
@@ -82,12 +86,20 @@ class SharedMap(Generic[V]):
         # memory meanwhile, and reconnects with its own backoff.
         self._redis = redis.from_url(self.redis_url, socket_connect_timeout=2,
                                      socket_timeout=5, retry=Retry(NoBackoff(), 0))
-        self._listener = asyncio.create_task(self._listen(), name=f"{self.name}-listener")
+        if listen:
+            self._listener = asyncio.create_task(self._listen(), name=f"{self.name}-listener")
 
     async def aclose(self) -> None:
+        self._closing = True
         if self._listener is not None:
+            # redis-py's get_message can swallow a cancellation and wait on: closing the
+            # subscription's connection first ends that wait; the flag ends the loop.
+            if self._pubsub is not None:
+                await self._pubsub.aclose()
             self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+            _, pending = await asyncio.wait([self._listener], timeout=2.0)
+            if pending:
+                log.warning("%s: the Redis listener did not stop", self.name)
         if self._redis is not None:
             await self._redis.aclose()
 
@@ -103,9 +115,10 @@ class SharedMap(Generic[V]):
 
     async def _listen(self) -> None:
         delay = 0.2
-        while True:
+        while not self._closing:
             try:
                 async with self._redis.pubsub() as pubsub:
+                    self._pubsub = pubsub
                     await pubsub.subscribe(self.channel)
                     await self._load()  # after subscribing: no change can fall in between
                     self.connected, delay = True, 0.2
@@ -125,6 +138,8 @@ class SharedMap(Generic[V]):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis down: keep serving with what we know
+                if self._closing:
+                    return
                 if self.connected:
                     log.warning("%s: lost Redis (%s); serving with the last values",
                                 self.name, exc)

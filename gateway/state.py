@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.auth import KeyAuthenticator
+from gateway.canaries import CanaryMonitor
 from gateway.openapi import openapi_document
 from gateway.protocol import model_card
 from gateway.records.recorder import Recorder
@@ -26,6 +27,7 @@ class GatewayState:
     auth: KeyAuthenticator
     openapi: dict[str, Any]
     telemetry: Telemetry
+    canaries: CanaryMonitor
     recorder: Recorder | None = None
     router: Router | None = None
     shadow: ShadowMirror | None = None
@@ -47,9 +49,11 @@ class GatewayState:
             serving.admission.append(recorder.admit)
             serving.recorded = True
             telemetry.gauge("tiergate_record_queue_depth", lambda: {"": recorder.pending})
+        canaries = CanaryMonitor(settings, registry, serving.dispatcher, telemetry)
         shadow = None
         if settings.shadow.mirrors:
-            shadow = ShadowMirror(settings.shadow, registry, telemetry)
+            shadow = ShadowMirror(settings, registry, telemetry)
+            shadow.listeners.append(canaries.on_shadow_pair)
             serving.listeners.append(shadow)
             queue = shadow.queue
             telemetry.gauge("tiergate_shadow_queue_depth", lambda: {"": queue.qsize()})
@@ -63,6 +67,7 @@ class GatewayState:
             recorder=recorder,
             router=router,
             shadow=shadow,
+            canaries=canaries,
         )
 
     def route_cards(self) -> list[dict[str, Any]]:

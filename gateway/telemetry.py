@@ -49,7 +49,17 @@ class Telemetry:
                               "Mirrored requests by live model, shadow target and outcome "
                               "(identical, diverged, error, busy, dropped)",
                               ("model", "target", "outcome"))
+        self.canary_alerts = Counter("tiergate_canary_alerts_total",
+                                     "Canary alerts by model, kind (drift, acknowledged) and "
+                                     "source (canary, shadow, tuple, operator)",
+                                     ("model", "kind", "source"))
         self.gauges = {
+            "tiergate_canary_rollback": Gauge("tiergate_canary_rollback",
+                                              "1 while a model's traffic is rolled back to its "
+                                              "pinned version", "model"),
+            "tiergate_canary_leader": Gauge("tiergate_canary_leader",
+                                            "1 on the replica that runs scheduled canaries",
+                                            None),
             "tiergate_in_flight": Gauge("tiergate_in_flight", "Requests in flight, by model",
                                         "model"),
             "tiergate_circuit_state": Gauge("tiergate_circuit_state",
@@ -63,6 +73,7 @@ class Telemetry:
         }
         metrics: list[Counter | Histogram | Gauge] = [
             self.requests, self.duration, self.ttft, self.tokens, self.escalations, self.shadow,
+            self.canary_alerts,
             *self.gauges.values()]
         for metric in metrics:
             self.registry.add(metric)
@@ -118,6 +129,10 @@ class Telemetry:
     def count_shadow(self, model: str, target: str, outcome: str) -> None:
         if self.settings.metrics:
             self.shadow.inc((model, target, outcome))
+
+    def count_canary_alert(self, model: str, kind: str, source: str) -> None:
+        if self.settings.metrics:
+            self.canary_alerts.inc((model, kind, source))
 
     def prometheus_text(self) -> bytes:
         return self.registry.render() if self.settings.metrics else b""

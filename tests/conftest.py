@@ -166,7 +166,9 @@ def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatewa
         directory = tmp_path_factory.mktemp("gateway")
         records = {"sqlite_path": str(directory / "records.sqlite3"),
                    "spool_dir": str(directory / "spool")}
-        sections = {**sections, "records": {**records, **sections.get("records", {})}}
+        sections = {**sections, "records": {**records, **sections.get("records", {})},
+                    "canary": {"dir": str(directory / "canary"), **sections.get("canary", {})},
+                    "shadow": {"dir": str(directory / "shadow"), **sections.get("shadow", {})}}
         config = write_config(directory / "tiergate.toml", sections)
         port = free_port()
         args = [sys.executable, "-m", "gateway", "serve", "--config", str(config),

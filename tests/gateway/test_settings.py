@@ -77,6 +77,8 @@ def test_every_field_is_documented() -> None:
 
     from gateway.settings import (
         AuthSettings,
+        CanaryModelSettings,
+        CanarySettings,
         ServerSettings,
         Settings,
         ShadowMirror,
@@ -86,8 +88,8 @@ def test_every_field_is_documented() -> None:
 
     doc = (REPO / "docs" / "configuration.md").read_text()
     sections: list[type[BaseModel]] = [Settings, ServerSettings, AuthSettings,
-                                       HTTPModelSettings, EngineModelSettings, ShadowSettings,
-                                       ShadowMirror]
+                                       HTTPModelSettings, EngineModelSettings, CanarySettings,
+                                       CanaryModelSettings, ShadowSettings, ShadowMirror]
     missing = [f"{cls.__name__}.{name}" for cls in sections for name in cls.model_fields
                if f"`{name}`" not in doc]
     assert not missing, f"fields missing from docs/configuration.md: {missing}"

@@ -74,7 +74,7 @@ def test_mirrored_pairs_are_stored_and_identical(mirrored: tuple[ServerProcess, 
     for pair in pairs.values():
         assert pair.relation == "pinned" and pair.route == "live"
         assert pair.live.model == "live" and pair.shadow.model == "live-pinned"
-        assert pair.comparison.identical and pair.comparison.first_divergence is None
+        assert pair.comparison.agree and pair.comparison.first_divergence is None
         assert pair.live.text == pair.shadow.text and pair.live.text.startswith("echo: ")
         assert pair.deterministic
     # The sampled request was mirrored with its effective seed: replayable on both sides.
@@ -141,6 +141,6 @@ def test_tier_pairs_on_the_reference_models(gateway_factory: GatewayFactory,
         assert pair.relation == "tier"
         assert pair.live.tuple_digest != pair.shadow.tuple_digest
         assert pair.live.token_ids and pair.shadow.token_ids
-        assert pair.comparison.identical == (pair.live.token_ids == pair.shadow.token_ids)
+        assert pair.comparison.agree == (pair.live.token_ids == pair.shadow.token_ids)
     # Two different models: they disagree somewhere on these prompts.
-    assert any(not p.comparison.identical for p in pairs)
+    assert any(not p.comparison.agree for p in pairs)
