@@ -8,6 +8,7 @@ seed), calls the backend and shapes the answer. It never touches HTTP objects: i
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -121,6 +122,9 @@ class OpenAIServing:
         """Checks before a request is served; one that raises refuses it (records' backpressure)."""
         self.recorded = False
         """A recorder listens: answers carry ``x-tiergate-record-id``."""
+        self._seeds = random.Random(secrets.randbits(128))
+        """Draws effective seeds: seeded from the OS once (a seed needs to be recorded, not
+        secret; ``secrets`` cost a system call per request)."""
 
     def _completed(self, ctx: RequestContext, req: protocol.OpenAIRequest,
                    gen: GenerationRequest, results: list[GenerationResult],
@@ -141,7 +145,7 @@ class OpenAIServing:
         sampling = gen.sampling
         if sampling.seed is None and not sampling.greedy and self.settings.default_seed_draw:
             # The effective seed: drawn here and passed down, so a sampled answer can be replayed.
-            sampling.seed = secrets.randbelow(SEED_BOUND)
+            sampling.seed = self._seeds.randrange(SEED_BOUND)
         return gen
 
     def _route(self, name: str) -> Route | None:
