@@ -96,10 +96,12 @@ class CompletionsApp:
             started = True
             await send({"type": "http.response.start", "status": 200, "headers": raw})
             await self._stream(served.stream, receive, send)
-        except TiergateError as exc:
-            await send_json(send, exc.status, orjson.dumps(exc.body()), exc.headers(), request_id)
         except ClientGone:
             return
+        except TiergateError as exc:
+            if started:  # the stream's own errors are SSE events; this cannot be answered now
+                raise
+            await send_json(send, exc.status, orjson.dumps(exc.body()), exc.headers(), request_id)
         except Exception:
             log.exception("request %s failed", request_id)
             if started:
