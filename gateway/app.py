@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,6 +20,7 @@ from gateway.errors import (
     TiergateError,
     internal_error,
 )
+from gateway.fastpath import COMPLETION_PATHS, CompletionsApp, new_request_id
 from gateway.records.admin import ADMIN_ROUTES
 from gateway.routes import ROUTES, THRESHOLD_ROUTES, error_response
 from gateway.settings import Settings, load_settings
@@ -29,9 +29,23 @@ from gateway.state import GatewayState
 log = logging.getLogger("tiergate.app")
 
 
+class TiergateApp(Starlette):
+    """Starlette, with the completion endpoints handed to :class:`CompletionsApp` before any of
+    Starlette's layers (see :mod:`gateway.fastpath` for why)."""
+
+    completions: CompletionsApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in COMPLETION_PATHS:
+            await self.completions(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 class RequestIdMiddleware:
-    """Gives every request an id (``x-request-id`` on every response) and turns any uncaught
-    exception into an OpenAI-shaped 500: a client never sees a traceback."""
+    """Gives every request of the Starlette routes an id (``x-request-id`` on every response)
+    and turns any uncaught exception into an OpenAI-shaped 500: a client never sees a
+    traceback. (The completion endpoints do the same in :mod:`gateway.fastpath`.)"""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -40,7 +54,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         started = False
 
@@ -75,7 +89,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(TiergateError(str(exc.detail)))
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings) -> TiergateApp:
     state = GatewayState.build(settings)
 
     @asynccontextmanager
@@ -102,16 +116,17 @@ def create_app(settings: Settings) -> Starlette:
                 await state.recorder.aclose()  # delivers what is left to the store
             state.telemetry.shutdown()
 
-    app = Starlette(
+    app = TiergateApp(
         routes=ROUTES + ADMIN_ROUTES + THRESHOLD_ROUTES + CANARY_ROUTES,
         lifespan=lifespan,
         exception_handlers={TiergateError: _tiergate_error, HTTPException: _http_error},
     )
     app.state.tiergate = state
+    app.completions = CompletionsApp(state)
     app.add_middleware(RequestIdMiddleware)
     return app
 
 
-def app_from_environment() -> Starlette:
+def app_from_environment() -> TiergateApp:
     """Factory for ``uvicorn --factory`` and worker processes: settings from the environment."""
     return create_app(load_settings())

@@ -1,5 +1,6 @@
 """HTTP routes of the OpenAI surface. Thin: read and parse the body, authorize, call the serving
-object, serialize. Everything else lives in :mod:`gateway.serving`."""
+object, serialize. Everything else lives in :mod:`gateway.serving`. The completion endpoints
+themselves are :mod:`gateway.fastpath` (a raw ASGI app, for speed); their body parsing is here."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import protocol
 from gateway.auth import authenticate_admin
 from gateway.errors import (
     InvalidRequestError,
@@ -19,7 +19,6 @@ from gateway.errors import (
     RequestTooLargeError,
     TiergateError,
 )
-from gateway.serving import RequestContext, Served
 from gateway.state import GatewayState
 from router.thresholds import ThresholdError, ThresholdStore
 
@@ -102,33 +101,6 @@ def _parse_slowly(model: type[M], body: bytes) -> M:
         raise InvalidRequestError(message, param=param) from exc
 
 
-def _respond(served: Served) -> Response:
-    if served.stream is not None:
-        headers = {**served.headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
-        return StreamingResponse(served.stream, media_type="text/event-stream", headers=headers)
-    return JSONResponse(served.body, headers=served.headers)
-
-
-async def _completions(request: Request, model: type[protocol.OpenAIRequest]) -> Response:
-    state = state_of(request)
-    caller = state.auth.authenticate(request.headers.get("authorization"))
-    body = await read_body(request, state.settings.server.max_body_bytes)
-    parsed = parse(model, body)
-    ctx = RequestContext(request_id=request.scope["state"]["request_id"], caller=caller,
-                         trace_headers={k: v for k in ("traceparent", "tracestate")
-                                        if (v := request.headers.get(k)) is not None},
-                         operation=request.scope["path"])
-    return _respond(await state.serving.create(parsed, ctx))
-
-
-async def chat_completions(request: Request) -> Response:
-    return await _completions(request, protocol.ChatCompletionRequest)
-
-
-async def completions(request: Request) -> Response:
-    return await _completions(request, protocol.CompletionRequest)
-
-
 async def list_models(request: Request) -> Response:
     state = state_of(request)
     state.auth.authenticate(request.headers.get("authorization"))
@@ -204,8 +176,6 @@ THRESHOLD_ROUTES = [
 ]
 
 ROUTES = [
-    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-    Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
     Route("/health", health, methods=["GET"]),

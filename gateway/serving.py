@@ -8,6 +8,7 @@ seed), calls the backend and shapes the answer. It never touches HTTP objects: i
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -121,6 +122,9 @@ class OpenAIServing:
         """Checks before a request is served; one that raises refuses it (records' backpressure)."""
         self.recorded = False
         """A recorder listens: answers carry ``x-tiergate-record-id``."""
+        self._seeds = random.Random(secrets.randbits(128))
+        """Draws effective seeds: seeded from the OS once (a seed needs to be recorded, not
+        secret; ``secrets`` cost a system call per request)."""
 
     def _completed(self, ctx: RequestContext, req: protocol.OpenAIRequest,
                    gen: GenerationRequest, results: list[GenerationResult],
@@ -141,7 +145,7 @@ class OpenAIServing:
         sampling = gen.sampling
         if sampling.seed is None and not sampling.greedy and self.settings.default_seed_draw:
             # The effective seed: drawn here and passed down, so a sampled answer can be replayed.
-            sampling.seed = secrets.randbelow(SEED_BOUND)
+            sampling.seed = self._seeds.randrange(SEED_BOUND)
         return gen
 
     def _route(self, name: str) -> Route | None:
@@ -235,29 +239,38 @@ class OpenAIServing:
         accumulator = StreamAccumulator(model, gen.sampling.n)
         status: int = 200
         error: BaseException | None = None
+        held: list[bytes] = []  # events of chunks that arrived together: sent in one piece
         try:
             if first is not None:
                 accumulator.add(first)
                 if first.index is not None:
-                    yield sse_event(chunks.chunk(first))
+                    held.append(sse_event(chunks.chunk(first)))
+                if not first.buffered and held:
+                    yield b"".join(held)
+                    held.clear()
             async for chunk in upstream:
                 accumulator.add(chunk)
                 if chunk.index is not None:
-                    yield sse_event(chunks.chunk(chunk))
+                    held.append(sse_event(chunks.chunk(chunk)))
+                if not chunk.buffered and held:
+                    yield b"".join(held) if len(held) > 1 else held[0]
+                    held.clear()
             result = accumulator.result()
             if req.include_usage:
-                yield sse_event(chunks.usage(result.usage))
+                held.append(sse_event(chunks.usage(result.usage)))
             # Recorded before [DONE] goes out.
             self._completed(ctx, req, gen, [*plan.prior, result], plan.decision)
-            yield SSE_DONE
+            held.append(SSE_DONE)
+            yield b"".join(held)
+            held.clear()
         except TiergateError as exc:
             log.warning("request %s: stream failed: %s", gen.request_id, exc.message)
             status, error = exc.status, exc
-            yield sse_event(exc.body())
+            yield b"".join([*held, sse_event(exc.body())])
         except Exception as exc:
             log.exception("request %s: stream failed", gen.request_id)
             status, error = 500, exc
-            yield sse_event(internal_error().body())
+            yield b"".join([*held, sse_event(internal_error().body())])
         except BaseException as exc:  # the client went away (cancelled / generator closed)
             status, error = 499, exc
             raise

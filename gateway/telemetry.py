@@ -13,6 +13,7 @@ registry: no global state, several gateways can live in one process.
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -187,9 +188,9 @@ class Telemetry:
 
 
 def _recording() -> bool:
-    from opentelemetry.trace import get_current_span
-
-    return bool(get_current_span().is_recording())
+    """Inside a sampled request? (Without the tracing SDK loaded, never.)"""
+    trace = sys.modules.get("opentelemetry.trace")
+    return trace is not None and bool(trace.get_current_span().is_recording())
 
 
 def trace_headers_for_upstream(client_headers: dict[str, str]) -> dict[str, str]:

@@ -159,6 +159,10 @@ class GenerationChunk:
     stream that a whole result carries too."""
     rendered_prompt: str | None = None
     runtime: dict[str, Any] | None = None
+    buffered: bool = False
+    """More chunks of this stream are already in memory: the gateway may hold this one back
+    and send them together (one write instead of several; set by the HTTP backend for SSE
+    events that arrived in one read)."""
 
 
 class StreamAccumulator:

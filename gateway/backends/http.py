@@ -1,8 +1,9 @@
 """A model behind any OpenAI-compatible HTTP server: vLLM, another tiergate, a hosted API.
 
-Pooled keep-alive connections (aiohttp: measured ~8x the throughput of httpx's default transport
-on this path), connect / first-byte / total timeouts, streaming pass-through, and every upstream
-failure mapped to a :mod:`gateway.errors` type at this boundary.
+Pooled keep-alive connections (:mod:`gateway.backends.httpclient`: measured ~0.03 ms of CPU per
+call, aiohttp's client ~0.27 ms, httpx's several times that), connect / first-byte / total
+timeouts, streaming pass-through, and every upstream failure mapped to a :mod:`gateway.errors`
+type at this boundary.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 from gateway.backends.base import (
@@ -23,6 +24,7 @@ from gateway.backends.base import (
     GenerationResult,
     Timing,
 )
+from gateway.backends.httpclient import ClientError, ConnectError, Pool, Response
 from gateway.backends.wire import parse_chunk, parse_response, request_body
 from gateway.errors import (
     InvalidRequestError,
@@ -89,7 +91,8 @@ class HTTPBackend(Backend):
         self.settings = settings
         self.base_url = settings.base_url.rstrip("/")
         self.upstream_model = settings.upstream_model
-        self._session: aiohttp.ClientSession | None = None
+        self._prefix = urlsplit(self.base_url).path
+        self._pool: Pool | None = None
         self._tuple = self._build_tuple(engine="openai-compatible", version=None)
         self._identity_error: str | None = None
 
@@ -100,29 +103,23 @@ class HTTPBackend(Backend):
         headers = {"user-agent": "tiergate"}
         if s.api_key is not None:
             headers["authorization"] = f"Bearer {s.api_key.get_secret_value()}"
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=s.max_connections, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(total=s.total_timeout_s,
-                                          sock_connect=s.connect_timeout_s),
-            headers=headers,
-            json_serialize=lambda obj: orjson.dumps(obj).decode(),
-            skip_auto_headers=("accept-encoding",),
-        )
+        self._pool = Pool(self.base_url, s.max_connections, s.connect_timeout_s,
+                          s.total_timeout_s, headers)
         try:
             await self.probe()
         except TiergateError as exc:  # an upstream that is down now may be up later
             log.warning("model %s: upstream identity unknown for now: %s", self.name, exc.message)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def pool(self) -> Pool:
+        if self._pool is None:
             raise ServiceUnavailableError(f"model {self.name} is not started")
-        return self._session
+        return self._pool
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -189,23 +186,26 @@ class HTTPBackend(Backend):
     async def _get_json(self, url: str) -> Any:
         try:
             async with asyncio.timeout(self.settings.first_byte_timeout_s):
-                async with self.session.get(url) as resp:
+                resp = await self.pool.request("GET", urlsplit(url).path or "/")
+                try:
                     body = await resp.read()
-                    if resp.status != 200:
-                        raise map_status(resp.status, body, resp.headers)
-                    return orjson.loads(body)
+                finally:
+                    resp.release()
+                if resp.status != 200:
+                    raise map_status(resp.status, body, resp.headers)
+                return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise UpstreamError(f"{url} did not return JSON") from exc
         except TimeoutError as exc:
             raise UpstreamTimeoutError(f"{url} timed out") from exc
-        except aiohttp.ClientError as exc:
+        except ClientError as exc:
             raise ServiceUnavailableError(f"cannot reach {url}: {exc}", retry_after=1) from exc
 
-    def _url(self, request: GenerationRequest) -> str:
-        return f"{self.base_url}/chat/completions" if request.kind == "chat" else \
-            f"{self.base_url}/completions"
+    def _target(self, request: GenerationRequest) -> str:
+        return f"{self._prefix}/chat/completions" if request.kind == "chat" else \
+            f"{self._prefix}/completions"
 
-    async def _open(self, request: GenerationRequest, stream: bool) -> aiohttp.ClientResponse:
+    async def _open(self, request: GenerationRequest, stream: bool) -> Response:
         """POST and wait for the response headers (the first-byte timeout); map failures."""
         if self._identity_error:
             raise ModelIntegrityError(self._identity_error)
@@ -217,21 +217,21 @@ class HTTPBackend(Backend):
                    **trace_headers_for_upstream(request.trace_headers)}
         try:
             async with asyncio.timeout(self.settings.first_byte_timeout_s):
-                resp = await self.session.post(self._url(request), data=body, headers=headers)
+                resp = await self.pool.request("POST", self._target(request), body, headers)
         except TimeoutError as exc:
             raise UpstreamTimeoutError(
                 f"model {self.name}: no response within {self.settings.first_byte_timeout_s}s"
             ) from exc
-        except aiohttp.ClientConnectorError as exc:
+        except ConnectError as exc:
             raise ServiceUnavailableError(
-                f"model {self.name}: cannot connect to upstream: {exc.os_error}", retry_after=1
-            ) from exc
-        except aiohttp.ClientError as exc:
+                f"model {self.name}: cannot connect to upstream: {exc.os_error or exc}",
+                retry_after=1) from exc
+        except ClientError as exc:
             raise UpstreamError(f"model {self.name}: upstream connection failed: {exc}") from exc
         if resp.status != 200:
             try:
                 payload = await resp.read()
-            except aiohttp.ClientError:
+            except (ClientError, TimeoutError):
                 payload = b""
             finally:
                 resp.release()
@@ -250,7 +250,7 @@ class HTTPBackend(Backend):
             raise UpstreamError(f"model {self.name}: upstream sent invalid JSON") from exc
         except TimeoutError as exc:
             raise UpstreamTimeoutError(f"model {self.name}: upstream response timed out") from exc
-        except aiohttp.ClientError as exc:
+        except ClientError as exc:
             raise UpstreamError(f"model {self.name}: upstream response failed: {exc}") from exc
         finally:
             resp.release()
@@ -273,31 +273,67 @@ class HTTPBackend(Backend):
             if resp.content_type != "text/event-stream":
                 raise UpstreamError(f"model {self.name}: upstream answered {resp.content_type!r} "
                                     "to a streaming request")
-            async for line in resp.content:
-                if not line.startswith(b"data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    done = True
-                    break
-                try:
-                    data = orjson.loads(payload)
-                except orjson.JSONDecodeError as exc:
-                    raise UpstreamError(f"model {self.name}: upstream sent an invalid SSE "
-                                        "event") from exc
-                for chunk in parse_chunk(data, chat):
+            tail = b""
+            async for data in resp.iter_any():
+                lines = (tail + data if tail else data).split(b"\n")
+                tail = lines.pop()  # a line not complete yet
+                chunks: list[GenerationChunk] = []
+                failure: UpstreamError | None = None
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        done = True
+                        break
+                    try:
+                        chunks.extend(parse_chunk(orjson.loads(payload), chat))
+                    except orjson.JSONDecodeError as exc:
+                        failure = UpstreamError(f"model {self.name}: upstream sent an invalid "
+                                                "SSE event")
+                        failure.__cause__ = exc
+                        break
+                    except UpstreamError as exc:
+                        failure = exc
+                        break
+                # Chunks that arrived together are marked so that they are sent on together;
+                # those before a failure are delivered before it.
+                for chunk in chunks:
+                    chunk.buffered = True
+                if chunks and failure is None:
+                    chunks[-1].buffered = False
+                for chunk in chunks:
                     yield chunk
+                if failure is not None:
+                    raise failure
+                if done:
+                    break
         except TimeoutError as exc:
             raise UpstreamTimeoutError(f"model {self.name}: upstream stream timed out") from exc
-        except aiohttp.ClientError as exc:
+        except ClientError as exc:
             raise UpstreamError(f"model {self.name}: upstream stream failed: {exc}") from exc
         finally:
             # Not read to the end (client gone, error): close the connection, which cancels the
             # upstream request, rather than returning a half-read connection to the pool.
             if done:
-                resp.release()
+                await _drain(resp)
             else:
                 resp.close()
         if not done:
             raise UpstreamError(f"model {self.name}: upstream closed the stream mid-answer")
 
+
+async def _drain(resp: Response) -> None:
+    """After ``[DONE]``: read what is left of the body (its chunked terminator, usually there
+    already) so the connection can be reused, without waiting on an upstream that lingers."""
+    if resp.complete:
+        resp.release()
+        return
+    try:
+        async with asyncio.timeout(0.5):
+            async for _ in resp.iter_any():
+                pass
+    except (TimeoutError, ClientError):
+        resp.close()
+    else:
+        resp.release()
