@@ -48,6 +48,7 @@ def mirrored(gateway_factory: GatewayFactory, upstream: ServerProcess,
         "models.slow-target": upstream_model(upstream, "slow-1500", max_in_flight=2),
         "shadow": {"queue_size": 1, "workers": 1, "dir": str(shadow_dir)},
         "shadow.mirrors.live": {"target": "live-pinned", "share": 1.0},
+        "canary.models.live": {"pinned": "live-pinned"},
         "shadow.mirrors.busy-live": {"target": "slow-target", "share": 1.0},
     }), shadow_dir
 
@@ -126,8 +127,7 @@ def test_tier_pairs_on_the_reference_models(gateway_factory: GatewayFactory,
                              "int8": True},
         "models.ref-large": {"backend": "engine", "path": str(REFERENCE / "ref-large")},
         "shadow": {"dir": str(tmp_path)},
-        "shadow.mirrors.ref-small": {"target": "ref-large", "share": 1.0,
-                                     "relation": "tier"},
+        "shadow.mirrors.ref-small": {"target": "ref-large", "share": 1.0},
     })
     prompts = ["rev(12+34)=", "rev(5*7)=", "sort(dcba)=", "rev(987+456)=", "rev(43*21)="]
     for prompt in prompts:
