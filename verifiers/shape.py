@@ -37,8 +37,10 @@ def _runs(pattern: re.Pattern[str], text: str) -> list[int]:
 
 
 def _longest_run(text: str) -> str:
-    runs = [m.group() for pattern in (_DIGITS, _LETTERS) for m in pattern.finditer(text)]
-    return max(runs, key=len, default="")
+    """The longest digit or letter run; of equally long ones the last (nearest the answer)."""
+    runs = sorted((m.start(), m.group()) for pattern in (_DIGITS, _LETTERS)
+                   for m in pattern.finditer(text))
+    return max(reversed([run for _, run in runs]), key=len, default="")
 
 
 class PromptShape:
