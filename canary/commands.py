@@ -1,6 +1,7 @@
-"""``tiergate eval`` (the shared baseline harness) and ``tiergate canary ...`` from the command
-line. Canary handlers return 0, or 1 when a run found drift (so cron and CI can act on it);
-errors are one line on stderr with exit code 2 (the CLI's handler)."""
+"""``tiergate eval`` (the shared baseline harness), ``tiergate collect`` (verifier training data
+from served models or shadow pairs) and ``tiergate canary ...`` from the command line. Canary
+handlers return 0, or 1 when a run found drift (so cron and CI can act on it); errors are one
+line on stderr with exit code 2 (the CLI's handler)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import orjson
 
+from gateway.errors import ConfigError
 from gateway.settings import Settings
 
 
@@ -28,6 +30,22 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     evaluate.add_argument("--concurrency", type=int, default=1)
     evaluate.add_argument("--out", type=Path, help="write the report as JSON here")
     evaluate.set_defaults(handler=run_eval)
+
+    collect = sub.add_parser(
+        "collect", parents=[common],
+        help="verifier training data (JSONL): a task set answered by the small and large model")
+    collect.add_argument("--task-set", required=True, type=Path, help="a JSONL task set")
+    collect.add_argument("--out", required=True, type=Path, help="training JSONL to write")
+    collect.add_argument("--route", help="take --small / --large from this configured route")
+    collect.add_argument("--small", help="the small model (a configured model name)")
+    collect.add_argument("--large", help="the large model (optional: without it the rows carry "
+                         "no large answer and train only 'small-wrong' verifiers)")
+    collect.add_argument("--limit", type=int, help="only the first N items")
+    collect.add_argument("--concurrency", type=int, default=1)
+    collect.add_argument("--top-logprobs", type=int, default=0,
+                         help="top logprobs kept per token (0: the sampled token's only, what a "
+                              "cascade route reads when the client asks for none)")
+    collect.set_defaults(handler=run_collect)
 
     from canary.cli import add_canary_commands
 
@@ -79,4 +97,64 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
                    "baseline": baseline.to_json() if baseline else None}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2))
+    return 0
+
+
+def _tiers(args: argparse.Namespace, settings: Settings) -> tuple[str, str | None]:
+    small, large = args.small, args.large
+    if args.route is not None:
+        route = settings.routes.get(args.route)
+        if route is None:
+            known = ", ".join(settings.routes) or "none configured"
+            raise ConfigError(f"--route: no route {args.route!r} (routes: {known})")
+        small, large = small or route.small, large or route.large
+    if small is None:
+        raise ConfigError("collect needs --small MODEL (or --route NAME)")
+    for flag, name in (("--small", small), ("--large", large)):
+        if name is not None and name not in settings.models:
+            hint = " (a route: use --route)" if name in settings.routes else ""
+            raise ConfigError(f"{flag}: no model {name!r} in the configuration{hint}")
+    return small, large
+
+
+def run_collect(args: argparse.Namespace, settings: Settings) -> int:
+    from canary.collect import Collected, collect_taskset, format_summary
+    from canary.tasksets import load_taskset
+    from gateway.registry import ModelRegistry
+    from verifiers.data import write_examples
+
+    small, large = _tiers(args, settings)
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError("--limit must be at least 1")
+    if args.concurrency < 1 or args.top_logprobs < 0:
+        raise ConfigError("--concurrency must be at least 1 and --top-logprobs at least 0")
+    items = load_taskset(args.task_set)[: args.limit]
+
+    def progress(done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\r{done}/{total}", end="", file=sys.stderr, flush=True)
+
+    async def collect() -> Collected:
+        registry = ModelRegistry(settings)
+        try:
+            await registry.start([small] + ([large] if large else []))
+            return await collect_taskset(
+                items, registry.get(small), registry.get(large) if large else None,
+                args.concurrency, args.top_logprobs, progress)
+        finally:
+            await registry.aclose()
+
+    started = time.perf_counter()
+    collected = asyncio.run(collect())
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    if not collected.rows:
+        raise ConfigError(f"no rows: every item failed ({collected.failed[0]})")
+    write_examples(args.out, collected.rows)
+    print(f"{len(collected.rows)} rows from {args.task_set} (small {small}, large "
+          f"{large or '-'}) in {time.perf_counter() - started:.1f} s -> {args.out}")
+    print(format_summary(collected.rows))
+    if collected.failed:
+        print(f"{len(collected.failed)} items failed (no row): {collected.failed[0]}",
+              file=sys.stderr)
     return 0

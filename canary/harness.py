@@ -37,6 +37,8 @@ class ItemRun:
     logprobs: list[float] | None = None
     finish_reason: str | None = None
     error: str | None = None
+    result: GenerationResult | None = field(default=None, repr=False)
+    """The backend's whole result (top logprobs included), for ``tiergate collect``."""
 
 
 def item_request(item: TaskItem, request_id: str, logprobs: int | None = 0,
@@ -60,7 +62,7 @@ def _run_of(item: TaskItem, result: GenerationResult, latency: float) -> ItemRun
         latency_s=latency, completion_tokens=result.usage.completion_tokens,
         prompt_tokens=result.usage.prompt_tokens, token_ids=choice.token_ids,
         logprobs=[lp.logprob for lp in choice.logprobs] if choice.logprobs else None,
-        finish_reason=choice.finish_reason,
+        finish_reason=choice.finish_reason, result=result,
     )
 
 

@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_verifier_commands(sub, common)
 
+    from router.commands import add_commands as add_router_commands
+
+    add_router_commands(sub, common)
+
     from gateway.records.commands import add_commands as add_records_commands
 
     add_records_commands(sub, common)

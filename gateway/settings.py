@@ -164,6 +164,8 @@ class RouteSettings(_Section):
     """``fixed`` routes: the tier that always answers."""
     verifier: Path | None = None
     """``prompt`` / ``cascade``: a verifier artifact directory (``tiergate verifier train``)."""
+    verifier_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """Pins the artifact: the sha256 of its model file (its manifest's ``sha256``)."""
     threshold: float = 0.5
     """Escalate when the verifier's score >= threshold (changed live by the admin API)."""
 

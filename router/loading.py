@@ -23,6 +23,11 @@ def build_router(routes: dict[str, RouteSettings], redis_url: str | None) -> Rou
                 verifier = load_artifact(settings.verifier)
             except VerifierError as exc:
                 raise ConfigError(f"routes.{name}.verifier: {exc}") from exc
+            pinned = settings.verifier_sha256
+            if pinned is not None and verifier.sha256 != pinned:
+                raise ConfigError(f"routes.{name}.verifier: {settings.verifier} holds verifier "
+                                  f"{verifier.id} (sha256 {verifier.sha256}), not the pinned "
+                                  f"verifier_sha256 {pinned}")
             wanted = MODE_KIND[settings.mode]
             if verifier.kind != wanted:
                 raise ConfigError(f"routes.{name}: a {settings.mode} route needs a {wanted} "

@@ -28,7 +28,7 @@ from router.decision import Decision, Mode, Tier
 from router.thresholds import ThresholdStore
 
 if TYPE_CHECKING:
-    from verifiers.data import VerifierInput
+    from verifiers.data import Answer, VerifierInput
     from verifiers.scoring import Verifier
 
 Generate = Callable[[str, GenerationRequest], Awaitable[GenerationResult]]
@@ -45,21 +45,33 @@ class Route:
     verifier: Verifier | None = None
 
 
-def verifier_input(request: GenerationRequest, answer: GenerationResult | None) -> VerifierInput:
-    """What a verifier sees: the prompt text, and the small model's answer with its logprobs."""
-    from verifiers.data import Answer, VerifierInput
+def request_body(request: GenerationRequest) -> dict[str, Any]:
+    """The OpenAI-shaped part of a request a verifier reads: ``messages`` or ``prompt``."""
+    if request.kind == "chat":
+        return {"messages": request.messages}
+    return {"prompt": request.prompt if isinstance(request.prompt, str) else ""}
 
-    body: dict[str, Any] = ({"messages": request.messages} if request.kind == "chat"
-                            else {"prompt": request.prompt if isinstance(request.prompt, str)
-                                  else ""})
-    small_answer = None
-    if answer is not None:
-        choice = answer.choices[0]
-        logprobs = tuple(lp.logprob for lp in choice.logprobs) if choice.logprobs else None
-        tops = (tuple(tuple(t.logprob for t in lp.top) for lp in choice.logprobs)
-                if choice.logprobs else None)
-        small_answer = Answer(choice.text, logprobs, tops)
-    return VerifierInput.from_request(body, small_answer)
+
+def answer_of(result: GenerationResult) -> Answer:
+    """A model's first choice as a verifier reads it: text, token logprobs, top logprobs."""
+    from verifiers.data import Answer
+
+    choice = result.choices[0]
+    logprobs = tuple(lp.logprob for lp in choice.logprobs) if choice.logprobs else None
+    tops = (tuple(tuple(t.logprob for t in lp.top) for lp in choice.logprobs)
+            if choice.logprobs else None)
+    return Answer(choice.text, logprobs, tops)
+
+
+def verifier_input(request: GenerationRequest, answer: GenerationResult | None) -> VerifierInput:
+    """What a verifier sees: the prompt text, and the small model's answer with its logprobs.
+
+    ``tiergate collect`` builds its training rows with the same two functions, so a verifier is
+    trained on exactly what it sees when serving."""
+    from verifiers.data import VerifierInput
+
+    small_answer = None if answer is None else answer_of(answer)
+    return VerifierInput.from_request(request_body(request), small_answer)
 
 
 def feature_digest(item: VerifierInput) -> str:

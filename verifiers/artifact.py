@@ -108,7 +108,7 @@ def _canonical_zip(data: bytes) -> bytes:
     """The same skops file made reproducible: skops names array files and tags shared objects
     with Python object ids, and dates the zip entries; renumber the ids in order of first
     appearance and date every entry 1980-01-01, so equal states give equal bytes (and equal
-    verifier ids)."""
+    verifier ids). Entries are deflated (level 9): the schema's JSON is most of a file."""
     source = zipfile.ZipFile(io.BytesIO(data))
     schema = json.loads(source.read("schema.json"))
     numbers: dict[int, int] = {}
@@ -141,9 +141,8 @@ def _canonical_zip(data: bytes) -> bytes:
             elif name.endswith(".npy") and name[:-4].isdigit():
                 name = f"{numbers[int(name[:-4])]}.npy"
             fixed = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            fixed.compress_type = info.compress_type
             fixed.external_attr = 0o644 << 16
-            target.writestr(fixed, content)
+            target.writestr(fixed, content, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
     return buffer.getvalue()
 
 

@@ -31,6 +31,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     train.add_argument("--out", required=True, type=Path, help="artifact directory to write")
     train.add_argument("--target", choices=["gain", "small-wrong"], default="gain",
                        help="what the score predicts (default: expected accuracy gain)")
+    train.add_argument("--recipe", choices=["default", "short"], default="default",
+                       help="features and classifiers: 'default' (prose, chains of thought) or "
+                            "'short' (gradient boosting over shape and logprob features, for "
+                            "short structured prompts and answers)")
     train.add_argument("--validation", type=Path,
                        help="held-out JSONL (default: the prompt-hash validation split of "
                             "--data)")
@@ -80,7 +84,8 @@ def run_train(args: argparse.Namespace, settings: object) -> int:
     try:
         with threadpool_limits(limits=max(1, args.threads)):
             result = train_artifact(args.data, args.kind, args.out, target=args.target,
-                                    validation_data=args.validation, strict=args.strict)
+                                    validation_data=args.validation, strict=args.strict,
+                                    recipe=args.recipe)
     except (VerifierError, OSError) as exc:
         return _fail(exc)
     _problems(result.problems)

@@ -12,6 +12,8 @@ name               needs  features
 ``answer_stats``   answer length, steps, final-answer marker and form, hedging, number provenance
 ``arithmetic``     answer re-computed ``a op b = c`` steps: checked, wrong, non-integer results
 ``logprobs``       answer mean / min / p10 token logprob, share of unlikely tokens, entropy, margin
+``prompt_shape``   req.   digit / letter runs, operator symbols (:mod:`verifiers.shape`)
+``answer_shape``   answer length against the prompt's runs, characters, sequence logprob
 =================  =====  ==========================================================================
 
 Features that need an answer are 0 (with a ``*_present`` flag) when it is absent.
@@ -27,6 +29,7 @@ from typing import Any, ClassVar, Protocol
 from verifiers.arithmetic import NUMBER, check_steps, close, final_answer, numbers_in, parse_number
 from verifiers.data import VerifierInput
 from verifiers.errors import SpecError
+from verifiers.shape import AnswerShape, PromptShape
 
 
 class NumericExtractor(Protocol):
@@ -218,9 +221,12 @@ EXTRACTORS: Mapping[str, Callable[..., NumericExtractor]] = {
     AnswerStats.name: AnswerStats,
     ArithmeticFeatures.name: ArithmeticFeatures,
     LogprobStats.name: LogprobStats,
+    PromptShape.name: PromptShape,
+    AnswerShape.name: AnswerShape,
 }
 """Every numeric extractor by name."""
-NEEDS_ANSWER = frozenset({AnswerStats.name, ArithmeticFeatures.name, LogprobStats.name})
+NEEDS_ANSWER = frozenset({AnswerStats.name, ArithmeticFeatures.name, LogprobStats.name,
+                          AnswerShape.name})
 
 
 def build_extractor(name: str, params: Mapping[str, Any] | None = None) -> NumericExtractor:

@@ -161,15 +161,37 @@ ANSWER_EXTRACTORS: tuple[tuple[str, Mapping[str, Any]], ...] = (
     ("prompt_stats", {}), ("answer_stats", {}), ("arithmetic", {}), ("logprobs", {}))
 
 
-def preset(kind: Kind, target: Target = "gain") -> VerifierSpec:
-    """The default recipe of each kind (chosen by cross-validation on the RouteLLM train split,
-    see ``docs/verifiers.md``)."""
-    if kind == "prompt":
+SHORT_PROMPT = ("prompt_stats", "prompt_shape")
+SHORT_ANSWER = (*SHORT_PROMPT, "answer_shape", "logprobs")
+SHORT_GBDT = {"min_samples_leaf": 10, "max_iter": 200, "learning_rate": 0.05, "max_depth": 3}
+RECIPES = ("default", "short")
+"""``default``: the recipes chosen on RouteLLM (prose prompts, chains of thought). ``short``:
+gradient boosting over shape and logprob features (:mod:`verifiers.shape`), for short,
+structured prompts and answers such as the reference pair's tasks."""
+
+
+def preset(kind: Kind, target: Target = "gain", recipe: str = "default") -> VerifierSpec:
+    """The recipe of each kind: ``default`` (chosen by cross-validation on the RouteLLM train
+    split, see ``docs/verifiers.md``) or ``short`` (see :data:`RECIPES`)."""
+    if recipe not in RECIPES:
+        raise SpecError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
+    if kind not in KINDS:
+        raise SpecError(f"unknown verifier kind {kind!r} (prompt, answer)")
+    if recipe == "short":
+        small_numeric = SHORT_PROMPT if kind == "prompt" else SHORT_ANSWER
+        spec = VerifierSpec(
+            kind=kind, target=target,
+            extractors=tuple((name, {}) for name in small_numeric),
+            small=HeadSpec(model="gbdt", text=(), slice=True, numeric=small_numeric,
+                           params=SHORT_GBDT),
+            large=HeadSpec(model="gbdt", text=(), slice=True, numeric=SHORT_PROMPT,
+                           params=SHORT_GBDT))
+    elif kind == "prompt":
         spec = VerifierSpec(
             kind="prompt", target=target, extractors=(),
             small=HeadSpec(model="linear", text=("prompt",), slice=True, params={"C": 1.0}),
             large=HeadSpec(model="linear", text=("prompt",), slice=True, params={"C": 1.0}))
-    elif kind == "answer":
+    else:
         names = tuple(name for name, _ in ANSWER_EXTRACTORS)
         spec = VerifierSpec(
             kind="answer", target=target, extractors=ANSWER_EXTRACTORS,
@@ -177,6 +199,4 @@ def preset(kind: Kind, target: Target = "gain") -> VerifierSpec:
                            params={"C": 0.1, "text_C": 1.0, "folds": 5}),
             large=HeadSpec(model="linear", text=("prompt",), slice=True,
                            numeric=("prompt_stats",), params={"C": 0.5}))
-    else:
-        raise SpecError(f"unknown verifier kind {kind!r} (prompt, answer)")
     return spec if target == "gain" else replace(spec, large=None)

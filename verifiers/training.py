@@ -68,10 +68,12 @@ class TrainResult:
 
 
 def train_artifact(data: Path, kind: Kind, out: Path, *, target: Target = "gain",
-                   validation_data: Path | None = None, strict: bool = False) -> TrainResult:
+                   validation_data: Path | None = None, strict: bool = False,
+                   recipe: str = "default") -> TrainResult:
     """Read ``data``, split it by prompt hash (or validate on ``validation_data``), train the
-    ``kind`` preset, evaluate on the validation rows and write the artifact to ``out``."""
-    spec = preset(kind, target)
+    ``kind`` preset of ``recipe``, evaluate on the validation rows and write the artifact to
+    ``out``."""
+    spec = preset(kind, target, recipe)
     dataset = read_examples(data, strict=strict)
     problems = list(dataset.problems)
     if validation_data is None:

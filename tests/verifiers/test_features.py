@@ -18,6 +18,7 @@ from verifiers.features import (
     build_extractor,
     prompt_quantities,
 )
+from verifiers.shape import AnswerShape, PromptShape
 
 PROMPT = ("Janet's ducks lay 16 eggs per day. She eats three for breakfast and bakes with 4. "
           "She sells the rest for $2 each. How much does she make?")
@@ -124,9 +125,43 @@ def test_prompt_stats_see_multiple_choice() -> None:
 
 
 def test_registry() -> None:
-    assert set(EXTRACTORS) == {"prompt_stats", "answer_stats", "arithmetic", "logprobs"}
+    assert set(EXTRACTORS) == {"prompt_stats", "answer_stats", "arithmetic", "logprobs",
+                               "prompt_shape", "answer_shape"}
     assert build_extractor("logprobs", {"unlikely": -1.0}).params() == {"unlikely": -1.0}
     with pytest.raises(SpecError, match="unknown feature extractor"):
         build_extractor("nope")
     with pytest.raises(SpecError, match="bad parameters"):
         build_extractor("prompt_stats", {"x": 1})
+
+
+def test_prompt_shape_reads_runs_and_symbols() -> None:
+    values = dict(zip(PromptShape.names, PromptShape().values(VerifierInput("rev(4821*37)=")),
+                      strict=True))
+    assert (values["shape_digit_run_max"], values["shape_digit_run_second"]) == (4, 2)
+    assert (values["shape_digit_runs"], values["shape_digits"]) == (2, 6)
+    assert values["shape_letter_run_max"] == 3 and values["shape_chars"] == 13
+    assert (values["shape_sym_times"], values["shape_sym_plus"], values["shape_sym_equals"]) \
+        == (1, 0, 1)
+    sort = dict(zip(PromptShape.names, PromptShape().values(VerifierInput("sort(dbcaef)=")),
+                    strict=True))
+    assert sort["shape_letter_run_max"] == 6 and sort["shape_digit_run_max"] == 0
+
+
+def test_answer_shape_compares_the_answer_with_the_prompt_run() -> None:
+    def shape(prompt: str, text: str, lps: tuple[float, ...] | None = None) -> dict[str, float]:
+        item = VerifierInput(prompt, Answer(text, lps))
+        return dict(zip(AnswerShape.names, AnswerShape().values(item), strict=True))
+
+    faithful = shape("sort(dbca)=", "abcd", (-0.1, -0.2, -1.5, -0.05, -0.01))
+    assert faithful["answer_len_minus_run"] == 0
+    assert faithful["answer_run_missing"] == 0 and faithful["answer_run_extra"] == 0
+    assert faithful["answer_lp_sum"] == pytest.approx(-1.86)
+    assert faithful["answer_lp_second_min"] == -0.2 and faithful["answer_lp_last"] == -0.01
+    dropped = shape("sort(dbca)=", "abbd")  # 'c' dropped, 'b' doubled
+    assert dropped["answer_run_missing"] == pytest.approx(1 / 4)
+    assert dropped["answer_run_extra"] == pytest.approx(1 / 4)
+    assert dropped["answer_repeat_max"] == 2 and dropped["answer_lp_sum"] == 0
+    digits = shape("rev(12+34)=", "64")
+    assert digits["answer_digit_share"] == 1
+    assert digits["answer_foreign_chars"] == pytest.approx(0.5)  # '6' is not in the prompt
+    assert AnswerShape().values(VerifierInput("x")) == [0.0] * len(AnswerShape.names)

@@ -1,0 +1,119 @@
+"""``tiergate collect``: training rows from the reference pair served by the real engine, that
+``tiergate verifier train`` accepts; the pair-to-row seam; clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from canary.collect import Pair, pair_row
+from canary.graders import ExactGrader
+from canary.tasksets import load_taskset, save_taskset
+from gateway.backends.base import (
+    ChoiceResult,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+from gateway.cli import main
+from gateway.modeltuple import ModelTuple
+from router.policy import verifier_input
+from verifiers.artifact import load_artifact
+from verifiers.data import read_examples
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "deploy" / "local" / "tiergate.toml"
+TRAIN = REPO / "gateway" / "reference" / "tasksets" / "reference-train.jsonl"
+
+
+@pytest.fixture(scope="module")
+def spread_taskset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every 15th item of the reference train set: two per slice, easy and hard ones."""
+    items = load_taskset(TRAIN)[::15]
+    path = tmp_path_factory.mktemp("tasks") / "spread.jsonl"
+    save_taskset(path, items)
+    return path
+
+
+@pytest.fixture(scope="module")
+def collected(spread_taskset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("collect") / "pairs.jsonl"
+    code = main(["collect", "--config", str(CONFIG), "--task-set", str(spread_taskset),
+                 "--small", "ref-small-int8", "--large", "ref-large", "--out", str(out),
+                 "--limit", "20", "--concurrency", "2"])
+    assert code == 0
+    return out
+
+
+def test_collect_writes_graded_rows_with_logprobs(collected: Path, spread_taskset: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    items = {item.id: item for item in load_taskset(spread_taskset)[:20]}
+    rows = read_examples(collected, strict=True).examples
+    assert [row.id for row in rows] == list(items)
+    for row in rows:
+        item = items[row.id]
+        assert row.request == {"prompt": item.prompt}
+        assert row.slice == item.slice
+        assert row.small is not None and row.large is not None
+        assert row.small.token_logprobs and all(lp <= 0 for lp in row.small.token_logprobs)
+        assert len(row.small.token_logprobs) <= item.max_tokens
+        assert row.small_correct == (row.small.text.strip() == item.answer)
+        assert row.large_correct == (row.large.text.strip() == item.answer)
+    # The reference pair differs on this spread: the large model is right more often.
+    assert sum(bool(r.large_correct) for r in rows) > sum(r.small_correct for r in rows)
+
+
+def test_verifier_train_accepts_collected_rows(collected: Path, tmp_path: Path) -> None:
+    out = tmp_path / "verifier"
+    code = main(["verifier", "train", "--data", str(collected), "--kind", "answer",
+                 "--recipe", "short", "--out", str(out), "--validation", str(collected)])
+    assert code == 0
+    verifier = load_artifact(out)
+    assert verifier.kind == "answer"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["rows"]["train"] == 20
+
+
+def _result(text: str, logprobs: list[float]) -> GenerationResult:
+    tokens = [TokenLogprob(c, lp, top=[TopLogprob(c, lp), TopLogprob("x", lp - 2)])
+              for c, lp in zip(text, logprobs, strict=True)]
+    return GenerationResult(model=ModelTuple(name="m", engine="test"), usage=Usage(1, len(text)),
+                            choices=[ChoiceResult(0, text, "stop", logprobs=tokens)])
+
+
+def test_pair_row_is_what_the_router_sees() -> None:
+    request = GenerationRequest(request_id="r", kind="completion",
+                                sampling=SamplingParams(temperature=0.0, logprobs=0),
+                                prompt="rev(12+34)=")
+    small, large = _result("64", [-0.1, -0.7]), _result("46", [-0.01, -0.02])
+    grader = ExactGrader()
+    row = pair_row(Pair("p1", request, small, large, lambda text: grader.grade(text, "64"),
+                        "add/2"))
+    assert row.input.answer == verifier_input(request, small).answer
+    assert row.input.prompt == verifier_input(request, small).prompt == "rev(12+34)="
+    assert (row.small_correct, row.large_correct, row.slice) == (True, False, "add/2")
+    assert row.small is not None and row.small.top_logprobs == ((-0.1, -2.1), (-0.7, -2.7))
+    alone = pair_row(Pair("p2", request, small, None, lambda text: grader.grade(text, "64")))
+    assert alone.large is None and alone.large_correct is None
+    assert "large_correct" not in alone.to_json()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--task-set", "missing.jsonl", "--small", "ref-small-int8"], "cannot read task set"),
+    (["--task-set", str(TRAIN)], "collect needs --small"),
+    (["--task-set", str(TRAIN), "--small", "nope"], "--small: no model 'nope'"),
+    (["--task-set", str(TRAIN), "--route", "nope"], "--route: no route 'nope'"),
+    (["--task-set", str(TRAIN), "--small", "ref-small-int8", "--limit", "0"], "--limit"),
+])
+def test_collect_errors_are_one_line(args: list[str], message: str, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["collect", "--config", str(CONFIG), "--out", str(tmp_path / "o.jsonl"), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("tiergate: ") and message in err and "\n" not in err
+    assert not (tmp_path / "o.jsonl").exists()
