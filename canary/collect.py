@@ -18,12 +18,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from canary.graders import GradeResult
+from canary.graders import AnyGrader, GradeResult
 from canary.harness import ItemRun, item_request, run_taskset
+from canary.shadow import ShadowAnswer, ShadowPair
 from canary.tasksets import TaskItem
-from gateway.backends.base import Backend, GenerationRequest, GenerationResult
+from gateway.backends.base import (
+    Backend,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+)
 from router.policy import answer_of, request_body
-from verifiers.data import Example
+from verifiers.data import Answer, Example
 
 Grade = Callable[[str], GradeResult]
 """Grades a model's output text (a task item's grader bound to its reference answer)."""
@@ -99,6 +105,36 @@ async def collect_taskset(items: Sequence[TaskItem], small: Backend, large: Back
                   else await run_taskset(large, items, concurrency, logprobs, progress))
     pairs, failed = pairs_of_runs(items, small_runs, large_runs, logprobs)
     return Collected(rows_of(pairs), failed)
+
+
+def shadow_rows(pairs: Iterable[ShadowPair], small: str, large: str,
+                grader: AnyGrader) -> list[Example]:
+    """Shadow pairs of a route's two tiers (one answered live, the other mirrored) as rows.
+
+    Live traffic has no reference answer, so the large model's answer is the reference:
+    ``small_correct`` says the small answer passes ``grader`` against it ("good enough" means
+    "as good as escalating would have been"); ``large_correct`` is left unknown, so these rows
+    train ``small-wrong`` verifiers. Pairs of other models are skipped."""
+    rows: list[Example] = []
+    for pair in pairs:
+        sides = {pair.live.model: pair.live, pair.shadow.model: pair.shadow}
+        if set(sides) != {small, large}:
+            continue
+        small_answer, large_answer = sides[small], sides[large]
+        request = GenerationRequest(
+            request_id=pair.request_id, kind=pair.request["kind"],
+            sampling=SamplingParams(**pair.request["sampling"]),
+            messages=pair.request.get("messages"), prompt=pair.request.get("prompt"))
+        rows.append(Example(
+            id=pair.request_id, request=request_body(request),
+            small_correct=grader.grade(small_answer.text, large_answer.text).passed,
+            small=_answer(small_answer), large=_answer(large_answer),
+            slice=f"shadow:{pair.route}"))
+    return rows
+
+
+def _answer(side: ShadowAnswer) -> Answer:
+    return Answer(side.text, tuple(side.logprobs) if side.logprobs is not None else None)
 
 
 def format_summary(rows: Sequence[Example]) -> str:

@@ -16,6 +16,9 @@ import orjson
 from gateway.errors import ConfigError
 from gateway.settings import Settings
 
+SHADOW_DIR = Path("<shadow.dir>")
+"""``--from-shadow`` without a directory: the configured ``shadow.dir``."""
+
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                  common: argparse.ArgumentParser) -> None:
@@ -33,8 +36,18 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
 
     collect = sub.add_parser(
         "collect", parents=[common],
-        help="verifier training data (JSONL): a task set answered by the small and large model")
-    collect.add_argument("--task-set", required=True, type=Path, help="a JSONL task set")
+        help="verifier training data (JSONL): a task set answered by the small and large model, "
+             "or stored shadow pairs")
+    source = collect.add_mutually_exclusive_group(required=True)
+    source.add_argument("--task-set", type=Path, help="a JSONL task set")
+    source.add_argument("--from-shadow", nargs="?", type=Path, const=SHADOW_DIR,
+                        metavar="DIR", help="shadow pairs (default: shadow.dir) of --small "
+                        "and --large: the large answer is the reference")
+    collect.add_argument("--grader", default='{"type": "exact"}',
+                         help="--from-shadow: the grader comparing the small answer with the "
+                              "large one, as JSON (e.g. '{\"type\": \"numeric\"}')")
+    collect.add_argument("--since", help="--from-shadow: only pairs from this time (ISO 8601 "
+                         "or epoch seconds)")
     collect.add_argument("--out", required=True, type=Path, help="training JSONL to write")
     collect.add_argument("--route", help="take --small / --large from this configured route")
     collect.add_argument("--small", help="the small model (a configured model name)")
@@ -117,6 +130,35 @@ def _tiers(args: argparse.Namespace, settings: Settings) -> tuple[str, str | Non
     return small, large
 
 
+def run_collect_shadow(args: argparse.Namespace, settings: Settings, small: str,
+                       large: str | None) -> int:
+    from pydantic import ValidationError
+
+    from canary.collect import format_summary, shadow_rows
+    from canary.graders import get_grader
+    from canary.shadow import ShadowLog
+    from gateway.records.sinks.base import parse_time
+    from verifiers.data import write_examples
+
+    if large is None:
+        raise ConfigError("--from-shadow needs --large MODEL (or --route NAME): the large "
+                          "answer is the reference")
+    directory = settings.shadow.dir if args.from_shadow is SHADOW_DIR else args.from_shadow
+    try:
+        grader = get_grader(orjson.loads(args.grader))
+        since = None if args.since is None else parse_time(args.since)
+    except (orjson.JSONDecodeError, ValidationError, ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"--grader / --since: {str(exc).splitlines()[0]}") from exc
+    rows = shadow_rows(ShadowLog(directory).read(since), small, large, grader)
+    if not rows:
+        raise ConfigError(f"no shadow pairs of {small} and {large} in {directory}")
+    write_examples(args.out, rows)
+    print(f"{len(rows)} rows from shadow pairs in {directory} (small {small}, large {large}, "
+          f"reference: the large answer) -> {args.out}")
+    print(format_summary(rows))
+    return 0
+
+
 def run_collect(args: argparse.Namespace, settings: Settings) -> int:
     from canary.collect import Collected, collect_taskset, format_summary
     from canary.tasksets import load_taskset
@@ -124,6 +166,8 @@ def run_collect(args: argparse.Namespace, settings: Settings) -> int:
     from verifiers.data import write_examples
 
     small, large = _tiers(args, settings)
+    if args.from_shadow is not None:
+        return run_collect_shadow(args, settings, small, large)
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be at least 1")
     if args.concurrency < 1 or args.top_logprobs < 0:

@@ -10,6 +10,7 @@ import pytest
 
 from canary.collect import Pair, pair_row
 from canary.graders import ExactGrader
+from canary.shadow import ShadowLog, ShadowPair
 from canary.tasksets import load_taskset, save_taskset
 from gateway.backends.base import (
     ChoiceResult,
@@ -117,3 +118,47 @@ def test_collect_errors_are_one_line(args: list[str], message: str, tmp_path: Pa
     assert code == 2
     assert err.startswith("tiergate: ") and message in err and "\n" not in err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def _shadow_pair(request_id: str, prompt: str, small_text: str, large_text: str,
+                 live_is_small: bool = True) -> ShadowPair:
+    request = GenerationRequest(request_id=request_id, kind="completion",
+                                sampling=SamplingParams(temperature=0.0), prompt=prompt)
+    small = _result(small_text, [-0.5] * len(small_text))
+    large = _result(large_text, [-0.1] * len(large_text))
+    small.model = ModelTuple(name="ref-small-int8", engine="test")
+    large.model = ModelTuple(name="ref-large", engine="test")
+    live, shadow = (small, large) if live_is_small else (large, small)
+    return ShadowPair.of(request, "auto", "tier", live, shadow)
+
+
+def test_collect_from_shadow_pairs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shadow_dir = tmp_path / "shadow"
+    ShadowLog(shadow_dir).append([
+        _shadow_pair("s1", "rev(12+34)=", "64", "64"),
+        _shadow_pair("s2", "rev(99+99)=", "891", "891 ", live_is_small=False),
+        _shadow_pair("s3", "sort(dcba)=", "abdc", "abcd"),
+    ])
+    out = tmp_path / "rows.jsonl"
+    code = main(["collect", "--config", str(CONFIG), "--from-shadow", str(shadow_dir),
+                 "--route", "auto", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    rows = {row.id: row for row in read_examples(out).examples}
+    # The large answer is the reference: the small one agrees (exact, stripped) or not.
+    assert {i: r.small_correct for i, r in rows.items()} == {"s1": True, "s2": True, "s3": False}
+    assert all(r.large_correct is None and r.slice == "shadow:auto" for r in rows.values())
+    assert rows["s3"].small is not None and rows["s3"].small.text == "abdc"
+    assert rows["s3"].input.prompt == "sort(dcba)="
+    assert rows["s2"].small is not None and rows["s2"].small.token_logprobs == (-0.5,) * 3
+    # A grader from the command line; an empty or unrelated log is a one-line error.
+    numeric = tmp_path / "numeric.jsonl"
+    assert main(["collect", "--config", str(CONFIG), "--from-shadow", str(shadow_dir),
+                 "--small", "ref-small-int8", "--large", "ref-large", "--out", str(numeric),
+                 "--grader", '{"type": "numeric"}']) == 0
+    assert main(["collect", "--config", str(CONFIG), "--from-shadow", str(tmp_path / "none"),
+                 "--route", "auto", "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert "no shadow pairs" in capsys.readouterr().err
+    assert main(["collect", "--config", str(CONFIG), "--from-shadow", str(shadow_dir),
+                 "--route", "auto", "--out", str(tmp_path / "x.jsonl"),
+                 "--grader", '{"type": "nope"}']) == 2
+    assert "unknown grader type" in capsys.readouterr().err
