@@ -202,3 +202,59 @@ def test_silent_swap_detected_alerted_and_rolled_back_on_every_replica(
                      "traffic back on the model")
     finally:
         upstream.stop()
+
+
+def test_shadow_traffic_against_the_pinned_version_detects_a_swap(
+        gateway_factory: GatewayFactory, tmp_path: Path) -> None:
+    """No scheduled runs: live requests mirrored to the pinned version are the evidence."""
+    upstream = Upstream(tmp_path)
+    upstream.serve("ref-large")
+    gateway = gateway_factory({
+        "models.large": {"backend": "http", "base_url": upstream.url + "/v1",
+                         "upstream_model": "ref-large", "breaker_reset_s": 1.0},
+        "models.large-pinned": {"backend": "engine", "path": str(REFERENCE / "ref-large")},
+        "canary": {"interval_s": 0, "refresh_s": 0.3, "alert_sinks": ["log", "metric"]},
+        "canary.models.large": {"pinned": "large-pinned", "rollback": True},
+        "shadow.mirrors.large": {"target": "large-pinned", "share": 1.0},
+        "auth": {"admin_keys": [{"id": "sre", "sha256": hash_key(ADMIN)}]},
+    })
+    try:
+        pinned = httpx.post(gateway.url + "/admin/canary/large/pin", headers=ADMIN_HEADERS,
+                            timeout=120)
+        assert pinned.status_code == 200, pinned.text
+        prompts = [f"rev({a}+{b})=" for a, b in zip(range(101, 960, 43), range(57, 999, 47),
+                                                       strict=False)]
+
+        def send(prompt: str) -> str | None:
+            response = httpx.post(gateway.url + "/v1/completions", timeout=30, json={
+                "model": "large", "prompt": prompt, "max_tokens": 5, "temperature": 0})
+            return response.headers.get("x-tiergate-model", "").split("@")[0] or None
+
+        for prompt in prompts[:8]:  # unchanged upstream: identical pairs, no alarm
+            assert send(prompt) == "large"
+        identical = '{model="large",target="large-pinned",outcome="identical"}'
+        wait_for(lambda: metric(gateway, "tiergate_shadow_total").get(identical) == 8, 30,
+                 "eight identical shadow pairs")
+        time.sleep(0.6)  # two evidence feeds
+        status = httpx.get(gateway.url + "/admin/canary/large", headers=ADMIN_HEADERS).json()
+        assert status["status"] == "ok"
+
+        upstream.serve("ref-small")  # the swap; no canary run will happen
+        for prompt in prompts[8:]:
+            send(prompt)
+            if metric(gateway, "tiergate_canary_rollback").get('{model="large"}') == 1:
+                break
+        wait_for(lambda: metric(gateway, "tiergate_canary_rollback").get('{model="large"}') == 1,
+                 5, "the rollback from shadow evidence")
+        alerts = metric(gateway, "tiergate_canary_alerts_total")
+        assert alerts['{model="large",kind="drift",source="shadow"}'] == 1
+        assert send("rev(11+22)=") == "large-pinned"
+        status = httpx.get(gateway.url + "/admin/canary/large", headers=ADMIN_HEADERS).json()
+        assert status["status"] == "drift" and status["rollback_to"] == "large-pinned"
+        assert status["last_run"] is None  # decided by live traffic alone
+        acked = httpx.post(gateway.url + "/admin/canary/large/ack", headers=ADMIN_HEADERS,
+                           json={"by": "sre"})
+        assert acked.status_code == 200 and acked.json()["rollback_to"] is None
+        assert acked.json()["acknowledged"]["acknowledged_by"] == "sre"
+    finally:
+        upstream.stop()
