@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,9 +61,7 @@ def plot_report(report: EvalReport, path: Path, title: str | None = None) -> Pat
         calibration.set_xlim(0, 1)
         calibration.set_ylim(0, 1)
         calibration.grid(alpha=0.3)
-        figure.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=110)
+        _write(figure, path)
     finally:
         plt.close(figure)
     return path
@@ -111,9 +110,14 @@ def plot_thresholds(path: Path, *, share: Sequence[float], accuracy: Sequence[fl
         right.set_title("what each threshold does on this data")
         right.grid(alpha=0.3)
         right.legend(fontsize=8)
-        figure.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=110)
+        _write(figure, path)
     finally:
         plt.close(figure)
     return path
+
+
+def _write(figure: Any, path: Path) -> None:
+    """Lay the figure out and write it as a PNG (making its folder)."""
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
