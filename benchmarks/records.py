@@ -9,7 +9,11 @@
    a plain chat answer (64 tokens) and one with token ids and top-5 logprobs. With
    ``spool_fsync = "always"`` the fsync is timed too (informational).
 
-    .venv/bin/python benchmarks/records.py [--records 20000] [--calls 5000]
+3. **end to end** — two tiergate processes on one fixed upstream, identical but for records
+   (SQLite sink vs ``sink = "none"``); paced requests alternate between them
+   (``benchmarks/paired.py``): the p50 latency each client sees, and the CPU per request.
+
+    .venv/bin/python benchmarks/records.py [--records 20000] [--calls 5000] [--requests 2000]
 
 Bars: ≥ 10 000 records/s into SQLite; p50 added to a request ≤ 0.1 ms.
 """
@@ -159,10 +163,33 @@ async def request_path(calls: int, logprobs: bool, fsync: str, rate: float
             "p99": percentile(added, 99)}
 
 
+async def end_to_end(requests: int, rate: float) -> dict[str, dict[str, float]]:
+    from benchmarks.paired import alternate, start_gateway, start_upstream
+
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        upstream = start_upstream(directory)
+        servers = {}
+        try:
+            servers["no records"] = start_gateway(directory, "plain", upstream, {})
+            servers["records"] = start_gateway(directory, "recorded", upstream, {"records": {
+                "sink": "sqlite", "sqlite_path": str(directory / "records.sqlite3"),
+                "spool_dir": str(directory / "spool")}})
+            return await alternate(servers, requests, rate)
+        finally:
+            for server in servers.values():
+                server.stop()
+            upstream.stop()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--calls", type=int, default=3_000)
+    parser.add_argument("--requests", type=int, default=2_000,
+                        help="end-to-end requests per gateway (0: skip)")
+    parser.add_argument("--e2e-rate", type=float, default=100.0,
+                        help="end-to-end requests per second, per gateway")
     parser.add_argument("--rate", type=float, default=1_000,
                         help="answered requests per second in the request-path runs (0: back "
                         "to back)")
@@ -187,6 +214,12 @@ async def main() -> None:
         r = await request_path(calls, logprobs, fsync, args.rate)
         print(f"  {label:<28} baseline p50 {r['base_p50']:6.2f}   added p50 {r['p50']:8.1f}  "
               f"p99 {r['p99']:8.1f}   p50 / 100 µs bar = {r['p50'] / 100:.2f}")
+    if args.requests:
+        from benchmarks.paired import print_pair
+
+        print(f"end to end ({args.requests} paced requests each, alternating, "
+              f"{args.e2e_rate:.0f}/s per gateway; bar: records add <= 0.1 ms to the p50)")
+        print_pair(await end_to_end(args.requests, args.e2e_rate), "no records", "records", 0.1)
 
 
 if __name__ == "__main__":

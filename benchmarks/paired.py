@@ -1,0 +1,98 @@
+"""Paired gateways: what one feature adds to a request, measured against the same gateway
+without it, in the same run.
+
+Two (or more) tiergate processes on one fixed upstream, identical but for the feature; paced
+requests alternate between them, so machine noise falls on both alike. For each: p50/p99
+latency as the client sees it, and the CPU its own process spent per request (from /proc: the
+request path and every thread it feeds, e.g. the records writer). ``benchmarks/records.py`` and
+``benchmarks/shadow.py`` use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.overhead import cpu_s  # noqa: E402
+from tests.conftest import ServerProcess, free_port, start_server, write_config  # noqa: E402
+
+BODY = {"model": "live", "max_tokens": 16, "temperature": 0,
+        "messages": [{"role": "user", "content": "The quick brown fox"}]}
+
+
+def percentile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def start_upstream(directory: Path) -> ServerProcess:
+    port = free_port()
+    return start_server([sys.executable, "-m", "gateway.testing.upstream", "--port", str(port)],
+                        port, directory / "upstream.log", ready_path="/v1/models")
+
+
+def start_gateway(directory: Path, name: str, upstream: ServerProcess,
+                  sections: dict[str, dict[str, Any]]) -> ServerProcess:
+    """A gateway serving ``live`` (and ``pinned``) from the fixed upstream, plus ``sections``."""
+    base = {
+        "models.live": {"backend": "http", "base_url": upstream.url + "/v1",
+                        "upstream_model": "echo"},
+        "models.pinned": {"backend": "http", "base_url": upstream.url + "/v1",
+                          "upstream_model": "echo"},
+        "records": {"sink": "none"},
+        "canary": {"dir": str(directory / f"{name}-canary")},
+        "shadow": {"dir": str(directory / f"{name}-shadow")},
+    }
+    for key, values in sections.items():
+        base[key] = {**base.get(key, {}), **values}
+    config = write_config(directory / f"{name}.toml", base)
+    port = free_port()
+    return start_server([sys.executable, "-m", "gateway", "serve", "--config", str(config),
+                         "--port", str(port)], port, directory / f"{name}.log")
+
+
+async def alternate(servers: dict[str, ServerProcess], requests: int, rate: float,
+                    body: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
+    """``requests`` paced requests to each server, alternating; latency and CPU per request."""
+    body = body or BODY
+    latencies: dict[str, list[float]] = {name: [] for name in servers}
+    pause = 1.0 / rate if rate > 0 else 0.0
+    async with httpx.AsyncClient(timeout=30) as client:
+        for server in servers.values():  # warm up
+            for _ in range(50):
+                await client.post(server.url + "/v1/chat/completions", json=body)
+        cpu_before = {name: cpu_s(s.process.pid) for name, s in servers.items()}
+        for _ in range(requests):
+            for name, server in servers.items():
+                started = time.perf_counter()
+                response = await client.post(server.url + "/v1/chat/completions", json=body)
+                latencies[name].append((time.perf_counter() - started) * 1000)
+                if response.status_code != 200:
+                    raise RuntimeError(f"{name}: {response.status_code} {response.text}")
+                if pause:
+                    await asyncio.sleep(pause)
+        await asyncio.sleep(0.5)  # background work of the last requests (writers, mirrors)
+        cpu_after = {name: cpu_s(s.process.pid) for name, s in servers.items()}
+    return {name: {"p50": percentile(v, 50), "p99": percentile(v, 99),
+                   "cpu_ms": (cpu_after[name] - cpu_before[name]) * 1000 / requests}
+            for name, v in latencies.items()}
+
+
+def print_pair(results: dict[str, dict[str, float]], base: str, feature: str,
+               bar_ms: float) -> None:
+    for name in (base, feature):
+        r = results[name]
+        print(f"  {name:<12} p50 {r['p50']:7.3f} ms   p99 {r['p99']:7.3f} ms   "
+              f"CPU {r['cpu_ms']:6.3f} ms/request")
+    added = results[feature]["p50"] - results[base]["p50"]
+    added_cpu = results[feature]["cpu_ms"] - results[base]["cpu_ms"]
+    print(f"  added p50 {added * 1000:+8.1f} µs ({'PASS' if added <= bar_ms else 'FAIL'} "
+          f"against {bar_ms * 1000:.0f} µs)   added CPU {added_cpu * 1000:+8.1f} µs/request")
