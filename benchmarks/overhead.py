@@ -232,6 +232,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="tiergate serve --workers N")
     parser.add_argument("--rss", action="store_true", help="also the 100k-request RSS run")
     parser.add_argument("--rss-requests", type=int, default=100_000)
+    parser.add_argument("--keep-awake", action="store_true",
+                        help="run a lowest-priority (nice 19) busy loop per CPU during the run: "
+                             "on a VM, idle vCPUs sleep and each wake-up adds latency per "
+                             "process hop, which dominates sequential figures")
     parser.add_argument("--floor-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
@@ -244,6 +248,8 @@ def main() -> int:
     python = sys.executable
     up_port, floor_port, gw_port = free_port(), free_port(), free_port()
     servers = []
+    spinners = [subprocess.Popen(["nice", "-n", "19", python, "-c", "while True: pass"])
+                for _ in range(os.cpu_count() or 1)] if args.keep_awake else []
     try:
         upstream = start_server([python, "-m", "gateway.testing.upstream", "--port",
                                  str(up_port)], up_port, work / "upstream.log",
@@ -261,12 +267,14 @@ def main() -> int:
             # records ON as in production (the default SQLite store), kept in the run's folder
             "records": {"sink": "sqlite", "sqlite_path": str(work / "records.sqlite3"),
                         "spool_dir": str(work / "spool")},
+            "canary": {"dir": str(work / "canary")},
         })
         gateway = start_server([python, "-m", "gateway", "serve", "--config", str(config),
                                 "--port", str(gw_port), "--workers", str(args.workers)],
                                gw_port, work / "gateway.log")
         servers.append(gateway)
         print(f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.2f} workers={args.workers} "
+              f"keep_awake={args.keep_awake} "
               f"sequential={args.sequential} concurrent=32x{args.seconds:.0f}s "
               f"ttfb=8x{args.streams // 8}", file=sys.stderr)
         results = asyncio.run(measure({
@@ -286,6 +294,9 @@ def main() -> int:
     finally:
         for server in reversed(servers):
             server.stop()
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
         subprocess.run(["rm", "-rf", str(work)], check=False)
     return 0
 
