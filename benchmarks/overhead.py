@@ -236,6 +236,9 @@ def main() -> int:
                         help="run a lowest-priority (nice 19) busy loop per CPU during the run: "
                              "on a VM, idle vCPUs sleep and each wake-up adds latency per "
                              "process hop, which dominates sequential figures")
+    parser.add_argument("--separate-client", action="store_true",
+                        help="the load generator on CPU 0, the servers on the other CPUs (as "
+                             "if the client were another machine)")
     parser.add_argument("--floor-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
@@ -273,8 +276,12 @@ def main() -> int:
                                 "--port", str(gw_port), "--workers", str(args.workers)],
                                gw_port, work / "gateway.log")
         servers.append(gateway)
+        if args.separate_client:
+            from benchmarks.paired import separate_client
+
+            separate_client(servers)
         print(f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.2f} workers={args.workers} "
-              f"keep_awake={args.keep_awake} "
+              f"keep_awake={args.keep_awake} separate_client={args.separate_client} "
               f"sequential={args.sequential} concurrent=32x{args.seconds:.0f}s "
               f"ttfb=8x{args.streams // 8}", file=sys.stderr)
         results = asyncio.run(measure({

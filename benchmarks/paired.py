@@ -4,13 +4,18 @@ without it, in the same run.
 Two (or more) tiergate processes on one fixed upstream, identical but for the feature; paced
 requests alternate between them, so machine noise falls on both alike. For each: p50/p99
 latency as the client sees it, and the CPU its own process spent per request (from /proc: the
-request path and every thread it feeds, e.g. the records writer). ``benchmarks/records.py`` and
+request path and every thread it feeds, e.g. the records writer). With two or more CPUs the
+client runs on CPU 0 and the servers on the others, as if the client were another machine:
+otherwise work a gateway does after a response (a shadow call, the records writer) competes
+with the client for the CPUs and shows up as the client's latency. ``benchmarks/records.py`` and
 ``benchmarks/shadow.py`` use it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import statistics
 import sys
 import time
@@ -22,7 +27,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.overhead import cpu_s  # noqa: E402
+from benchmarks.overhead import cpu_s, tree  # noqa: E402
 from tests.conftest import ServerProcess, free_port, start_server, write_config  # noqa: E402
 
 BODY = {"model": "live", "max_tokens": 16, "temperature": 0,
@@ -59,10 +64,26 @@ def start_gateway(directory: Path, name: str, upstream: ServerProcess,
                          "--port", str(port)], port, directory / f"{name}.log")
 
 
+def separate_client(servers: list[ServerProcess]) -> None:
+    """This process on CPU 0, the servers (and their threads) on the other CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return
+    for server in servers:
+        for pid in tree(server.process.pid):
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                with contextlib.suppress(OSError):  # the thread ended meanwhile
+                    os.sched_setaffinity(int(task.name), set(cpus[1:]))
+    os.sched_setaffinity(0, {cpus[0]})
+
+
 async def alternate(servers: dict[str, ServerProcess], requests: int, rate: float,
-                    body: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
-    """``requests`` paced requests to each server, alternating; latency and CPU per request."""
+                    body: dict[str, Any] | None = None,
+                    others: list[ServerProcess] | None = None) -> dict[str, dict[str, float]]:
+    """``requests`` paced requests to each server, alternating; latency and CPU per request.
+    ``others`` (the upstream) run beside the servers, away from the client."""
     body = body or BODY
+    separate_client([*servers.values(), *(others or [])])
     latencies: dict[str, list[float]] = {name: [] for name in servers}
     pause = 1.0 / rate if rate > 0 else 0.0
     async with httpx.AsyncClient(timeout=30) as client:

@@ -175,7 +175,7 @@ async def end_to_end(requests: int, rate: float) -> dict[str, dict[str, float]]:
             servers["records"] = start_gateway(directory, "recorded", upstream, {"records": {
                 "sink": "sqlite", "sqlite_path": str(directory / "records.sqlite3"),
                 "spool_dir": str(directory / "spool")}})
-            return await alternate(servers, requests, rate)
+            return await alternate(servers, requests, rate, others=[upstream])
         finally:
             for server in servers.values():
                 server.stop()

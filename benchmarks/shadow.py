@@ -106,7 +106,7 @@ async def end_to_end(requests: int, rate: float) -> dict[str, dict[str, float]]:
             servers["mirrored"] = start_gateway(directory, "mirrored", upstream, {
                 "shadow": {"queue_size": 1024},
                 "shadow.mirrors.live": {"target": "pinned", "share": 1.0}})
-            results = await alternate(servers, requests, rate)
+            results = await alternate(servers, requests, rate, others=[upstream])
             url = servers["mirrored"].url + "/metrics"
             metrics = (await asyncio.to_thread(httpx.get, url)).text
         finally:
