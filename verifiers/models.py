@@ -78,12 +78,15 @@ class Blocks:
         return self.numeric[:, keep]
 
 
-def fit_featurizer(spec: VerifierSpec, items: Sequence[VerifierInput]) -> State:
+def fit_featurizer(spec: VerifierSpec, items: Sequence[VerifierInput],
+                   extractors: Sequence[NumericExtractor] | None = None,
+                   raw: FloatArray | None = None) -> State:
     """Fit the TF-IDF vocabularies, the slice list and the numeric standardisation.
 
     A vocabulary is stored as its terms joined by newlines (in column order) plus the idf
     array, not as scikit-learn's vocabulary dict: skops writes a dict entry by entry, which is
-    slow and large for 10^5 terms.
+    slow and large for 10^5 terms. ``extractors``: the spec's, when already built; ``raw``: the
+    items' numeric features, when already extracted.
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -102,8 +105,10 @@ def fit_featurizer(spec: VerifierSpec, items: Sequence[VerifierInput]) -> State:
     counts = Counter(item.slice for item in items if item.slice is not None)
     names = sorted(counts)
     total = sum(counts.values())
-    extractors = extractors_of(spec)
-    raw = _raw_numeric(extractors, items)
+    if extractors is None:
+        extractors = extractors_of(spec)
+    if raw is None:
+        raw = raw_numeric(extractors, items)
     mean = raw.mean(axis=0) if len(raw) else np.zeros(raw.shape[1])
     scale = raw.std(axis=0) if len(raw) else np.ones(raw.shape[1])
     scale[scale == 0] = 1.0
@@ -134,17 +139,28 @@ def vectorizer_from_state(text: TextSpec, state: Mapping[str, Any]) -> Any:
     return vectorizer
 
 
-def _raw_numeric(extractors: Sequence[NumericExtractor],
-                 items: Sequence[VerifierInput]) -> FloatArray:
-    width = sum(len(e.names) for e in extractors)
-    rows = [[v for e in extractors for v in e.values(item)] for item in items]
-    return np.array(rows, dtype=np.float64).reshape(len(items), width)
+def raw_numeric(extractors: Sequence[NumericExtractor],
+                items: Sequence[VerifierInput]) -> FloatArray:
+    """The unscaled numeric features of ``items`` (an extractor's ``values_batch`` if it has
+    one, else ``values`` per item)."""
+    columns = []
+    for extractor in extractors:
+        batch = getattr(extractor, "values_batch", None)
+        if batch is not None:
+            block = np.asarray(batch(items), dtype=np.float64)
+        else:
+            block = np.array([extractor.values(item) for item in items], dtype=np.float64)
+        columns.append(block.reshape(len(items), len(extractor.names)))
+    if not columns:
+        return np.zeros((len(items), 0))
+    return np.hstack(columns)
 
 
 class Featurizer:
     """The fitted feature blocks, ready to transform batches (built once per verifier)."""
 
-    def __init__(self, spec: VerifierSpec, state: State) -> None:
+    def __init__(self, spec: VerifierSpec, state: State,
+                 extractors: Sequence[NumericExtractor] | None = None) -> None:
         self.spec = spec
         self.vectorizers = {source: vectorizer_from_state(spec.text, text_state)
                             for source, text_state in state["text"].items()}
@@ -153,17 +169,20 @@ class Featurizer:
         self.numeric_names: list[str] = list(state["numeric"]["names"])
         self.mean = np.asarray(state["numeric"]["mean"], dtype=np.float64)
         self.scale = np.asarray(state["numeric"]["scale"], dtype=np.float64)
-        self.extractors = extractors_of(spec)
+        self.extractors = list(extractors) if extractors is not None else extractors_of(spec)
         if len(self.numeric_names) != sum(len(e.names) for e in self.extractors):
             raise ValueError("stored numeric features do not match the spec's extractors")
 
-    def blocks(self, items: Sequence[VerifierInput]) -> Blocks:
+    def blocks(self, items: Sequence[VerifierInput], raw: FloatArray | None = None) -> Blocks:
+        """The blocks of ``items`` (``raw``: their numeric features, if already extracted)."""
         text = {source: vectorizer.transform([text_of(item, source) for item in items]).tocsr()
                 for source, vectorizer in self.vectorizers.items()}
         slices = np.array([slice_vector(self.slice_names, self.slice_frequencies, item.slice)
                            for item in items], dtype=np.float64
                           ).reshape(len(items), len(self.slice_names))
-        scaled = (_raw_numeric(self.extractors, items) - self.mean) / self.scale
+        if raw is None:
+            raw = raw_numeric(self.extractors, items)
+        scaled = (raw - self.mean) / self.scale
         return Blocks(text, slices, scaled, self.numeric_names)
 
 
@@ -310,16 +329,22 @@ class Labels:
     large_right: FloatArray | None
 
 
-def fit_state(spec: VerifierSpec, items: Sequence[VerifierInput], labels: Labels) -> State:
+def fit_state(spec: VerifierSpec, items: Sequence[VerifierInput], labels: Labels,
+              extractors: Sequence[NumericExtractor] | None = None) -> State:
     """Train every part of a verifier; returns the state that the artifact stores.
 
     With ``spec.slice_dropout`` every row that has a slice is used twice, once with and once
     without it, so the text features learn to stand in for a missing slice label; the two
-    copies always fall in the same cross-validation fold.
+    copies always fall in the same cross-validation fold (numeric features never read the
+    slice, so a copy's are its original's). ``extractors``: the spec's, when already built
+    (an embedding block loads a model).
     """
     if len(items) != len(labels.small_wrong):
         raise SpecError("inputs and labels differ in length")
-    featurizer = fit_featurizer(spec, items)
+    if extractors is None:
+        extractors = extractors_of(spec)
+    raw = raw_numeric(extractors, items)
+    featurizer = fit_featurizer(spec, items, extractors, raw)
     rows = list(items)
     groups = np.arange(len(items))
     small_wrong, large_right = labels.small_wrong, labels.large_right
@@ -328,11 +353,12 @@ def fit_state(spec: VerifierSpec, items: Sequence[VerifierInput], labels: Labels
                           dtype=np.int64)
         if len(copies):
             rows += [replace(items[i], slice=None) for i in copies]
+            raw = np.concatenate([raw, raw[copies]])
             groups = np.concatenate([groups, copies])
             small_wrong = np.concatenate([small_wrong, small_wrong[copies]])
             if large_right is not None:
                 large_right = np.concatenate([large_right, large_right[copies]])
-    blocks = Featurizer(spec, featurizer).blocks(rows)
+    blocks = Featurizer(spec, featurizer, extractors).blocks(rows, raw)
     heads = {"small": fit_head(spec.small, blocks, small_wrong, "small", groups)}
     if spec.target == "gain":
         if large_right is None or spec.large is None:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from verifiers.data import VerifierInput
+from verifiers.features import NumericExtractor
 from verifiers.models import (
     Featurizer,
     FloatArray,
@@ -176,13 +177,14 @@ class Verifier:
     """A trained verifier: ``score(item)`` for one request, ``score_batch(items)`` for many."""
 
     def __init__(self, spec: VerifierSpec, state: State, *, verifier_id: str = "",
-                 sha256: str = "", manifest: Mapping[str, Any] | None = None) -> None:
+                 sha256: str = "", manifest: Mapping[str, Any] | None = None,
+                 extractors: Sequence[NumericExtractor] | None = None) -> None:
         self.spec = spec
         self.state = state
         self.id = verifier_id
         self.sha256 = sha256
         self.manifest = dict(manifest or {})
-        self.featurizer = Featurizer(spec, state["featurizer"])
+        self.featurizer = Featurizer(spec, state["featurizer"], extractors)
         self._text = {source: CompiledTfidf(v)
                       for source, v in self.featurizer.vectorizers.items()}
         self._slice_names = self.featurizer.slice_names

@@ -31,8 +31,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+from verifiers.embeddings import DEFAULT_MODEL, model_entry
 from verifiers.errors import SpecError
-from verifiers.features import EXTRACTORS, NEEDS_ANSWER
+from verifiers.features import EMBEDDINGS, EXTRACTORS, NEEDS_ANSWER
 
 Kind = Literal["prompt", "answer"]
 Target = Literal["gain", "small-wrong"]
@@ -107,6 +108,9 @@ class VerifierSpec:
                                 f"(known: {', '.join(EXTRACTORS)})")
             if self.kind == "prompt" and name in NEEDS_ANSWER:
                 raise SpecError(f"a prompt verifier cannot use answer features ({name!r})")
+        for name, params in self.extractors:
+            if name in EMBEDDINGS:
+                model_entry(str(params.get("model", DEFAULT_MODEL)))  # known, or SpecError
         self.small.check(self.kind, names)
         if self.target == "gain":
             if self.large is None:
@@ -200,3 +204,20 @@ def preset(kind: Kind, target: Target = "gain", recipe: str = "default") -> Veri
             large=HeadSpec(model="linear", text=("prompt",), slice=True,
                            numeric=("prompt_stats",), params={"C": 0.5}))
     return spec if target == "gain" else replace(spec, large=None)
+
+
+EMBEDDING_BLOCK = "prompt_embedding"
+
+
+def with_embeddings(spec: VerifierSpec, model: str = DEFAULT_MODEL) -> VerifierSpec:
+    """``spec`` plus the sentence embedding of the prompt (:mod:`verifiers.embeddings`) as a
+    numeric block of every head (the optional extra; ``--embeddings`` on the CLI)."""
+    model_entry(model)
+    if any(name == EMBEDDING_BLOCK for name, _ in spec.extractors):
+        return spec
+
+    def add(head: HeadSpec | None) -> HeadSpec | None:
+        return None if head is None else replace(head, numeric=(*head.numeric, EMBEDDING_BLOCK))
+
+    return replace(spec, extractors=(*spec.extractors, (EMBEDDING_BLOCK, {"model": model})),
+                   small=add(spec.small) or spec.small, large=add(spec.large))
