@@ -24,6 +24,7 @@ import hashlib
 import importlib.util
 import json
 import zipfile
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,8 +124,13 @@ FloatArray = NDArray[np.float64]
 class SentenceEncoder:
     """MiniLM on CPU: ``encode(text)`` -> an L2-normalised float64 vector of ``model.dim``."""
 
-    def __init__(self, model: EmbeddingModel, zip_path: Path | None = None) -> None:
+    def __init__(self, model: EmbeddingModel, zip_path: Path | None = None,
+                 remember: int = 0) -> None:
         self.model = model
+        self.remember = remember
+        """Keep the vectors of up to this many texts (benchmarks score the same prompts several
+        times); 0, the default, keeps none."""
+        self._memo: OrderedDict[str, FloatArray] = OrderedDict()
         path = zip_path if zip_path is not None else package_zip(model)
         if not path.is_file():
             raise _unavailable(model, f"{path} does not exist")
@@ -166,6 +172,19 @@ class SentenceEncoder:
 
     def encode(self, text: str) -> FloatArray:
         """The sentence embedding of one text (mean pooling + L2 norm, as sentence-transformers)."""
+        if self.remember:
+            known = self._memo.get(text)
+            if known is not None:
+                self._memo.move_to_end(text)
+                return known
+        vector = self._encode(text)
+        if self.remember:
+            self._memo[text] = vector
+            while len(self._memo) > self.remember:
+                self._memo.popitem(last=False)
+        return vector
+
+    def _encode(self, text: str) -> FloatArray:
         torch = self._torch
         if torch.get_num_threads() != THREADS:  # per calling thread, see the module doc
             torch.set_num_threads(THREADS)
@@ -199,10 +218,11 @@ class EmbeddingFeatures:
     name: ClassVar[str] = ""
     source: ClassVar[str] = ""
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, zip_path: Path | None = None) -> None:
+    def __init__(self, model: str = DEFAULT_MODEL, *, zip_path: Path | None = None,
+                 remember: int = 0) -> None:
         self.entry = model_entry(model)
         self.names: tuple[str, ...] = tuple(f"emb_{i:03d}" for i in range(self.entry.dim))
-        self.encoder = SentenceEncoder(self.entry, zip_path)
+        self.encoder = SentenceEncoder(self.entry, zip_path, remember)
 
     def _text(self, item: VerifierInput) -> str | None:
         if self.source == "prompt":

@@ -73,9 +73,24 @@ class Blocks:
                       self.numeric[rows], self.numeric_names)
 
     def numeric_columns(self, head: HeadSpec) -> FloatArray:
+        return self.numeric_block(head.numeric)
+
+    def numeric_block(self, blocks: Sequence[str]) -> FloatArray:
         keep = [i for i, name in enumerate(self.numeric_names)
-                if name.split(".", 1)[0] in head.numeric]
+                if name.split(".", 1)[0] in blocks]
         return self.numeric[:, keep]
+
+
+def stacked_numeric(head: HeadSpec) -> tuple[str, ...]:
+    """The numeric blocks a stacked head reduces to one out-of-fold logit each (``stack``)."""
+    return tuple(head.params.get("stack", ())) if head.model == "stacked" else ()
+
+
+def outer_of(head: HeadSpec) -> HeadSpec:
+    """The outer model of a stacked head: slice + the numeric blocks that are not stacked."""
+    stack = stacked_numeric(head)
+    return HeadSpec(model="linear", text=(), slice=head.slice,
+                    numeric=tuple(n for n in head.numeric if n not in stack))
 
 
 def fit_featurizer(spec: VerifierSpec, items: Sequence[VerifierInput],
@@ -262,27 +277,33 @@ def _fit_uncalibrated(head: HeadSpec, blocks: Blocks, labels: FloatArray,
         model = _gbdt(params)
         model.fit(_design(head, blocks).toarray(), labels)
         return {"model": model}
-    # stacked: out-of-fold text probabilities feed the outer model
+    # stacked: out-of-fold text (and stacked numeric block) probabilities feed the outer model
     folds = int(params.get("folds", 5))
     text_c = float(params.get("text_C", 1.0))
-    text_models = {}
+    stack_c = float(params.get("stack_C", 1.0))
+    inner_models: dict[str, dict[str, Any]] = {"text": {}, "stack": {}}
     columns = []
-    for source in head.text:
-        matrix = blocks.text[source]
+    sources: list[tuple[str, str, Any, float]] = [
+        ("text", source, blocks.text[source], text_c) for source in head.text]
+    sources += [("stack", name, blocks.numeric_block((name,)), stack_c)
+                for name in stacked_numeric(head)]
+    for group, source, matrix, c in sources:
         oof = np.zeros(len(labels))
         for train, test in _folds(labels, folds, groups):
-            inner = _logistic(text_c).fit(matrix[train], labels[train])
+            inner = _logistic(c).fit(matrix[train], labels[train])
             oof[test] = inner.predict_proba(matrix[test])[:, 1]
-        text_models[source] = _logistic(text_c).fit(matrix, labels)
+        inner_models[group][source] = _logistic(c).fit(matrix, labels)
         columns.append(logit(oof))
     extra = np.column_stack(columns) if columns else None
-    outer_head = HeadSpec(model="linear", text=(), slice=head.slice, numeric=head.numeric)
-    design = _design(outer_head, blocks, extra)
+    design = _design(outer_of(head), blocks, extra)
     if params.get("outer", "linear") == "gbdt":
         model = _gbdt(params).fit(design.toarray(), labels)
     else:
         model = _logistic(float(params.get("C", 1.0))).fit(design, labels)
-    return {"model": model, "text_models": text_models}
+    state = {"model": model, "text_models": inner_models["text"]}
+    if inner_models["stack"]:
+        state["stack_models"] = inner_models["stack"]
+    return state
 
 
 def _raw_proba(head: HeadSpec, state: State, blocks: Blocks) -> FloatArray:
@@ -293,9 +314,10 @@ def _raw_proba(head: HeadSpec, state: State, blocks: Blocks) -> FloatArray:
         return np.asarray(model.predict_proba(_design(head, blocks).toarray())[:, 1])
     columns = [logit(state["text_models"][source].predict_proba(blocks.text[source])[:, 1])
                for source in head.text]
+    columns += [logit(state["stack_models"][name].predict_proba(
+                    blocks.numeric_block((name,)))[:, 1]) for name in stacked_numeric(head)]
     extra = np.column_stack(columns) if columns else None
-    outer_head = HeadSpec(model="linear", text=(), slice=head.slice, numeric=head.numeric)
-    design = _design(outer_head, blocks, extra)
+    design = _design(outer_of(head), blocks, extra)
     if head.params.get("outer", "linear") == "gbdt":
         design = design.toarray()
     return np.asarray(model.predict_proba(design)[:, 1])

@@ -78,6 +78,14 @@ class HeadSpec:
             if name not in extractors:
                 raise SpecError(f"head uses numeric features {name!r} that the verifier does "
                                 f"not extract ({', '.join(extractors) or 'none'})")
+        stack = self.params.get("stack", ())
+        if stack and self.model != "stacked":
+            raise SpecError("'stack' (numeric blocks reduced by an inner model) needs model "
+                            "'stacked'")
+        for name in stack:
+            if name not in self.numeric:
+                raise SpecError(f"stacked block {name!r} is not one of the head's numeric "
+                                f"blocks ({', '.join(self.numeric) or 'none'})")
         if self.model == "gbdt" and self.text:
             raise SpecError("a gbdt head takes no text blocks; use model 'stacked' with "
                             "outer='gbdt'")
@@ -209,15 +217,31 @@ def preset(kind: Kind, target: Target = "gain", recipe: str = "default") -> Veri
 EMBEDDING_BLOCK = "prompt_embedding"
 
 
+def stack_embedding(head: HeadSpec, block: str = EMBEDDING_BLOCK) -> HeadSpec:
+    """``head`` with an embedding block stacked: an inner logistic regression over the 384
+    columns gives one out-of-fold logit for the outer model (the raw columns in a joint model
+    swamp the other features: GSM8K validation APGR fell from 0.826 to 0.679). A ``linear``
+    head becomes ``stacked`` (its TF-IDF stacked too, inner C = its C); a ``gbdt`` head becomes
+    ``stacked`` with ``outer="gbdt"``."""
+    params = dict(head.params)
+    if head.model == "linear":
+        params = {"C": params.get("C", 1.0), "text_C": params.get("C", 1.0), "folds": 5}
+    elif head.model == "gbdt":
+        params["outer"] = "gbdt"
+    params["stack"] = [*params.get("stack", []), block]
+    return replace(head, model="stacked", numeric=(*head.numeric, block), params=params)
+
+
 def with_embeddings(spec: VerifierSpec, model: str = DEFAULT_MODEL) -> VerifierSpec:
-    """``spec`` plus the sentence embedding of the prompt (:mod:`verifiers.embeddings`) as a
-    numeric block of every head (the optional extra; ``--embeddings`` on the CLI)."""
+    """``spec`` plus the sentence embedding of the prompt (:mod:`verifiers.embeddings`),
+    stacked into every head (:func:`stack_embedding`; the optional extra, ``--embeddings`` on
+    the CLI)."""
     model_entry(model)
     if any(name == EMBEDDING_BLOCK for name, _ in spec.extractors):
         return spec
 
     def add(head: HeadSpec | None) -> HeadSpec | None:
-        return None if head is None else replace(head, numeric=(*head.numeric, EMBEDDING_BLOCK))
+        return None if head is None else stack_embedding(head)
 
     return replace(spec, extractors=(*spec.extractors, (EMBEDDING_BLOCK, {"model": model})),
                    small=add(spec.small) or spec.small, large=add(spec.large))

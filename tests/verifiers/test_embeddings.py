@@ -183,7 +183,17 @@ def test_spec_with_embeddings() -> None:
     spec = with_embeddings(preset("answer"))
     assert spec.extractors[-1] == ("prompt_embedding", {"model": DEFAULT_MODEL})
     assert spec.small.numeric[-1] == "prompt_embedding"
-    assert spec.large is not None and spec.large.numeric[-1] == "prompt_embedding"
+    assert spec.small.params["stack"] == ["prompt_embedding"]
+    assert spec.large is not None and spec.large.model == "stacked"
+    assert spec.large.params == {"C": 0.5, "text_C": 0.5, "folds": 5,
+                                 "stack": ["prompt_embedding"]}
+    short = with_embeddings(preset("prompt", recipe="short")).small
+    assert short.model == "stacked" and short.params["outer"] == "gbdt"
+    with pytest.raises(SpecError, match="needs model 'stacked'"):
+        HeadSpec(model="linear", numeric=("prompt_stats",),
+                 params={"stack": ["prompt_stats"]}).check("prompt", ("prompt_stats",))
+    with pytest.raises(SpecError, match="not one of the head's numeric blocks"):
+        HeadSpec(model="stacked", params={"stack": ["prompt_stats"]}).check("prompt", ())
     assert with_embeddings(spec) == spec
     assert VerifierSpec.from_json(spec.to_json()) == spec
     with pytest.raises(SpecError, match="unknown embedding model"):
