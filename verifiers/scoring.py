@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from verifiers.data import VerifierInput
+from verifiers.features import NumericExtractor
 from verifiers.models import (
     Featurizer,
     FloatArray,
@@ -25,8 +26,10 @@ from verifiers.models import (
     State,
     calibrate,
     expected_gain,
+    outer_of,
     predict_blocks,
     slice_vector,
+    stacked_numeric,
     text_of,
 )
 from verifiers.spec import HeadSpec, VerifierSpec
@@ -123,21 +126,32 @@ class _CompiledHead:
         self.head = head
         self.model = state["model"]
         self.calibrator = state["calibrator"]
+        outer = outer_of(head)
         self.numeric_columns = [i for i, name in enumerate(numeric_names)
-                                if name.split(".", 1)[0] in head.numeric]
+                                if name.split(".", 1)[0] in outer.numeric]
         n_slices = n_slices if head.slice else 0
         self.linear: _Linear | None = None
         self.inner: dict[str, tuple[FloatArray, float]] = {}
+        self.stack: list[tuple[list[int], FloatArray, float]] = []
+        """Stacked numeric blocks: (their columns, inner weights, inner bias), in order."""
         outer_linear = head.params.get("outer", "linear") != "gbdt"
         if head.model == "linear":
             self.linear = self._compile(self.model, [(s, text[s].size) for s in head.text],
                                         n_slices, 0)
         elif head.model == "stacked":
-            for source, inner in state["text_models"].items():
+            for source in head.text:
+                inner = state["text_models"][source]
                 self.inner[source] = (np.asarray(inner.coef_[0], dtype=np.float64),
                                       float(inner.intercept_[0]))
+            for block in stacked_numeric(head):
+                inner = state["stack_models"][block]
+                columns = [i for i, name in enumerate(numeric_names)
+                           if name.split(".", 1)[0] == block]
+                self.stack.append((columns, np.asarray(inner.coef_[0], dtype=np.float64),
+                                   float(inner.intercept_[0])))
             if outer_linear:
-                self.linear = self._compile(self.model, [], n_slices, len(head.text))
+                self.linear = self._compile(self.model, [], n_slices,
+                                            len(self.inner) + len(self.stack))
         self.n_slices = n_slices
 
     def _compile(self, model: Any, text_sizes: list[tuple[str, int]], n_slices: int,
@@ -153,6 +167,8 @@ class _CompiledHead:
               numeric: FloatArray) -> float:
         extra = [_logit(_sigmoid(bias + _dot(weights, rows[source])))
                  for source, (weights, bias) in self.inner.items()]
+        extra += [_logit(_sigmoid(bias + float(np.dot(weights, numeric[columns]))))
+                  for columns, weights, bias in self.stack]
         if self.linear is not None:
             p = _sigmoid(self.linear.logit(rows, slice_, numeric, extra))
         else:  # gradient boosting: scikit-learn on one dense row
@@ -176,13 +192,14 @@ class Verifier:
     """A trained verifier: ``score(item)`` for one request, ``score_batch(items)`` for many."""
 
     def __init__(self, spec: VerifierSpec, state: State, *, verifier_id: str = "",
-                 sha256: str = "", manifest: Mapping[str, Any] | None = None) -> None:
+                 sha256: str = "", manifest: Mapping[str, Any] | None = None,
+                 extractors: Sequence[NumericExtractor] | None = None) -> None:
         self.spec = spec
         self.state = state
         self.id = verifier_id
         self.sha256 = sha256
         self.manifest = dict(manifest or {})
-        self.featurizer = Featurizer(spec, state["featurizer"])
+        self.featurizer = Featurizer(spec, state["featurizer"], extractors)
         self._text = {source: CompiledTfidf(v)
                       for source, v in self.featurizer.vectorizers.items()}
         self._slice_names = self.featurizer.slice_names

@@ -31,8 +31,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+from verifiers.embeddings import DEFAULT_MODEL, model_entry
 from verifiers.errors import SpecError
-from verifiers.features import EXTRACTORS, NEEDS_ANSWER
+from verifiers.features import EMBEDDINGS, EXTRACTORS, NEEDS_ANSWER
 
 Kind = Literal["prompt", "answer"]
 Target = Literal["gain", "small-wrong"]
@@ -77,6 +78,14 @@ class HeadSpec:
             if name not in extractors:
                 raise SpecError(f"head uses numeric features {name!r} that the verifier does "
                                 f"not extract ({', '.join(extractors) or 'none'})")
+        stack = self.params.get("stack", ())
+        if stack and self.model != "stacked":
+            raise SpecError("'stack' (numeric blocks reduced by an inner model) needs model "
+                            "'stacked'")
+        for name in stack:
+            if name not in self.numeric:
+                raise SpecError(f"stacked block {name!r} is not one of the head's numeric "
+                                f"blocks ({', '.join(self.numeric) or 'none'})")
         if self.model == "gbdt" and self.text:
             raise SpecError("a gbdt head takes no text blocks; use model 'stacked' with "
                             "outer='gbdt'")
@@ -107,6 +116,9 @@ class VerifierSpec:
                                 f"(known: {', '.join(EXTRACTORS)})")
             if self.kind == "prompt" and name in NEEDS_ANSWER:
                 raise SpecError(f"a prompt verifier cannot use answer features ({name!r})")
+        for name, params in self.extractors:
+            if name in EMBEDDINGS:
+                model_entry(str(params.get("model", DEFAULT_MODEL)))  # known, or SpecError
         self.small.check(self.kind, names)
         if self.target == "gain":
             if self.large is None:
@@ -200,3 +212,36 @@ def preset(kind: Kind, target: Target = "gain", recipe: str = "default") -> Veri
             large=HeadSpec(model="linear", text=("prompt",), slice=True,
                            numeric=("prompt_stats",), params={"C": 0.5}))
     return spec if target == "gain" else replace(spec, large=None)
+
+
+EMBEDDING_BLOCK = "prompt_embedding"
+
+
+def stack_embedding(head: HeadSpec, block: str = EMBEDDING_BLOCK) -> HeadSpec:
+    """``head`` with an embedding block stacked: an inner logistic regression over the 384
+    columns gives one out-of-fold logit for the outer model (the raw columns in a joint model
+    swamp the other features: GSM8K validation APGR fell from 0.826 to 0.679). A ``linear``
+    head becomes ``stacked`` (its TF-IDF stacked too, inner C = its C); a ``gbdt`` head becomes
+    ``stacked`` with ``outer="gbdt"``."""
+    params = dict(head.params)
+    if head.model == "linear":
+        params = {"C": params.get("C", 1.0), "text_C": params.get("C", 1.0), "folds": 5}
+    elif head.model == "gbdt":
+        params["outer"] = "gbdt"
+    params["stack"] = [*params.get("stack", []), block]
+    return replace(head, model="stacked", numeric=(*head.numeric, block), params=params)
+
+
+def with_embeddings(spec: VerifierSpec, model: str = DEFAULT_MODEL) -> VerifierSpec:
+    """``spec`` plus the sentence embedding of the prompt (:mod:`verifiers.embeddings`),
+    stacked into every head (:func:`stack_embedding`; the optional extra, ``--embeddings`` on
+    the CLI)."""
+    model_entry(model)
+    if any(name == EMBEDDING_BLOCK for name, _ in spec.extractors):
+        return spec
+
+    def add(head: HeadSpec | None) -> HeadSpec | None:
+        return None if head is None else stack_embedding(head)
+
+    return replace(spec, extractors=(*spec.extractors, (EMBEDDING_BLOCK, {"model": model})),
+                   small=add(spec.small) or spec.small, large=add(spec.large))

@@ -14,9 +14,10 @@ from verifiers.artifact import file_sha256, save_artifact
 from verifiers.data import Example, read_examples, split_examples
 from verifiers.errors import DataFormatError
 from verifiers.evaluation import EvalReport, evaluate
-from verifiers.models import Labels, State, fit_state
+from verifiers.features import NumericExtractor
+from verifiers.models import Labels, State, extractors_of, fit_state
 from verifiers.scoring import Verifier
-from verifiers.spec import Kind, Target, VerifierSpec, preset
+from verifiers.spec import Kind, Target, VerifierSpec, preset, with_embeddings
 
 SPLIT_RULE = "validation when int(sha256(prompt), 16) % 10 < 2, else train"
 
@@ -43,11 +44,18 @@ def check_inputs(examples: Sequence[Example], spec: VerifierSpec) -> None:
                 f"{len(missing)} rows have none (first: {missing[0]!r})")
 
 
-def fit(examples: Sequence[Example], spec: VerifierSpec) -> Verifier:
-    """Train in memory (no artifact): for notebooks, tests and cross-validation."""
+def fit(examples: Sequence[Example], spec: VerifierSpec,
+        extractors: Sequence[NumericExtractor] | None = None) -> Verifier:
+    """Train in memory (no artifact): for notebooks, tests and cross-validation.
+
+    ``extractors``: the spec's numeric extractors, when already built (an embedding block
+    loads a model once; share it between fits)."""
     check_inputs(examples, spec)
-    state: State = fit_state(spec, [e.input for e in examples], labels_for(examples, spec))
-    return Verifier(spec, state)
+    if extractors is None:
+        extractors = extractors_of(spec)
+    state: State = fit_state(spec, [e.input for e in examples], labels_for(examples, spec),
+                             extractors)
+    return Verifier(spec, state, extractors=extractors)
 
 
 def summary_json(report: EvalReport) -> dict[str, Any]:
@@ -69,11 +77,13 @@ class TrainResult:
 
 def train_artifact(data: Path, kind: Kind, out: Path, *, target: Target = "gain",
                    validation_data: Path | None = None, strict: bool = False,
-                   recipe: str = "default") -> TrainResult:
+                   recipe: str = "default", embeddings: bool = False) -> TrainResult:
     """Read ``data``, split it by prompt hash (or validate on ``validation_data``), train the
-    ``kind`` preset of ``recipe``, evaluate on the validation rows and write the artifact to
-    ``out``."""
+    ``kind`` preset of ``recipe`` (plus the prompt embedding block with ``embeddings``),
+    evaluate on the validation rows and write the artifact to ``out``."""
     spec = preset(kind, target, recipe)
+    if embeddings:
+        spec = with_embeddings(spec)
     dataset = read_examples(data, strict=strict)
     problems = list(dataset.problems)
     if validation_data is None:
@@ -94,5 +104,6 @@ def train_artifact(data: Path, kind: Kind, out: Path, *, target: Target = "gain"
     if validation_data is not None:
         training["validation_sha256"] = file_sha256(validation_data)
     saved = save_artifact(out, spec, verifier.state, training=training,
-                          validation=summary_json(report) if report else None)
+                          validation=summary_json(report) if report else None,
+                          extractors=verifier.featurizer.extractors)
     return TrainResult(saved, len(train), report, problems)

@@ -126,7 +126,8 @@ def test_prompt_stats_see_multiple_choice() -> None:
 
 def test_registry() -> None:
     assert set(EXTRACTORS) == {"prompt_stats", "answer_stats", "arithmetic", "logprobs",
-                               "prompt_shape", "answer_shape"}
+                               "prompt_shape", "answer_shape", "prompt_embedding",
+                               "answer_embedding"}
     assert build_extractor("logprobs", {"unlikely": -1.0}).params() == {"unlikely": -1.0}
     with pytest.raises(SpecError, match="unknown feature extractor"):
         build_extractor("nope")
