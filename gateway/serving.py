@@ -160,7 +160,7 @@ class OpenAIServing:
         assert self.router is not None
         if route.mode != "cascade":
             with self.telemetry.span("tiergate.route", **{"tiergate.route": route.name}):
-                decision = self.router.decide_before(route, gen)
+                decision = await self.router.decide(route, gen)
             decision.candidates.append(decision.model)
             plan = Plan(model=decision.model, decision=decision)
         else:

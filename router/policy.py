@@ -16,6 +16,7 @@ used, the score, and a digest of exactly what the verifier saw.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -103,13 +104,29 @@ class Router:
                               feature_digest=feature_digest(item), score=score,
                               threshold=threshold)
 
+    async def _score(self, route: Route, request: GenerationRequest,
+                     answer: GenerationResult | None) -> Decision:
+        """Score inline (a fraction of a millisecond), or in a worker thread for a verifier
+        that runs a neural encoder (embeddings: tens of milliseconds on CPU)."""
+        assert route.verifier is not None
+        if route.verifier.blocking:
+            return await asyncio.to_thread(self._scored, route, request, answer)
+        return self._scored(route, request, answer)
+
     def decide_before(self, route: Route, request: GenerationRequest) -> Decision:
-        """``fixed`` and ``prompt`` routes: the tier, before any model is called."""
+        """``fixed`` and ``prompt`` routes: the tier, before any model is called (scored on
+        the calling thread; the server uses :meth:`decide`)."""
         if route.mode == "fixed":
             return self._decision(route, route.tier)
         if route.mode == "prompt":
             return self._scored(route, request, None)
         raise ValueError(f"route {route.name} is a cascade: use cascade()")
+
+    async def decide(self, route: Route, request: GenerationRequest) -> Decision:
+        """:meth:`decide_before` that never blocks the event loop."""
+        if route.mode == "prompt":
+            return await self._score(route, request, None)
+        return self.decide_before(route, request)
 
     async def cascade(self, route: Route, request: GenerationRequest,
                       generate: Generate) -> tuple[Decision, GenerationResult]:
@@ -121,6 +138,6 @@ class Router:
         if request.sampling.logprobs is None:  # the verifier reads logprobs; the client won't
             small_request = replace(request, sampling=replace(request.sampling, logprobs=0))
         small = await generate(route.small, small_request)
-        decision = self._scored(route, request, small)
+        decision = await self._score(route, request, small)
         decision.candidates.append(route.small)
         return decision, small  # with the logprobs the verifier read (records keep them)

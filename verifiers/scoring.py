@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from verifiers.data import VerifierInput
-from verifiers.features import NumericExtractor
+from verifiers.features import EMBEDDINGS, NumericExtractor
 from verifiers.models import (
     Featurizer,
     FloatArray,
@@ -199,6 +199,9 @@ class Verifier:
         self.id = verifier_id
         self.sha256 = sha256
         self.manifest = dict(manifest or {})
+        self.blocking = any(name in EMBEDDINGS for name, _ in spec.extractors)
+        """Scoring runs a neural encoder (milliseconds): the router scores it off the event
+        loop."""
         self.featurizer = Featurizer(spec, state["featurizer"], extractors)
         self._text = {source: CompiledTfidf(v)
                       for source, v in self.featurizer.vectorizers.items()}
