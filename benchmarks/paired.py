@@ -18,7 +18,9 @@ import contextlib
 import os
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,32 @@ async def alternate(servers: dict[str, ServerProcess], requests: int, rate: floa
     return {name: {"p50": percentile(v, 50), "p99": percentile(v, 99),
                    "cpu_ms": (cpu_after[name] - cpu_before[name]) * 1000 / requests}
             for name, v in latencies.items()}
+
+
+Sections = Callable[[Path], dict[str, dict[str, Any]]]
+"""A variant's config sections, given the run's scratch folder."""
+
+
+async def compare(variants: dict[str, Sections], requests: int, rate: float
+                  ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Start one gateway per variant on a fresh upstream, :func:`alternate` requests between
+    them; their figures, and each one's ``/metrics`` text at the end."""
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        upstream = start_upstream(directory)
+        servers: dict[str, ServerProcess] = {}
+        try:
+            for index, (name, sections) in enumerate(variants.items()):
+                servers[name] = start_gateway(directory, f"gateway{index}", upstream,
+                                              sections(directory))
+            results = await alternate(servers, requests, rate, others=[upstream])
+            metrics = {name: (await asyncio.to_thread(httpx.get, server.url + "/metrics")).text
+                       for name, server in servers.items()}
+        finally:
+            for server in servers.values():
+                server.stop()
+            upstream.stop()
+    return results, metrics
 
 
 def print_pair(results: dict[str, dict[str, float]], base: str, feature: str,

@@ -164,22 +164,16 @@ async def request_path(calls: int, logprobs: bool, fsync: str, rate: float
 
 
 async def end_to_end(requests: int, rate: float) -> dict[str, dict[str, float]]:
-    from benchmarks.paired import alternate, start_gateway, start_upstream
+    """Two gateways alike but for records (SQLite vs none)."""
+    from benchmarks.paired import compare
 
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        upstream = start_upstream(directory)
-        servers = {}
-        try:
-            servers["no records"] = start_gateway(directory, "plain", upstream, {})
-            servers["records"] = start_gateway(directory, "recorded", upstream, {"records": {
-                "sink": "sqlite", "sqlite_path": str(directory / "records.sqlite3"),
-                "spool_dir": str(directory / "spool")}})
-            return await alternate(servers, requests, rate, others=[upstream])
-        finally:
-            for server in servers.values():
-                server.stop()
-            upstream.stop()
+    results, _ = await compare({
+        "no records": lambda directory: {},
+        "records": lambda directory: {"records": {
+            "sink": "sqlite", "sqlite_path": str(directory / "records.sqlite3"),
+            "spool_dir": str(directory / "spool")}},
+    }, requests, rate)
+    return results
 
 
 async def main() -> None:

@@ -17,22 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
 from pathlib import Path
-
-import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.paired import (  # noqa: E402
-    alternate,
-    percentile,
-    print_pair,
-    start_gateway,
-    start_upstream,
-)
+from benchmarks.paired import compare, percentile, print_pair  # noqa: E402
 from gateway import protocol  # noqa: E402
 from gateway.backends.base import ChoiceResult, GenerationResult, Usage  # noqa: E402
 from gateway.modeltuple import ModelTuple  # noqa: E402
@@ -97,24 +88,14 @@ async def request_path(calls: int, drain: bool) -> dict[str, float]:
 
 async def end_to_end(requests: int, rate: float) -> dict[str, dict[str, float]]:
     """Two gateways alike but for mirroring every request of ``live`` to ``pinned``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        upstream = start_upstream(directory)
-        servers = {}
-        try:
-            servers["plain"] = start_gateway(directory, "plain", upstream, {})
-            servers["mirrored"] = start_gateway(directory, "mirrored", upstream, {
-                "shadow": {"queue_size": 1024},
-                "shadow.mirrors.live": {"target": "pinned", "share": 1.0}})
-            results = await alternate(servers, requests, rate, others=[upstream])
-            url = servers["mirrored"].url + "/metrics"
-            metrics = (await asyncio.to_thread(httpx.get, url)).text
-        finally:
-            for server in servers.values():
-                server.stop()
-            upstream.stop()
+    results, metrics = await compare({
+        "plain": lambda directory: {},
+        "mirrored": lambda directory: {
+            "shadow": {"queue_size": 1024},
+            "shadow.mirrors.live": {"target": "pinned", "share": 1.0}},
+    }, requests, rate)
     results["mirrored"]["pairs"] = sum(
-        float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+        float(line.rsplit(" ", 1)[1]) for line in metrics["mirrored"].splitlines()
         if line.startswith("tiergate_shadow_total{") and 'outcome="identical"' in line)
     return results
 
