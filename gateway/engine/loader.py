@@ -92,7 +92,9 @@ def verify_digest(what: str, path: Path, pinned: str | None) -> str:
 
 def _load_transformers(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # a server's log and a CLI's output stay clean
     if path.is_file():
         if path.suffix != ".gguf":
             raise ConfigError(f"{path}: a model path is a directory or a .gguf file")
