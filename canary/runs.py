@@ -7,8 +7,9 @@ divergences, logprob shift, latency p50/p99 and tokens (the cost of the run). Th
 :class:`CanaryRun`, plain data stored in the run history; the drift decision is added by
 :class:`canary.service.CanaryService`.
 
-:func:`compare_tokens` is also what shadow traffic uses (:func:`compare_shadow`): a live answer
-and the pinned version's answer to the same request.
+:func:`compare_tokens` is also what shadow traffic uses (:class:`canary.shadow.ShadowPair`): a
+live answer and the pinned version's answer to the same request, turned into a
+:class:`ShadowComparison` for the drift tests.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from canary.drift import StreamAlarm
 from canary.harness import ItemRun, run_taskset
 from canary.pins import GoldenOutput, Pin, tuple_changes
 from canary.sets import CanarySet
-from gateway.backends.base import Backend, GenerationResult
+from gateway.backends.base import Backend
 from gateway.modeltuple import ModelTuple
 
 RUN_FORMAT = 1
@@ -227,19 +228,3 @@ class ShadowComparison(BaseModel):
     primary_tokens: int = 0
     shadow_tokens: int = 0
     shadow_latency_ms: float = 0.0
-
-
-def compare_shadow(request_id: str, primary: GenerationResult,
-                   shadow: GenerationResult) -> ShadowComparison:
-    """Compare the first choice of a live result with the pinned version's result."""
-    a, b = primary.choices[0], shadow.choices[0]
-    tokens = compare_tokens(
-        a.token_ids, a.text, b.token_ids, b.text,
-        [lp.logprob for lp in a.logprobs] if a.logprobs else None,
-        [lp.logprob for lp in b.logprobs] if b.logprobs else None)
-    return ShadowComparison(
-        request_id=request_id, model=primary.model.name, shadow_model=shadow.model.name,
-        agree=tokens.agree, first_divergence=tokens.first_divergence,
-        logprob_shift=tokens.logprob_shift, primary_tokens=primary.usage.completion_tokens,
-        shadow_tokens=shadow.usage.completion_tokens,
-        shadow_latency_ms=shadow.timing.total_s * 1000)

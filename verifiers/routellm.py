@@ -66,6 +66,23 @@ def _columns(path: Path, header: list[str], names: list[str]) -> list[int]:
     return [header.index(name) for name in names]
 
 
+def _usable(dataset: Dataset, path: Path, number: int, header: list[str], row: list[str],
+            columns: list[int], banned: set[str]) -> bool:
+    """Whether a CSV row becomes an example: a broken row is listed in ``problems``, a
+    contaminated prompt counted in ``dropped``. ``columns`` start with prompt, weak, strong."""
+    if len(row) != len(header):
+        dataset.problems.append(f"{path}:{number}: {len(row)} columns, not {len(header)}")
+        return False
+    prompt, weak, strong = (row[i] for i in columns[:3])
+    if not prompt.strip() or weak not in _BOOL or strong not in _BOOL:
+        dataset.problems.append(f"{path}:{number}: empty prompt or label not True/False")
+        return False
+    if prompt in banned:
+        dataset.dropped += 1
+        return False
+    return True
+
+
 def load_mmlu(root: Path) -> Dataset:
     files = sorted((root / "mmlu" / "responses").glob("mmlu_*.csv"))
     if not files:
@@ -77,17 +94,9 @@ def load_mmlu(root: Path) -> Dataset:
         header, rows = _rows(path)
         columns = _columns(path, header, ["prompt", WEAK, STRONG])
         for number, row in enumerate(rows, start=2):
-            if len(row) != len(header):
-                dataset.problems.append(f"{path}:{number}: {len(row)} columns, not "
-                                        f"{len(header)}")
+            if not _usable(dataset, path, number, header, row, columns, banned):
                 continue
             prompt, weak, strong = (row[i] for i in columns)
-            if not prompt.strip() or weak not in _BOOL or strong not in _BOOL:
-                dataset.problems.append(f"{path}:{number}: empty prompt or label not True/False")
-                continue
-            if prompt in banned:
-                dataset.dropped += 1
-                continue
             dataset.examples.append(Example(
                 id=f"mmlu-{subject}-{number:04d}",
                 request={"messages": [{"role": "user", "content": prompt}]},
@@ -103,16 +112,9 @@ def load_gsm8k(root: Path) -> Dataset:
                                       f"{STRONG}_response"])
     dataset = Dataset([])
     for number, row in enumerate(rows, start=2):
-        if len(row) != len(header):
-            dataset.problems.append(f"{path}:{number}: {len(row)} columns, not {len(header)}")
+        if not _usable(dataset, path, number, header, row, columns, banned):
             continue
         prompt, weak, strong, weak_text, strong_text = (row[i] for i in columns)
-        if not prompt.strip() or weak not in _BOOL or strong not in _BOOL:
-            dataset.problems.append(f"{path}:{number}: empty prompt or label not True/False")
-            continue
-        if prompt in banned:
-            dataset.dropped += 1
-            continue
         dataset.examples.append(Example(
             id=f"gsm8k-{number:04d}",
             request={"messages": [{"role": "user", "content": prompt}]},

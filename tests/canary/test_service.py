@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from canary.alerts import Alert, AlertSink
-from canary.runs import compare_shadow, compare_tokens
+from canary.runs import compare_tokens
 from canary.service import CanaryService
 from canary.sets import REFERENCE_SET
+from canary.shadow import ShadowPair
 from gateway.backends.base import (
     Backend,
     GenerationChunk,
@@ -199,9 +200,9 @@ async def test_shadow_comparisons_feed_the_shadow_stream(tmp_path: Path,
                                 prompt="rev(4821+377)=")
     large = await registry.get("ref-large").generate(request)
     small = await registry.get("ref-small").generate(request)
-    same = compare_shadow("r1", large, large)
+    same = ShadowPair.of(request, "ref-large", "pinned", large, large).drift_evidence()
     assert same.agree and same.first_divergence is None and same.logprob_shift == 0.0
-    differ = compare_shadow("r1", small, large)
+    differ = ShadowPair.of(request, "ref-large", "pinned", small, large).drift_evidence()
     assert not differ.agree and differ.first_divergence is not None
     assert await service.observe_shadow("ref-large", [same] * 50) is None
     alarm = await service.observe_shadow("ref-large", [differ] * 5)
