@@ -90,7 +90,7 @@ async def throughput(count: int) -> dict[str, float]:
     records = [build_record(answered(i, logprobs=False), tuples) for i in range(count)]
     rates = {}
     with tempfile.TemporaryDirectory() as tmp:  # submitted back to back, delivered meanwhile
-        recorder = Recorder(settings_in(Path(tmp), batch_size=1000, queue_bound=count))
+        recorder = Recorder(settings_in(Path(tmp), batch_size=1000))
         await recorder.start()
         started = time.perf_counter()
         for record in records:
@@ -101,14 +101,14 @@ async def throughput(count: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:  # an outage: all spooled, then delivered
         blocked = Path(tmp) / "store"
         blocked.write_text("a file where the store's directory should be")
-        settings = settings_in(Path(tmp), batch_size=1000, queue_bound=count)
+        settings = settings_in(Path(tmp), batch_size=1000)
         settings = settings.model_copy(update={"sqlite_path": blocked / "records.sqlite3"})
         recorder = Recorder(settings)
         await recorder.start()
         for record in records:
             recorder.submit(record)
-        blocked.unlink()  # the store is back: the writer's next retry opens it
-        while recorder.delivered == 0:  # noqa: ASYNC110 - a counter the writer thread sets
+        blocked.unlink()  # the store is back: the delivery process's next retry opens it
+        while recorder.delivered == 0:  # noqa: ASYNC110 - set by the delivery process's status
             await asyncio.sleep(0.001)
         first, started = recorder.delivered, time.perf_counter()
         assert await recorder.flush(wait_s=300)
@@ -139,7 +139,7 @@ async def request_path(calls: int, logprobs: bool, fsync: str, rate: float
     requests = [answered(i, logprobs) for i in range(calls)]
     pause = 1.0 / rate if rate > 0 else 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        recorder = Recorder(settings_in(Path(tmp), spool_fsync=fsync, queue_bound=calls))
+        recorder = Recorder(settings_in(Path(tmp), spool_fsync=fsync))
         await recorder.start()
         bare = OpenAIServing.__new__(OpenAIServing)
         bare.listeners = []
@@ -156,7 +156,7 @@ async def request_path(calls: int, logprobs: bool, fsync: str, rate: float
             t2 = clock()
             base.append((t1 - t0) / 1000)
             added.append((t2 - t1) / 1000)
-            if pause or len(added) % 256 == 0:  # requests arrive at ``rate``; the writer runs
+            if pause or len(added) % 256 == 0:  # requests arrive at ``rate``; delivery runs
                 await asyncio.sleep(pause)
         await recorder.aclose()
     return {"base_p50": percentile(base, 50), "p50": percentile(added, 50),
@@ -193,7 +193,7 @@ async def main() -> None:
     rates = await throughput(args.records)
     print(f"throughput ({args.records} records of ~3.4 kB, SQLite WAL, synchronous=FULL; "
           "bar 10000 records/s)")
-    for key, label in (("catch_up", "writer: spooled records into the store"),
+    for key, label in (("catch_up", "delivery: spooled records into the store"),
                        ("store", "store alone (batched appends)"),
                        ("end_to_end", "submit back to back + deliver")):
         print(f"  {label:<40} {rates[key]:9.0f} records/s   ratio to bar "

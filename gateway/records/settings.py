@@ -30,17 +30,14 @@ class RecordsSettings(BaseModel):
     batch_size: int = Field(default=256, ge=1, le=10_000)
     """Records written to the sink in one transaction, at most."""
     flush_interval_s: float = Field(default=0.05, gt=0, le=60)
-    """The writer delivers (and fsyncs the spool, with ``spool_fsync = "batch"``) at least this
-    often."""
-    queue_bound: int = Field(default=10_000, ge=1)
-    """Records held in memory for the writer; beyond it the writer reads them back from the
-    spool (nothing is dropped)."""
+    """The delivery process delivers (and fsyncs the spool, with ``spool_fsync = "batch"``) at
+    least this often."""
     spool_dir: Path = Path("var/records-spool")
     """The local append-only spool every record is written to before its response is sent."""
     spool_fsync: Literal["always", "batch", "never"] = "batch"
     """``always``: fsync each record before its response (survives power loss; costs an fsync
     per request). ``batch``: records reach the OS before the response (survive a crash or
-    kill -9 of the gateway) and are fsynced by the writer every ``flush_interval_s``.
+    kill -9 of the gateway) and are fsynced by the delivery process every ``flush_interval_s``.
     ``never``: the OS decides."""
     spool_max_bytes: int = Field(default=1 << 30, ge=1 << 16)
     """Undelivered records the spool may hold; beyond it new requests are refused with 503
@@ -49,7 +46,8 @@ class RecordsSettings(BaseModel):
     """Replace prompts, rendered prompts, prompt/output token ids, output texts and logprobs by
     the sha256 of what was removed. Redacted records cannot be replayed."""
     retention_days: float | None = Field(default=None, gt=0)
-    """Delete records older than this (``tiergate records prune``; the writer prunes hourly).
+    """Delete records older than this (``tiergate records prune``; the delivery process prunes
+    hourly).
     ``None``: keep forever."""
     checkpoint_every: int = Field(default=1000, ge=1)
     """A checkpoint (signed when ``signing_key`` is set) every this many records of a chain."""

@@ -1,14 +1,17 @@
 """The local append-only spool: every record is written here before its response is sent.
 
-A spool is a directory of segment files, one being appended to by each running gateway process
-(``<time>-<pid>.spool``, held with an exclusive ``flock``). A line is
+A spool is a directory of segment files. Each gateway process appends to its own segment
+(``<time>-<pid>.spool``), holding an exclusive ``flock`` on it for as long as it lives; a line is
 ``<crc32 of the JSON, 8 hex> <record JSON>\\n``, written with one ``writev(2)``: once the call
 returns, the record survives the process dying (``kill -9`` included); with ``fsync`` it survives
 the machine losing power. Beside each segment, ``<name>.delivered`` holds how many of its bytes
-the store has (an optimisation: stores skip record ids they already have).
+the store has (stores also skip record ids they already have, so a lost marker costs a re-send,
+never a duplicate).
 
-A segment whose process died (its lock is free) is *recovered* by the next process that opens
-the spool: the writer delivers it, in order, before the records of its own segment.
+Two processes share a segment: the gateway process writes it (:class:`Spool`), its records
+delivery process (:mod:`gateway.records.delivery`) reads it (:class:`Segment`) and moves the
+records to the store. A segment whose writer died (its lock is free) is *adopted* by the next
+delivery process that starts on the spool directory.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ from gateway.records.sinks.base import PendingRecord
 log = logging.getLogger("tiergate.records.spool")
 
 _READ_CHUNK = 4 << 20
+SEGMENT_BYTES = 64 << 20
+"""A live segment of this size or more is retired and a fresh one started."""
 
 
 def encode_line(body: bytes) -> bytes:
@@ -52,9 +56,16 @@ def decode_line(line: bytes) -> PendingRecord | None:
         return None
 
 
+def writer_pid(path: Path) -> int | None:
+    """The process that writes (or wrote) a segment, from its name."""
+    try:
+        return int(path.stem.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
 @dataclass(slots=True)
 class SpoolEntry:
-    segment: Segment
     start: int
     end: int
     record: PendingRecord | None
@@ -62,14 +73,22 @@ class SpoolEntry:
 
 
 class Segment:
-    """One spool file and how much of it the store has."""
+    """One spool file as its reader sees it: its size and how much of it the store has."""
 
-    def __init__(self, path: Path, fd: int, size: int, delivered: int, live: bool) -> None:
+    def __init__(self, path: Path, fd: int, delivered: int) -> None:
         self.path = path
         self.fd = fd
-        self.size = size
-        self.delivered = delivered
-        self.live = live
+        self.size = os.fstat(fd).st_size
+        self.delivered = min(delivered, self.size)
+
+    @classmethod
+    def open(cls, path: Path, flags: int = os.O_RDONLY) -> Segment:
+        fd = os.open(path, flags)
+        try:
+            return cls(path, fd, _delivered_of(path.with_suffix(".delivered")))
+        except BaseException:
+            os.close(fd)
+            raise
 
     @property
     def marker(self) -> Path:
@@ -79,8 +98,14 @@ class Segment:
     def backlog(self) -> int:
         return self.size - self.delivered
 
+    def refresh(self) -> int:
+        """Re-read the size (its writer appends to it); the new backlog."""
+        self.size = os.fstat(self.fd).st_size
+        return self.backlog
+
     def read(self, offset: int, limit: int) -> list[SpoolEntry]:
-        """Up to ``limit`` whole lines from ``offset`` (a line still being written is left)."""
+        """Up to ``limit`` whole lines from ``offset`` (a line still being written is left:
+        a reader sees a prefix of a write, and a line's newline is its last byte)."""
         data = os.pread(self.fd, _READ_CHUNK, offset)
         if b"\n" not in data and len(data) == _READ_CHUNK:  # one line longer than a chunk
             data = os.pread(self.fd, max(self.size - offset, _READ_CHUNK), offset)
@@ -94,7 +119,7 @@ class Segment:
             if record is None:
                 log.error("spool %s: damaged record at byte %d skipped", self.path,
                           offset + position)
-            entries.append(SpoolEntry(self, offset + position, offset + end + 1, record))
+            entries.append(SpoolEntry(offset + position, offset + end + 1, record))
             position = end + 1
         return entries
 
@@ -109,10 +134,16 @@ class Segment:
         except OSError as exc:  # only an optimisation: the store deduplicates
             log.warning("spool %s: cannot write %s: %s", self.path, self.marker, exc)
 
+    def sync(self) -> None:
+        os.fdatasync(self.fd)
+
     def remove(self) -> None:
         for path in (self.path, self.marker):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        os.close(self.fd)
+
+    def close(self) -> None:
         os.close(self.fd)
 
 
@@ -123,116 +154,85 @@ def _delivered_of(marker: Path) -> int:
         return 0
 
 
-class Spool:
-    """The spool directory: this process's live segment and the recovered ones."""
+@dataclass(slots=True)
+class WrittenSegment:
+    """A segment of this process: its locked descriptor and how many bytes it holds."""
 
-    def __init__(self, directory: Path, fsync: str = "batch") -> None:
+    path: Path
+    fd: int
+    size: int = 0
+
+
+class Spool:
+    """The writing side, in the gateway process: its live segment and the retired ones its
+    delivery process has not finished with (still locked, so nobody else adopts them)."""
+
+    def __init__(self, directory: Path, fsync: str = "batch",
+                 segment_bytes: int = SEGMENT_BYTES) -> None:
         self.directory = directory
         self.fsync = fsync
-        self.lock = threading.Lock()
-        """Held while appending and while the live segment is swapped."""
-        self.recovered: list[Segment] = []
-        self.live: Segment | None = None
-        self._dirty = False
+        self.segment_bytes = segment_bytes
+        self.live: WrittenSegment | None = None
+        self.retired: list[WrittenSegment] = []
         self.failed: OSError | None = None
         """The last append's error, until an append succeeds again."""
 
     def open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.recovered = self._recover()
         self.live = self._new_segment()
-        if self.recovered:
-            log.warning("spool %s: recovering %d bytes of records from segments of stopped "
-                        "processes: %s", self.directory,
-                        sum(s.backlog for s in self.recovered),
-                        ", ".join(s.path.name for s in self.recovered))
 
-    def _recover(self) -> list[Segment]:
-        segments = []
-        for path in sorted(self.directory.glob("*.spool")):
-            try:
-                fd = os.open(path, os.O_RDWR)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # a running process owns it
-                os.close(fd)
-                continue
-            if not path.exists():  # delivered and removed by its owner meanwhile
-                os.close(fd)
-                continue
-            size = os.fstat(fd).st_size
-            marker = path.with_suffix(".delivered")
-            segments.append(Segment(path, fd, size, min(_delivered_of(marker), size), False))
-        return segments
-
-    def _new_segment(self) -> Segment:
+    def _new_segment(self) -> WrittenSegment:
         name = f"{time.time_ns():020d}-{os.getpid()}"
         temporary = self.directory / f"{name}.tmp"
         fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
         path = self.directory / f"{name}.spool"
         os.rename(temporary, path)  # visible to other processes only once locked
-        return Segment(path, fd, 0, 0, True)
+        return WrittenSegment(path, fd)
 
-    def append(self, body: bytes, record: PendingRecord | None = None) -> SpoolEntry:
+    def append(self, body: bytes) -> None:
         """Write one record (its canonical JSON ``body``) to the live segment."""
+        segment = self.live
+        assert segment is not None, "spool not open"
         parts = line_parts(body)
         length = len(body) + 10
-        with self.lock:
-            segment = self.live
-            assert segment is not None, "spool not open"
-            start = segment.size
-            try:
-                written = os.writev(segment.fd, parts)
-                if written < length:  # a short write (a full disk, a signal): the rest
-                    line = b"".join(parts)
-                    while written < length:
-                        written += os.write(segment.fd, line[written:])
-                if self.fsync == "always":
-                    os.fdatasync(segment.fd)
-            except OSError as exc:
-                self.failed = exc
-                with contextlib.suppress(OSError):  # no half line before the next one
-                    os.ftruncate(segment.fd, start)
-                raise
-            self.failed = None
-            segment.size = start + length
-            self._dirty = True
-            return SpoolEntry(segment, start, segment.size, record)
-
-    def sync(self) -> None:
-        """fsync the live segment if anything was appended since the last sync."""
-        if self._dirty and self.live is not None and self.fsync != "never":
-            self._dirty = False
-            os.fdatasync(self.live.fd)
+        start = segment.size
+        try:
+            written = os.writev(segment.fd, parts)
+            if written < length:  # a short write (a full disk, a signal): the rest
+                line = b"".join(parts)
+                while written < length:
+                    written += os.write(segment.fd, line[written:])
+            if self.fsync == "always":
+                os.fdatasync(segment.fd)
+        except OSError as exc:
+            self.failed = exc
+            with contextlib.suppress(OSError):  # no half line before the next one
+                os.ftruncate(segment.fd, start)
+            raise
+        self.failed = None
+        segment.size = start + length
+        if segment.size >= self.segment_bytes:
+            self.retired.append(segment)
+            self.live = self._new_segment()
 
     @property
-    def backlog(self) -> int:
-        """Bytes written to the spool that the store does not have yet."""
-        live = self.live.backlog if self.live is not None else 0
-        return live + sum(s.backlog for s in self.recovered)
+    def segments(self) -> list[WrittenSegment]:
+        """This process's segments, oldest first."""
+        return [*self.retired, *([self.live] if self.live else [])]
 
-    def rotate_if_drained(self, threshold: int) -> bool:
-        """Start a new live segment once the store has all of a segment of ``threshold``
-        bytes or more, and delete the old one."""
-        with self.lock:
-            old = self.live
-            if old is None or old.size < threshold or old.delivered != old.size:
-                return False
-            self.live = self._new_segment()
-        old.remove()
-        return True
-
-    def close(self, remove_if_drained: bool = True) -> None:
-        with self.lock:
-            segments = [*self.recovered, *([self.live] if self.live else [])]
-            self.recovered, self.live = [], None
-        for segment in segments:
-            if remove_if_drained and segment.backlog == 0:
-                segment.remove()
-            else:
-                if self.fsync != "never":
-                    os.fdatasync(segment.fd)
+    def release(self, name: str) -> None:
+        """The delivery process removed retired segment ``name``: close it."""
+        for segment in self.retired:
+            if segment.path.name == name:
+                self.retired.remove(segment)
                 os.close(segment.fd)
+                return
+
+    def close(self) -> None:
+        segments, self.retired, self.live = self.segments, [], None
+        for segment in segments:
+            with contextlib.suppress(OSError):
+                if self.fsync != "never" and segment.path.exists():
+                    os.fdatasync(segment.fd)
+            os.close(segment.fd)

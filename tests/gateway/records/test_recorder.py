@@ -60,15 +60,25 @@ async def test_records_reach_the_store_in_order(tmp_path: Path) -> None:
     assert list((tmp_path / "spool").glob("*.spool")) == []  # drained segments are removed
 
 
-async def test_past_the_queue_bound_records_are_read_back_from_the_spool(
+async def test_the_store_work_runs_in_a_process_that_is_restarted_when_it_dies(
         tmp_path: Path) -> None:
-    settings = sqlite_settings(tmp_path, queue_bound=3, batch_size=8, flush_interval_s=0.5)
+    settings = sqlite_settings(tmp_path, batch_size=8, flush_interval_s=0.01)
     recorder = Recorder(settings)
     await recorder.start()
-    ids = submit(recorder, 60)  # far more than the bound, before the writer wakes
-    assert await recorder.flush()
-    await recorder.aclose()
-    assert await stored_ids(settings) == ids
+    try:
+        process = recorder._process
+        assert process is not None and process.pid != os.getpid()
+        before = submit(recorder, 20, "before")
+        assert await recorder.flush()
+        os.kill(process.pid, signal.SIGKILL)
+        after = submit(recorder, 20, "after")  # the spool takes them while nobody delivers
+        assert await recorder.flush(wait_s=30)
+        assert recorder._process is not process
+        assert recorder.recorded == recorder.delivered == 40
+    finally:
+        await recorder.aclose()
+    assert await stored_ids(settings) == before + after
+    assert await chain_ok(settings)
 
 
 async def test_graceful_shutdown_delivers_what_is_left(tmp_path: Path) -> None:

@@ -1,0 +1,343 @@
+"""The records delivery process: moves spooled records into the store, off the gateway process.
+
+Each gateway process starts one (:class:`gateway.records.recorder.Recorder`) and talks to it over
+two pipes. Its stdin carries one JSON line of start-up options, then commands: ``w`` (records are
+waiting: deliver now), ``s`` (the gateway is stopping: deliver what is left within the shutdown
+deadline, then exit); end of file means the gateway died, and it exits at once (the next process
+on the spool adopts what is left). Its stdout carries one JSON status line after every change:
+how many bytes of each of the gateway's segments the store has, the records delivered, the bytes
+of adopted segments still to deliver, and the store's error if it is failing.
+
+Being a process of its own, the store's work (parsing, hashing the chain, SQLite or Redis) never
+holds the gateway's GIL: a request never waits behind a batch.
+
+It delivers, in order: segments adopted at start (their writer died: the lock is free), then the
+gateway's own segments, oldest first. Batches of up to ``batch_size`` records go to the store in
+one transaction, at least every ``flush_interval_s``; with ``spool_fsync = "batch"`` the gateway's
+segment is fsynced as often. A failing store is retried with backoff, records wait in the spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from gateway.errors import TiergateError
+from gateway.records.settings import RecordsSettings
+from gateway.records.sinks import create_sink, signer_for
+from gateway.records.sinks.base import RecordSink
+from gateway.records.spool import Segment, SpoolEntry, writer_pid
+
+log = logging.getLogger("tiergate.records.delivery")
+
+PRUNE_EVERY_S = 3600.0
+ADOPT_WAIT_S = 2.0
+"""How long to wait for a dead writer's segment that is still locked (its own delivery
+process finishing a batch) before leaving it to the next start."""
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Delivery:
+    """The delivery loop of one gateway process (``writer``: its pid)."""
+
+    def __init__(self, settings: RecordsSettings, writer: int, shutdown_timeout_s: float,
+                 status_fd: int = 1) -> None:
+        self.settings = settings
+        self.writer = writer
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.status_fd = status_fd
+        self.signer = signer_for(settings)
+        self.own: dict[str, Segment] = {}
+        self.adopted: list[Segment] = []
+        self.records = 0
+        """Records of the gateway's own segments delivered."""
+        self.error: str | None = None
+        self.removed: list[str] = []
+        self.stopping = False
+        self.writer_gone = False
+        self.wake = asyncio.Event()
+        self._synced: dict[str, int] = {}
+
+    # -- segments --------------------------------------------------------------------------------
+
+    def adopt(self) -> None:
+        """Lock and queue every segment whose writer is gone (not the gateway's own)."""
+        for path in sorted(self.settings.spool_dir.glob("*.spool")):
+            segment = self._lock(path)
+            if segment is not None:
+                self.adopted.append(segment)
+        if self.adopted:
+            log.warning("spool %s: recovering %d bytes of records from segments of stopped "
+                        "processes: %s", self.settings.spool_dir, self.recovering,
+                        ", ".join(s.path.name for s in self.adopted))
+
+    def _lock(self, path: Path) -> Segment | None:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return None
+        waited_until = time.monotonic() + ADOPT_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:  # a live writer, or a dead one's delivery finishing
+                if _alive(writer_pid(path)) or time.monotonic() >= waited_until:
+                    os.close(fd)
+                    return None
+                time.sleep(0.02)
+        if not path.exists():  # delivered and removed by its owner meanwhile
+            os.close(fd)
+            return None
+        marker = path.with_suffix(".delivered")
+        try:
+            delivered = int(marker.read_bytes().strip() or b"0")
+        except (OSError, ValueError):
+            delivered = 0
+        return Segment(path, fd, delivered)
+
+    def own_segments(self) -> list[Segment]:
+        """The gateway's segments, oldest first (a newer one means the older are complete)."""
+        adopted = {s.path.name for s in self.adopted}
+        for path in sorted(self.settings.spool_dir.glob(f"*-{self.writer}.spool")):
+            if path.name not in self.own and path.name not in adopted:
+                with contextlib.suppress(FileNotFoundError):
+                    self.own[path.name] = Segment.open(path)
+        return [self.own[name] for name in sorted(self.own)]
+
+    @property
+    def recovering(self) -> int:
+        return sum(s.backlog for s in self.adopted)
+
+    def backlog(self) -> int:
+        return self.recovering + sum(s.refresh() for s in self.own.values())
+
+    def sync(self) -> None:
+        """fsync the gateway's segments that grew since the last sync."""
+        for name, segment in list(self.own.items()):
+            size = segment.size
+            if self._synced.get(name) != size:
+                segment.sync()
+                self._synced[name] = size
+
+    # -- delivering ------------------------------------------------------------------------------
+
+    async def deliver(self, sink: RecordSink) -> bool:
+        """Deliver one batch; ``False`` when there was nothing to deliver."""
+        size = self.settings.batch_size
+        while self.adopted:
+            segment = self.adopted[0]
+            if segment.delivered < segment.size:
+                entries = segment.read(segment.delivered, size)
+                if entries:
+                    await self._store(sink, segment, entries, own=False)
+                    return True
+                # A line cut short when its process died: its write never returned, so no
+                # response was sent for it.
+                log.warning("spool %s: %d bytes of a record cut short by a crash discarded",
+                            segment.path, segment.backlog)
+            segment.remove()
+            self.adopted.pop(0)
+            self.report()
+        own = self.own_segments()
+        for index, segment in enumerate(own):
+            complete = index < len(own) - 1  # decided before the size is read
+            if segment.refresh() > 0:
+                entries = segment.read(segment.delivered, size)
+                if entries:
+                    await self._store(sink, segment, entries, own=True)
+                    return True
+                if not complete:
+                    return False  # a line being written
+            if complete:
+                self._remove_own(segment)
+        return False
+
+    async def _store(self, sink: RecordSink, segment: Segment, entries: list[SpoolEntry],
+                     own: bool) -> None:
+        records = [e.record for e in entries if e.record is not None]
+        if records:
+            await sink.append(self.settings.chain_id, records, self.signer,
+                              self.settings.checkpoint_every)
+        segment.mark_delivered(entries[-1].end)
+        if own:
+            self.records += len(records)
+        if self.error is not None:
+            log.warning("record store is back: delivering %d bytes of spooled records",
+                        self.backlog())
+            self.error = None
+        self.report()
+
+    def _remove_own(self, segment: Segment) -> None:
+        segment.remove()
+        del self.own[segment.path.name]
+        self._synced.pop(segment.path.name, None)
+        self.removed.append(segment.path.name)
+        self.report()
+
+    def failed(self, message: str) -> None:
+        if self.error != message:
+            log.error("record store failed (records stay in the spool and are delivered "
+                      "when it is back): %s", message)
+            self.error = message
+            self.report()
+
+    def report(self) -> None:
+        status = {"delivered": {name: s.delivered for name, s in self.own.items()},
+                  "records": self.records, "recovering": self.recovering,
+                  "error": self.error, "removed": self.removed}
+        self.removed = []
+        try:
+            os.write(self.status_fd, orjson.dumps(status) + b"\n")
+        except BrokenPipeError:  # the gateway is gone
+            self.writer_gone = True
+            self.wake.set()
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        settings = self.settings
+        self.adopt()
+        self.own_segments()
+        self.report()
+        sink = create_sink(settings)
+        opened, backoff = False, 0.05
+        last_sync = last_prune = time.monotonic() - PRUNE_EVERY_S
+        deadline: float | None = None
+        try:
+            while not self.writer_gone:
+                now = time.monotonic()
+                if self.stopping and deadline is None:
+                    # A store that is down does not hold the shutdown up: the records are safe
+                    # in the spool and go to the store at the next start.
+                    deadline = now + (0 if self.error else self.shutdown_timeout_s)
+                if deadline is not None and (now >= deadline or self.backlog() == 0):
+                    break
+                try:
+                    if settings.spool_fsync == "batch" and \
+                            now - last_sync >= settings.flush_interval_s:
+                        last_sync = now
+                        await asyncio.to_thread(self.sync)
+                    if not opened:
+                        await sink.open()
+                        opened = True
+                    if settings.retention_days and now - last_prune >= PRUNE_EVERY_S:
+                        last_prune = now
+                        await self._prune(sink)
+                    if await self.deliver(sink):
+                        backoff = 0.05
+                        continue
+                except TiergateError as exc:
+                    self.failed(str(exc.message))
+                except Exception as exc:  # a store's unexpected failure: retried, logged
+                    self.failed(f"{type(exc).__name__}: {exc}")
+                else:
+                    await self._sleep(settings.flush_interval_s)
+                    continue
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        finally:
+            self.close()
+            if opened:
+                await sink.aclose()
+
+    def close(self) -> None:
+        """Close the segments; after a stop, remove the gateway's drained ones (it writes no
+        more) so a clean shutdown leaves an empty spool."""
+        for segment in self.adopted:
+            segment.close()
+        for segment in list(self.own.values()):
+            if self.stopping and not self.writer_gone and segment.refresh() == 0:
+                self._remove_own(segment)
+            else:
+                segment.close()
+        if not self.writer_gone:
+            self.report()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), seconds)
+        self.wake.clear()
+
+    async def _prune(self, sink: RecordSink) -> None:
+        days = self.settings.retention_days
+        assert days is not None
+        removed = await sink.prune(self.settings.chain_id, time.time() - days * 86400,
+                                   self.signer)
+        if removed:
+            log.info("records: %d records older than %s days pruned", removed, days)
+
+    async def read_commands(self, reader: asyncio.StreamReader) -> None:
+        while data := await reader.read(256):
+            if b"s" in data:
+                self.stopping = True
+            self.wake.set()
+        self.writer_gone = True
+        self.wake.set()
+
+
+def options_line(settings: RecordsSettings, writer: int, shutdown_timeout_s: float,
+                 log_level: int) -> bytes:
+    """The start-up line the gateway sends (the signing key in clear: it goes down a pipe,
+    never on a command line)."""
+    values = settings.model_dump(mode="json")
+    if settings.signing_key is not None:
+        values["signing_key"] = settings.signing_key.get_secret_value()
+    return orjson.dumps({"settings": values, "writer": writer,
+                         "shutdown_timeout_s": shutdown_timeout_s, "log_level": log_level}) + b"\n"
+
+
+async def _main(stdin: BinaryIO) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin)
+    line = await reader.readline()
+    if not line:
+        return
+    options: dict[str, Any] = orjson.loads(line)
+    logging.basicConfig(level=options["log_level"],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    delivery = Delivery(RecordsSettings.model_validate(options["settings"]),
+                        int(options["writer"]), float(options["shutdown_timeout_s"]))
+
+    def stop() -> None:
+        delivery.stopping = True
+        delivery.wake.set()
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
+    commands = asyncio.create_task(delivery.read_commands(reader))
+    try:
+        await delivery.run()
+    finally:
+        commands.cancel()
+
+
+def main() -> None:
+    # Ctrl-C reaches the whole process group: the gateway decides when delivery stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with open(0, "rb", buffering=0, closefd=False) as stdin:
+        asyncio.run(_main(stdin))
+
+
+if __name__ == "__main__":
+    main()
