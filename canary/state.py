@@ -187,39 +187,56 @@ class FileCanaryStore(CanaryStore):
         except OSError as exc:
             raise CanaryStoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
+    # Every method does its file work (reads, validation of pins that hold golden outputs,
+    # atomic writes with fsync) in a worker thread: a gateway re-reads the store every
+    # ``canary.refresh_s`` and must not stall its event loop doing so.
+
     async def models(self) -> list[str]:
+        return await asyncio.to_thread(self._models)
+
+    def _models(self) -> list[str]:
         if not self.directory.is_dir():
             return []
         return sorted(unquote(d.name) for d in self.directory.iterdir()
                       if (d / "pin.json").is_file())
 
     async def get_pin(self, model: str) -> Pin | None:
-        return self._load(self.model_dir(model) / "pin.json", Pin)
+        return await asyncio.to_thread(self._load, self.model_dir(model) / "pin.json", Pin)
 
     async def put_pin(self, pin: Pin) -> None:
+        await asyncio.to_thread(self._put_pin, pin)
+
+    def _put_pin(self, pin: Pin) -> None:
         directory = self.model_dir(pin.model)
-        current = await self.get_pin(pin.model)
+        current = self._load(directory / "pin.json", Pin)
         if current is not None:
             self._write(directory / f"pin-v{current.version:04d}.json", current)
         self._write(directory / "pin.json", pin)
 
     async def pin_versions(self, model: str) -> list[int]:
+        return await asyncio.to_thread(self._pin_versions, model)
+
+    def _pin_versions(self, model: str) -> list[int]:
         directory = self.model_dir(model)
         if not directory.is_dir():
             return []
         versions = {int(p.stem.removeprefix("pin-v")) for p in directory.glob("pin-v*.json")}
-        current = await self.get_pin(model)
+        current = self._load(directory / "pin.json", Pin)
         if current is not None:
             versions.add(current.version)
         return sorted(versions)
 
     async def get_state(self, model: str) -> ModelState | None:
-        return self._load(self.model_dir(model) / "state.json", ModelState)
+        return await asyncio.to_thread(self._load, self.model_dir(model) / "state.json",
+                                       ModelState)
 
     async def put_state(self, state: ModelState) -> None:
-        self._write(self.model_dir(state.model) / "state.json", state)
+        await asyncio.to_thread(self._write, self.model_dir(state.model) / "state.json", state)
 
     async def append_run(self, run: CanaryRun, keep: int) -> None:
+        await asyncio.to_thread(self._append_run, run, keep)
+
+    def _append_run(self, run: CanaryRun, keep: int) -> None:
         path = self.model_dir(run.model) / "runs.jsonl"
         lines = (self._read(path) or b"").splitlines()
         lines = [*lines, run.model_dump_json().encode()][-keep:]
@@ -229,6 +246,9 @@ class FileCanaryStore(CanaryStore):
             raise CanaryStoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
     async def runs(self, model: str, limit: int | None = None) -> list[CanaryRun]:
+        return await asyncio.to_thread(self._runs, model, limit)
+
+    def _runs(self, model: str, limit: int | None) -> list[CanaryRun]:
         path = self.model_dir(model) / "runs.jsonl"
         lines = [line for line in (self._read(path) or b"").splitlines() if line.strip()]
         chosen = lines if limit is None else lines[-limit:] if limit > 0 else []
@@ -239,8 +259,11 @@ class FileCanaryStore(CanaryStore):
                                    f"{exc.errors()[0]['msg']}") from exc
 
     async def unpin(self, model: str) -> bool:
+        return await asyncio.to_thread(self._unpin, model)
+
+    def _unpin(self, model: str) -> bool:
         directory = self.model_dir(model)
-        current = await self.get_pin(model)
+        current = self._load(directory / "pin.json", Pin)
         if current is None:
             return False
         self._write(directory / f"pin-v{current.version:04d}.json", current)
