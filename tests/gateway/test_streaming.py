@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import time
@@ -84,5 +85,5 @@ def test_paced_upstream_sends_one_chunk_per_interval(upstream: ServerProcess) ->
                 pieces.append(json.loads(line[6:])["choices"][0]["delta"]["content"])
     assert "".join(pieces) == "echo: abcdefg"
     assert len(pieces) == 13
-    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
     assert min(gaps) >= 0.045  # never two chunks together: each waits its interval
