@@ -13,6 +13,8 @@ kind of broken one:
 ``status-NNN``     answers HTTP NNN with an OpenAI error body (``Retry-After: 2`` on 429/503)
 ``slow-MS``        waits MS milliseconds before the response headers
 ``stall-MS``       sends the headers and the first chunk, then waits MS milliseconds per chunk
+``paced-MS``       a model decoding at 1000/MS tokens/s: the headers and the first chunk at once,
+                   then one chunk every MS milliseconds (``paced-10``: 100 tokens/s)
 =================  ==============================================================================
 
 It is also an OTLP/HTTP trace receiver (``POST /v1/traces``) for telemetry tests.
@@ -34,7 +36,7 @@ import orjson
 from aiohttp import web
 
 MODELS = ["echo", "cut", "stream-error", "garbage", "html", "status-400", "status-429",
-          "status-500", "status-503", "slow-2000", "stall-500"]
+          "status-500", "status-503", "slow-2000", "stall-500", "paced-10"]
 CHUNKS = 20
 
 
@@ -172,7 +174,10 @@ class FakeUpstream:
         try:
             pieces, finish = _pieces(body)
             stall = int(model.split("-")[1]) / 1000 if model.startswith("stall-") else 0.0
+            pace = int(model.split("-")[1]) / 1000 if model.startswith("paced-") else 0.0
             for i, piece in enumerate(pieces):
+                if pace and i > 0:
+                    await asyncio.sleep(pace)
                 if model in ("cut", "stream-error") and i == 3:
                     if model == "cut":
                         request.transport.close()  # type: ignore[union-attr]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import signal
 import time
 
@@ -65,3 +67,23 @@ def test_graceful_shutdown_drains_in_flight_streams(gateway_factory: GatewayFact
     assert text == "echo: drain"
     gateway.process.wait(10)
     assert "Application shutdown complete" in gateway.logs()
+
+
+def test_paced_upstream_sends_one_chunk_per_interval(upstream: ServerProcess) -> None:
+    """``paced-MS`` (the overhead benchmark's token-rate stream): the first chunk at once, then
+    one chunk at a time, each at least MS ms after the one before."""
+    body = {"model": "paced-50", "stream": True,
+            "messages": [{"role": "user", "content": "abcdefg"}]}  # "echo: abcdefg": 13 chunks
+    arrivals: list[float] = []
+    pieces: list[str] = []
+    with httpx.stream("POST", upstream.url + "/v1/chat/completions", json=body,
+                      timeout=10) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                arrivals.append(time.monotonic())
+                pieces.append(json.loads(line[6:])["choices"][0]["delta"]["content"])
+    assert "".join(pieces) == "echo: abcdefg"
+    assert len(pieces) == 13
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    assert min(gaps) >= 0.045  # never two chunks together: each waits its interval
