@@ -4,9 +4,11 @@ Each gateway process starts one (:class:`gateway.records.recorder.Recorder`) and
 two pipes. Its stdin carries one JSON line of start-up options, then commands: ``w`` (records are
 waiting: deliver now), ``s`` (the gateway is stopping: deliver what is left within the shutdown
 deadline, then exit); end of file means the gateway died, and it exits at once (the next process
-on the spool adopts what is left). Its stdout carries one JSON status line after every change:
-how many bytes of each of the gateway's segments the store has, the records delivered, the bytes
-of adopted segments still to deliver, and the store's error if it is failing.
+on the spool adopts what is left). Its stdout carries JSON status lines: how many bytes of each of
+the gateway's segments the store has, the records delivered, the bytes of adopted segments still
+to deliver, and the store's error if it is failing. A line goes out at once when the store fails
+or comes back or a segment is removed; progress at most once a second unless the gateway asked
+(``w``), since every line wakes the gateway's event loop.
 
 Being a process of its own, the store's work (parsing, hashing the chain, SQLite or Redis) never
 holds the gateway's GIL: a request never waits behind a batch.
@@ -40,6 +42,12 @@ from gateway.records.spool import Segment, SpoolEntry, writer_pid
 log = logging.getLogger("tiergate.records.delivery")
 
 PRUNE_EVERY_S = 3600.0
+REPORT_EVERY_S = 1.0
+"""Progress is reported at most this often unless the gateway asks (``w``: it is flushing or a
+batch is waiting): every status line wakes the gateway's event loop."""
+RESCAN_EVERY_S = 1.0
+"""How often the spool directory is listed for the gateway's new segments (it starts one
+every 64 MiB)."""
 ADOPT_WAIT_S = 2.0
 """How long to wait for a dead writer's segment that is still locked (its own delivery
 process finishing a batch) before leaving it to the next start."""
@@ -77,6 +85,11 @@ class Delivery:
         self.writer_gone = False
         self.wake = asyncio.Event()
         self._synced: dict[str, int] = {}
+        self._scanned = -RESCAN_EVERY_S
+        self._reported = 0.0
+        self._progress = False
+        self.asked = False
+        """The gateway asked for delivery (``w``): report progress at once."""
 
     # -- segments --------------------------------------------------------------------------------
 
@@ -118,11 +131,14 @@ class Delivery:
 
     def own_segments(self) -> list[Segment]:
         """The gateway's segments, oldest first (a newer one means the older are complete)."""
-        adopted = {s.path.name for s in self.adopted}
-        for path in sorted(self.settings.spool_dir.glob(f"*-{self.writer}.spool")):
-            if path.name not in self.own and path.name not in adopted:
-                with contextlib.suppress(FileNotFoundError):
-                    self.own[path.name] = Segment.open(path)
+        now = time.monotonic()
+        if not self.own or now - self._scanned >= RESCAN_EVERY_S:
+            self._scanned = now
+            adopted = {s.path.name for s in self.adopted}
+            for path in sorted(self.settings.spool_dir.glob(f"*-{self.writer}.spool")):
+                if path.name not in self.own and path.name not in adopted:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.own[path.name] = Segment.open(path)
         return [self.own[name] for name in sorted(self.own)]
 
     @property
@@ -186,7 +202,8 @@ class Delivery:
             log.warning("record store is back: delivering %d bytes of spooled records",
                         self.backlog())
             self.error = None
-        self.report()
+            self.report()
+        self._progress = True
 
     def _remove_own(self, segment: Segment) -> None:
         segment.remove()
@@ -202,7 +219,15 @@ class Delivery:
             self.error = message
             self.report()
 
+    def report_progress(self) -> None:
+        """Report delivered records if the gateway asked, or the last report is old enough."""
+        if self._progress and (self.asked or
+                               time.monotonic() - self._reported >= REPORT_EVERY_S):
+            self.report()
+
     def report(self) -> None:
+        self._progress = self.asked = False
+        self._reported = time.monotonic()
         status = {"delivered": {name: s.delivered for name, s in self.own.items()},
                   "records": self.records, "recovering": self.recovering,
                   "error": self.error, "removed": self.removed}
@@ -220,7 +245,7 @@ class Delivery:
         self.adopt()
         self.own_segments()
         self.report()
-        sink = create_sink(settings)
+        sink = create_sink(settings, in_thread=False)
         opened, backoff = False, 0.05
         last_sync = last_prune = time.monotonic() - PRUNE_EVERY_S
         deadline: float | None = None
@@ -237,14 +262,16 @@ class Delivery:
                     if settings.spool_fsync == "batch" and \
                             now - last_sync >= settings.flush_interval_s:
                         last_sync = now
-                        await asyncio.to_thread(self.sync)
+                        self.sync()
                     if not opened:
                         await sink.open()
                         opened = True
                     if settings.retention_days and now - last_prune >= PRUNE_EVERY_S:
                         last_prune = now
                         await self._prune(sink)
-                    if await self.deliver(sink):
+                    delivered = await self.deliver(sink)
+                    self.report_progress()
+                    if delivered:
                         backoff = 0.05
                         continue
                 except TiergateError as exc:
@@ -291,6 +318,7 @@ class Delivery:
         while data := await reader.read(256):
             if b"s" in data:
                 self.stopping = True
+            self.asked = True
             self.wake.set()
         self.writer_gone = True
         self.wake.set()

@@ -80,6 +80,7 @@ class Segment:
         self.fd = fd
         self.size = os.fstat(fd).st_size
         self.delivered = min(delivered, self.size)
+        self._marker_fd: int | None = None
 
     @classmethod
     def open(cls, path: Path, flags: int = os.O_RDONLY) -> Segment:
@@ -106,7 +107,7 @@ class Segment:
     def read(self, offset: int, limit: int) -> list[SpoolEntry]:
         """Up to ``limit`` whole lines from ``offset`` (a line still being written is left:
         a reader sees a prefix of a write, and a line's newline is its last byte)."""
-        data = os.pread(self.fd, _READ_CHUNK, offset)
+        data = os.pread(self.fd, max(min(self.size - offset, _READ_CHUNK), 0), offset)
         if b"\n" not in data and len(data) == _READ_CHUNK:  # one line longer than a chunk
             data = os.pread(self.fd, max(self.size - offset, _READ_CHUNK), offset)
         entries: list[SpoolEntry] = []
@@ -126,11 +127,9 @@ class Segment:
     def mark_delivered(self, offset: int) -> None:
         self.delivered = offset
         try:
-            fd = os.open(self.marker, os.O_WRONLY | os.O_CREAT, 0o644)
-            try:
-                os.pwrite(fd, b"%020d" % offset, 0)
-            finally:
-                os.close(fd)
+            if self._marker_fd is None:
+                self._marker_fd = os.open(self.marker, os.O_WRONLY | os.O_CREAT, 0o644)
+            os.pwrite(self._marker_fd, b"%020d" % offset, 0)
         except OSError as exc:  # only an optimisation: the store deduplicates
             log.warning("spool %s: cannot write %s: %s", self.path, self.marker, exc)
 
@@ -141,10 +140,13 @@ class Segment:
         for path in (self.path, self.marker):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        os.close(self.fd)
+        self.close()
 
     def close(self) -> None:
         os.close(self.fd)
+        if self._marker_fd is not None:
+            os.close(self._marker_fd)
+            self._marker_fd = None
 
 
 def _delivered_of(marker: Path) -> int:

@@ -10,13 +10,15 @@ from gateway.records.sinks.base import RecordQuery, RecordSink
 __all__ = ["RecordQuery", "RecordSink", "create_sink", "signer_for"]
 
 
-def create_sink(settings: RecordsSettings, create: bool = True) -> RecordSink:
+def create_sink(settings: RecordsSettings, create: bool = True,
+                in_thread: bool = True) -> RecordSink:
     """A new (unopened) store for ``settings``; one per event loop. ``create=False``: reading
-    tools refuse a store that does not exist instead of making an empty one."""
+    tools refuse a store that does not exist instead of making an empty one. ``in_thread=False``:
+    a store with blocking calls (SQLite) makes them on the loop's own thread."""
     if settings.sink == "sqlite":
         from gateway.records.sinks.sqlite import SQLiteSink
 
-        return SQLiteSink(settings.sqlite_path, create=create)
+        return SQLiteSink(settings.sqlite_path, create=create, in_thread=in_thread)
     if settings.sink == "redis":
         from gateway.records.sinks.redis import RedisSink
 

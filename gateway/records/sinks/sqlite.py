@@ -3,7 +3,8 @@
 Appends run in ``BEGIN IMMEDIATE`` transactions (one writer at a time, across processes too:
 several gateway workers may share the file), committed with ``synchronous=FULL`` so a committed
 batch survives power loss before the spool forgets it. Reads use their own connection and never
-block the writer (WAL). Every call runs in a worker thread, off the event loop.
+block the writer (WAL). Every call runs in a worker thread, off the event loop (except in the
+records delivery process, which has no other work for its loop).
 """
 
 from __future__ import annotations
@@ -88,11 +89,15 @@ def _checkpoint(row: tuple[Any, ...]) -> Checkpoint:
 class SQLiteSink(RecordSink):
     name = "sqlite"
 
-    def __init__(self, path: Path, busy_timeout_s: float = 10.0, create: bool = True) -> None:
+    def __init__(self, path: Path, busy_timeout_s: float = 10.0, create: bool = True,
+                 in_thread: bool = True) -> None:
         self.path = path
         self.busy_timeout_s = busy_timeout_s
         self.create = create
         """``False``: a missing file is an error, not a new empty store (the CLI's reads)."""
+        self.in_thread = in_thread
+        """``False``: calls run on the caller's thread (the records delivery process, whose
+        loop has nothing else to do: a hand-off to a worker thread costs more than it saves)."""
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
@@ -127,12 +132,13 @@ class SQLiteSink(RecordSink):
                     return work(self._conn)
                 except sqlite3.Error as exc:
                     raise ServiceUnavailableError(f"record store {self.path}: {exc}") from exc
-        return await asyncio.to_thread(locked)
+        return await asyncio.to_thread(locked) if self.in_thread else locked()
 
     async def open(self) -> None:
         if self._conn is None:
             try:
-                self._conn = await asyncio.to_thread(self._connect)
+                self._conn = (await asyncio.to_thread(self._connect) if self.in_thread
+                              else self._connect())
             except sqlite3.Error as exc:
                 raise ServiceUnavailableError(f"record store {self.path}: {exc}") from exc
 
