@@ -120,11 +120,11 @@ class _SamplingFields(BaseModel):
     def _passthrough(self) -> dict[str, Any]:
         """Fields tiergate does not interpret, as the client sent them (unknown ones included)."""
         data = dict(self.model_extra or {})
-        if data:
-            _check_json_integers(data)
         for name in self.passthrough_fields:
             if name in self.model_fields_set:
                 data[name] = getattr(self, name)
+        if data:
+            _check_json_integers(data)
         return data
 
 

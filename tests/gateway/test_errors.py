@@ -184,6 +184,8 @@ def test_api_keys(keyed_gateway: ServerProcess) -> None:
     {"model": "echo", "messages": [{"role": "user", "content": "x", "meta": 2**64}]},
     {"model": "echo", **CHAT, "max_tokens": 2**40},
     {"model": "echo", **CHAT, "stop_token_ids": [2**63]},
+    # a field tiergate declares and passes through (found by tests/gateway/test_fuzz.py)
+    {"model": "echo", **CHAT, "response_format": {"": -(2**63) - 1}},
 ])
 def test_integers_beyond_64_bits_are_400(gateway: ServerProcess, body: dict[str, Any]) -> None:
     assert_openai_error(post(gateway, body), 400, "invalid_request_error")
