@@ -18,7 +18,7 @@ target was being measured then:
 
 - sequential p50/p99 (2000 each): blocks of 10 requests per target, the targets in rotation (the
   order rotated every round), 10 ms apart so that one target's work after its last response
-  (tiergate's records writer) does not delay the next target's block;
+  (tiergate's records delivery) does not delay the next target's block;
 - throughput and p50/p99 at 32 concurrent: 2-s slices per target in rotation (10 s each);
 - time to first byte at 8 concurrent streams of ``paced-10`` (the first chunk at once, then 100
   tokens/s, like a fast small model; the 8 clients start 1/8 of a stream apart), in batches of
@@ -122,7 +122,7 @@ def run_floor(port: int, upstream: str) -> None:
 
 SETTLE_S = 0.2
 """Pause before a phase's closing CPU reading: a target's background work on the last requests
-(the records writer) still counts to that phase."""
+(the records delivery) still counts to that phase."""
 
 
 @dataclass
@@ -159,7 +159,7 @@ async def sequential(session: aiohttp.ClientSession, targets: dict[str, Target],
     """``n`` requests to each target, interleaved: each iteration sends ``block`` requests in a
     row to every target, the order rotated each iteration, so a slow spell of the machine falls
     on all alike. Between blocks a pause of ``gap_s``: a target's work after its last response
-    (tiergate's records writer) ends before the next target's block rather than delaying it.
+    (tiergate's records delivery) ends before the next target's block rather than delaying it.
     CPU per request: each target's process serves only its own requests."""
     names = list(targets)
     latencies: dict[str, list[float]] = {name: [] for name in names}

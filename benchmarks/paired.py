@@ -3,12 +3,12 @@ without it, in the same run.
 
 Two (or more) tiergate processes on one fixed upstream, identical but for the feature; paced
 requests alternate between them, so machine noise falls on both alike. For each: p50/p99
-latency as the client sees it, and the CPU its own process spent per request (from /proc: the
-request path and every thread it feeds, e.g. the records writer). With two or more CPUs the
-client runs on CPU 0 and the servers on the others, as if the client were another machine:
-otherwise work a gateway does after a response (a shadow call, the records writer) competes
-with the client for the CPUs and shows up as the client's latency. ``benchmarks/records.py`` and
-``benchmarks/shadow.py`` use it.
+latency as the client sees it, and the CPU its own processes spent per request (from /proc:
+the request path and every thread and child process it feeds, e.g. the records delivery).
+With two or more CPUs the client runs on CPU 0 and the servers on the others, as if the client
+were another machine: otherwise work a gateway does after a response (a shadow call, the
+records delivery) competes with the client for the CPUs and shows up as the client's latency.
+``benchmarks/records.py`` and ``benchmarks/shadow.py`` use it.
 """
 
 from __future__ import annotations
