@@ -105,15 +105,25 @@ class Recorder:
             process = self._process
             assert process is not None and process.stdout is not None
             while line := await process.stdout.readline():
-                self._apply(orjson.loads(line))
+                try:
+                    self._apply(orjson.loads(line))
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    log.warning("records delivery process: not a status line: %r", line[:200])
             code = await process.wait()
             if self._stopping:
                 return
             log.error("the records delivery process exited (status %s): starting it again in "
                       "%.0f s; records wait in the spool meanwhile", code, RESTART_DELAY_S)
             self._delivered_before = self.delivered
-            await asyncio.sleep(RESTART_DELAY_S)
-            await self._spawn()
+            while True:
+                await asyncio.sleep(RESTART_DELAY_S)
+                if self._stopping:
+                    return
+                try:
+                    await self._spawn()
+                    break
+                except OSError as exc:  # no fork, no memory: records keep waiting in the spool
+                    log.error("cannot start the records delivery process: %s", exc)
 
     def _apply(self, status: dict[str, Any]) -> None:
         for name in status["removed"]:
@@ -142,24 +152,28 @@ class Recorder:
     async def aclose(self) -> None:
         """Let the delivery process deliver what is left (up to ``shutdown_timeout_s``)."""
         self._stopping = True
-        process = self._process
-        if process is not None and process.returncode is None:
-            self._signal(b"s")
-            try:
-                await asyncio.wait_for(process.wait(), self.shutdown_timeout_s + 5)
-            except TimeoutError:
-                log.error("the records delivery process did not stop: killed (its records "
-                          "stay in the spool)")
-                process.kill()
-                await process.wait()
+        await self._stop(self._process)
         if self._watcher is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
+        await self._stop(self._process)  # one a restart started while we were stopping
         self.spool.close()
         reader, self._reader = self._reader, None
         if reader is not None:
             await reader.aclose()
+
+    async def _stop(self, process: asyncio.subprocess.Process | None) -> None:
+        if process is None or process.returncode is not None:
+            return
+        self._signal(b"s")
+        try:
+            await asyncio.wait_for(process.wait(), self.shutdown_timeout_s + 5)
+        except TimeoutError:
+            log.error("the records delivery process did not stop: killed (its records stay in "
+                      "the spool)")
+            process.kill()
+            await process.wait()
 
     async def reader(self) -> RecordSink:
         """A store opened on the calling (server) loop, for the admin API."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -79,6 +80,24 @@ async def test_the_store_work_runs_in_a_process_that_is_restarted_when_it_dies(
         await recorder.aclose()
     assert await stored_ids(settings) == before + after
     assert await chain_ok(settings)
+
+
+async def test_stopping_while_the_delivery_process_is_being_restarted(tmp_path: Path) -> None:
+    settings = sqlite_settings(tmp_path, flush_interval_s=0.01)
+    recorder = Recorder(settings)
+    await recorder.start()
+    process = recorder._process
+    assert process is not None
+    os.kill(process.pid, signal.SIGKILL)
+    await process.wait()
+    ids = submit(recorder, 5)
+    await asyncio.wait_for(recorder.aclose(), 5)  # no hang, no orphan left behind
+    assert recorder._process is not None and recorder._process.returncode is not None
+    later = Recorder(settings)  # the next start delivers what the dead process could not
+    await later.start()
+    assert await later.flush(wait_s=30)
+    await later.aclose()
+    assert await stored_ids(settings) == ids
 
 
 async def test_graceful_shutdown_delivers_what_is_left(tmp_path: Path) -> None:
