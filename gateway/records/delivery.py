@@ -245,6 +245,10 @@ class Delivery:
         self.adopt()
         self.own_segments()
         self.report()
+        if not self.adopted:
+            # The gateway's records go out ``flush_interval_s`` after start, like every batch
+            # after (or sooner when it asks), not whenever this process happens to be ready.
+            await self._sleep(settings.flush_interval_s)
         sink = create_sink(settings, in_thread=False)
         opened, backoff = False, 0.05
         last_sync = last_prune = time.monotonic() - PRUNE_EVERY_S
