@@ -91,7 +91,9 @@ def locate(model: PackagedModel) -> list[Path]:
         ) from exc
 
 
-def _assemble(model: PackagedModel, work: Path) -> Path:
+def assemble(model: PackagedModel, work: Path) -> Path:
+    """The model's GGUF file, joined from its packaged chunks in ``work`` (a single chunk is used
+    in place), checked against the catalogue's sha256."""
     chunks = locate(model)
     if len(chunks) == 1:
         gguf = chunks[0]
@@ -139,7 +141,7 @@ def prepare(name: str, models_dir: Path, force: bool = False) -> Path:
     work.mkdir(parents=True)
     try:
         log.info("%s: converting the packaged GGUF to safetensors (once)", name)
-        gguf = _assemble(model, work)
+        gguf = assemble(model, work)
         converted = work / "model"
         _convert(gguf, converted)
         record = {
