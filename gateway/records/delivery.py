@@ -122,12 +122,7 @@ class Delivery:
         if not path.exists():  # delivered and removed by its owner meanwhile
             os.close(fd)
             return None
-        marker = path.with_suffix(".delivered")
-        try:
-            delivered = int(marker.read_bytes().strip() or b"0")
-        except (OSError, ValueError):
-            delivered = 0
-        return Segment(path, fd, delivered)
+        return Segment.of(path, fd)
 
     def own_segments(self) -> list[Segment]:
         """The gateway's segments, oldest first (a newer one means the older are complete)."""
@@ -151,6 +146,7 @@ class Delivery:
     def sync(self) -> None:
         """fsync the gateway's segments that grew since the last sync."""
         for name, segment in list(self.own.items()):
+            segment.refresh()
             size = segment.size
             if self._synced.get(name) != size:
                 segment.sync()

@@ -83,13 +83,17 @@ class Segment:
         self._marker_fd: int | None = None
 
     @classmethod
-    def open(cls, path: Path, flags: int = os.O_RDONLY) -> Segment:
-        fd = os.open(path, flags)
+    def of(cls, path: Path, fd: int) -> Segment:
+        """The segment at ``path`` read through ``fd``, resuming where its marker says."""
         try:
             return cls(path, fd, _delivered_of(path.with_suffix(".delivered")))
         except BaseException:
             os.close(fd)
             raise
+
+    @classmethod
+    def open(cls, path: Path) -> Segment:
+        return cls.of(path, os.open(path, os.O_RDONLY))
 
     @property
     def marker(self) -> Path:
@@ -169,11 +173,9 @@ class Spool:
     """The writing side, in the gateway process: its live segment and the retired ones its
     delivery process has not finished with (still locked, so nobody else adopts them)."""
 
-    def __init__(self, directory: Path, fsync: str = "batch",
-                 segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(self, directory: Path, fsync: str = "batch") -> None:
         self.directory = directory
         self.fsync = fsync
-        self.segment_bytes = segment_bytes
         self.live: WrittenSegment | None = None
         self.retired: list[WrittenSegment] = []
         self.failed: OSError | None = None
@@ -214,7 +216,7 @@ class Spool:
             raise
         self.failed = None
         segment.size = start + length
-        if segment.size >= self.segment_bytes:
+        if segment.size >= SEGMENT_BYTES:
             self.retired.append(segment)
             self.live = self._new_segment()
 
