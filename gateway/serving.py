@@ -7,6 +7,7 @@ seed), calls the backend and shapes the answer. It never touches HTTP objects: i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import secrets
@@ -47,6 +48,9 @@ class RequestContext:
     """The client's ``traceparent`` / ``tracestate``, continued by the request's span."""
     operation: str = "completion"
     received: float = field(default_factory=time.perf_counter)
+    record_head: dict[str, Any] | None = None
+    """The decode record's fields known before the model answers, built while it works
+    (:func:`gateway.records.builder.prepare_head`)."""
 
 
 @dataclass(slots=True)
@@ -70,6 +74,9 @@ class CompletedRequest:
 
 
 CompletionListener = Callable[[CompletedRequest], None]
+RequestPreparer = Callable[[RequestContext, protocol.OpenAIRequest, GenerationRequest], None]
+"""Called while a request's model call is under way (scheduled with ``loop.call_soon``, so it
+runs once the call waits for the upstream): work a listener can do before the answer exists."""
 
 
 @dataclass(slots=True)
@@ -118,6 +125,7 @@ class OpenAIServing:
         self.router = router
         self.dispatcher = Dispatcher(registry, telemetry)
         self.listeners: list[CompletionListener] = []
+        self.preparers: list[RequestPreparer] = []
         self.admission: list[Callable[[], None]] = []
         """Checks before a request is served; one that raises refuses it (records' backpressure)."""
         self.recorded = False
@@ -138,6 +146,21 @@ class OpenAIServing:
                 listener(done)
             except Exception:  # a listener's bug must never fail the request
                 log.exception("request %s: completion listener failed", done.ctx.request_id)
+
+    def _schedule_preparers(self, ctx: RequestContext, req: protocol.OpenAIRequest,
+                            gen: GenerationRequest) -> None:
+        """Run the preparers once the request waits for its model (not before the call is
+        sent, not after the answer is back unless the model never waited)."""
+        if self.preparers:
+            asyncio.get_running_loop().call_soon(self._run_preparers, ctx, req, gen)
+
+    def _run_preparers(self, ctx: RequestContext, req: protocol.OpenAIRequest,
+                       gen: GenerationRequest) -> None:
+        for prepare in self.preparers:
+            try:
+                prepare(ctx, req, gen)
+            except Exception:  # the listener does the work itself when the request completes
+                log.exception("request %s: request preparer failed", ctx.request_id)
 
     def _prepare(self, req: protocol.OpenAIRequest, ctx: RequestContext) -> GenerationRequest:
         gen = req.to_generation_request(ctx.request_id)
@@ -183,6 +206,8 @@ class OpenAIServing:
                 for admit in self.admission:
                     admit()
                 gen = self._prepare(req, ctx)
+                if not req.stream:
+                    self._schedule_preparers(ctx, req, gen)
                 plan = await self._plan(route, req.model, gen)
                 if req.stream:
                     return await self._stream(req, gen, ctx, span, plan)
@@ -240,6 +265,8 @@ class OpenAIServing:
         status: int = 200
         error: BaseException | None = None
         held: list[bytes] = []  # events of chunks that arrived together: sent in one piece
+        # Run when the stream first waits, which is after its first bytes went out.
+        self._schedule_preparers(ctx, req, gen)
         try:
             if first is not None:
                 accumulator.add(first)

@@ -46,6 +46,7 @@ class GatewayState:
         recorder = Recorder(settings.records) if settings.records.sink != "none" else None
         if recorder is not None:
             serving.listeners.append(recorder)
+            serving.preparers.append(recorder.prepare)
             serving.admission.append(recorder.admit)
             serving.recorded = True
             telemetry.gauge("tiergate_record_queue_depth", lambda: {"": recorder.pending})

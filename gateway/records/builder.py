@@ -1,8 +1,18 @@
-"""A :class:`~gateway.serving.CompletedRequest` → the decode record, as plain dicts.
+"""A :class:`~gateway.serving.CompletedRequest` → the decode record's canonical JSON.
 
-This runs on the request path (inside the completion listener), so it builds dicts by hand
-instead of validating models: a few tens of microseconds for a typical request. The result
-validates as :class:`gateway.records.schema.DecodeRecord` (the tests check it does).
+This runs on the request path, so it builds dicts by hand instead of validating models, and in
+two parts:
+
+* the **head** — what is known before the model answers (ids, caller, route, the client's input
+  and parameters) — is built by :func:`prepare_head` while the upstream works (serving schedules
+  it with ``loop.call_soon`` once the model call is under way), and its large values are
+  serialized there already (``orjson.Fragment``);
+* the rest — sampling as applied, the effective seed, the decision, every model call — is built
+  when the answer is complete, by :func:`encode_record`, which falls back to building the head
+  itself when it was not prepared (an engine that answered without ever yielding).
+
+Either way the bytes are the record's canonical JSON; they validate as
+:class:`gateway.records.schema.DecodeRecord` (the tests check both paths give the same bytes).
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ import hashlib
 import time
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from pydantic import BaseModel
 
 from gateway.records.schema import SCHEMA_VERSION, canonical_json
@@ -18,13 +29,14 @@ from gateway.records.schema import SCHEMA_VERSION, canonical_json
 if TYPE_CHECKING:
     from gateway.backends.base import (
         ChoiceResult,
+        GenerationRequest,
         GenerationResult,
         SamplingParams,
         TokenLogprob,
     )
     from gateway.modeltuple import ModelTuple
     from gateway.protocol import OpenAIRequest
-    from gateway.serving import CompletedRequest
+    from gateway.serving import CompletedRequest, RequestContext
 
 _CLIENT_INPUT_FIELDS = {"messages", "prompt"}
 
@@ -47,9 +59,9 @@ def _choice(choice: ChoiceResult) -> dict[str, Any]:
         "text": choice.text,
         "finish_reason": choice.finish_reason,
         "stop_reason": choice.stop_reason,
-        "token_ids": None if choice.token_ids is None else list(choice.token_ids),
+        "token_ids": choice.token_ids,
         "logprobs": None if choice.logprobs is None else _logprobs(choice.logprobs),
-        "extra": dict(choice.extra),
+        "extra": choice.extra,
     }
 
 
@@ -57,7 +69,7 @@ def _sampling(params: SamplingParams) -> dict[str, Any]:
     return {
         "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k,
         "min_p": params.min_p, "max_tokens": params.max_tokens, "min_tokens": params.min_tokens,
-        "stop": list(params.stop), "stop_token_ids": list(params.stop_token_ids),
+        "stop": params.stop, "stop_token_ids": params.stop_token_ids,
         "seed": params.seed, "presence_penalty": params.presence_penalty,
         "frequency_penalty": params.frequency_penalty,
         "repetition_penalty": params.repetition_penalty, "logprobs": params.logprobs,
@@ -66,18 +78,19 @@ def _sampling(params: SamplingParams) -> dict[str, Any]:
 
 
 class TupleCache:
-    """Model tuples as record dicts, computed once per tuple object (they are immutable)."""
+    """Model tuples as canonical JSON, computed once per tuple object (they are immutable)."""
 
     def __init__(self, limit: int = 256) -> None:
         self.limit = limit
-        self._entries: dict[int, tuple[ModelTuple, dict[str, Any], str]] = {}
+        self._entries: dict[int, tuple[ModelTuple, orjson.Fragment, str]] = {}
 
-    def get(self, model: ModelTuple) -> tuple[dict[str, Any], str]:
+    def get(self, model: ModelTuple) -> tuple[orjson.Fragment, str]:
         entry = self._entries.get(id(model))
         if entry is None or entry[0] is not model:
             if len(self._entries) >= self.limit:
                 self._entries.clear()
-            entry = (model, model.model_dump(mode="json"), model.digest())
+            entry = (model, orjson.Fragment(canonical_json(model.model_dump(mode="json"))),
+                     model.digest())
             self._entries[id(model)] = entry
         return entry[1], entry[2]
 
@@ -89,18 +102,17 @@ def _call(index: int, result: GenerationResult, tuples: TupleCache) -> dict[str,
         "index": index,
         "model": model,
         "tuple_digest": digest,
-        "runtime": dict(result.runtime),
+        "runtime": result.runtime,
         "rendered_prompt": result.rendered_prompt,
-        "prompt_token_ids": (None if result.prompt_token_ids is None
-                             else list(result.prompt_token_ids)),
+        "prompt_token_ids": result.prompt_token_ids,
         "choices": [_choice(c) for c in result.choices],
         "usage": {"prompt_tokens": usage.prompt_tokens,
                   "completion_tokens": usage.completion_tokens,
-                  "total_tokens": usage.total_tokens, "extra": dict(usage.extra)},
+                  "total_tokens": usage.total_tokens, "extra": usage.extra},
         "timing": {"started_at": result.timing.started_at,
                    "first_token_s": result.timing.first_token_s,
                    "total_s": result.timing.total_s},
-        "extra": dict(result.extra),
+        "extra": result.extra,
     }
 
 
@@ -142,39 +154,71 @@ def _decision(done: CompletedRequest) -> dict[str, Any] | None:
     }
 
 
-def build_record(done: CompletedRequest, tuples: TupleCache, redact: bool = False
-                 ) -> dict[str, Any]:
-    """The decode record of ``done`` (without its chain link, which the store adds)."""
-    ctx, gen = done.ctx, done.request
+def build_head(ctx: RequestContext, client_request: OpenAIRequest, gen: GenerationRequest,
+               redact: bool = False) -> dict[str, Any]:
+    """The record's fields known before the model call; ``client_params`` and ``input`` already
+    serialized (canonical), redacted when ``redact``. The ``redacted`` paths are under
+    ``"redacted"`` (a list the rest of the record extends)."""
     now_wall, now_mono = time.time(), time.perf_counter()
-    client = _client_params(done.client_request)
-    record: dict[str, Any] = {
+    inputs: dict[str, Any] = {
+        "kind": gen.kind,
+        "messages": gen.messages,
+        "prompt": gen.prompt,
+        "passthrough": gen.passthrough,
+        "return_token_ids": gen.return_token_ids,
+    }
+    removed: list[str] = []
+    if redact:
+        _cut(inputs, "messages", "input.messages", removed)
+        _cut(inputs, "prompt", "input.prompt", removed)
+    return {
         "schema_version": SCHEMA_VERSION,
         "record_id": ctx.request_id,
         "request_id": ctx.request_id,
         "received_at": now_wall - (now_mono - ctx.received),
-        "finished_at": done.finished_at,
         "caller": ctx.caller,
-        "route": done.route,
         "operation": ctx.operation,
+        "client_params": orjson.Fragment(canonical_json(_client_params(client_request))),
+        "input": orjson.Fragment(canonical_json(inputs)),
+        "redacted": removed,
+    }
+
+
+def prepare_head(ctx: RequestContext, client_request: OpenAIRequest, gen: GenerationRequest,
+                 redact: bool = False) -> None:
+    """Build the head into ``ctx.record_head`` (scheduled while the model call is under way)."""
+    if ctx.record_head is None:
+        ctx.record_head = build_head(ctx, client_request, gen, redact)
+
+
+def encode_record(done: CompletedRequest, tuples: TupleCache, redact: bool = False) -> bytes:
+    """The canonical JSON of ``done``'s record (without its chain link, which the store adds)."""
+    head = done.ctx.record_head
+    if head is None:
+        head = build_head(done.ctx, done.client_request, done.request, redact)
+    calls = [_call(i, r, tuples) for i, r in enumerate(done.results)]
+    removed = list(head["redacted"])
+    if redact:
+        _redact_calls(calls, removed)
+    record = {
+        **head,
+        "route": done.route,
         "stream": done.stream,
+        "finished_at": done.finished_at,
         "status": done.status,
-        "client_params": client,
-        "input": {
-            "kind": gen.kind,
-            "messages": gen.messages,
-            "prompt": list(gen.prompt) if isinstance(gen.prompt, list) else gen.prompt,
-            "passthrough": dict(gen.passthrough),
-            "return_token_ids": gen.return_token_ids,
-        },
-        "sampling": _sampling(gen.sampling),
+        "sampling": _sampling(done.request.sampling),
         "seed": _seed(done),
         "decision": _decision(done),
-        "calls": [_call(i, r, tuples) for i, r in enumerate(done.results)],
-        "redacted": [],
+        "calls": calls,
+        "redacted": removed,
     }
-    if redact:
-        redact_record(record)
+    return canonical_json(record)
+
+
+def build_record(done: CompletedRequest, tuples: TupleCache, redact: bool = False
+                 ) -> dict[str, Any]:
+    """:func:`encode_record` as a dict (tests, benchmarks, tools)."""
+    record: dict[str, Any] = orjson.loads(encode_record(done, tuples, redact))
     return record
 
 
@@ -182,23 +226,19 @@ def _digest_of(value: Any) -> dict[str, Any]:
     return {"redacted": True, "sha256": hashlib.sha256(canonical_json(value)).hexdigest()}
 
 
-def redact_record(record: dict[str, Any]) -> None:
+def _cut(holder: dict[str, Any], key: str, path: str, removed: list[str]) -> None:
+    if holder.get(key) not in (None, "", [], {}):
+        holder[key] = _digest_of(holder[key])
+        removed.append(path)
+
+
+def _redact_calls(calls: list[dict[str, Any]], removed: list[str]) -> None:
     """Replace prompt and output content by the sha256 of its canonical JSON, in place."""
-    removed: list[str] = []
-
-    def cut(holder: dict[str, Any], key: str, path: str) -> None:
-        if holder.get(key) not in (None, "", [], {}):
-            holder[key] = _digest_of(holder[key])
-            removed.append(path)
-
-    cut(record["input"], "messages", "input.messages")
-    cut(record["input"], "prompt", "input.prompt")
-    for call in record["calls"]:
+    for call in calls:
         i = call["index"]
-        cut(call, "rendered_prompt", f"calls.{i}.rendered_prompt")
-        cut(call, "prompt_token_ids", f"calls.{i}.prompt_token_ids")
+        _cut(call, "rendered_prompt", f"calls.{i}.rendered_prompt", removed)
+        _cut(call, "prompt_token_ids", f"calls.{i}.prompt_token_ids", removed)
         for choice in call["choices"]:
             where = f"calls.{i}.choices.{choice['index']}"
             for key in ("text", "token_ids", "logprobs", "extra"):
-                cut(choice, key, f"{where}.{key}")
-    record["redacted"] = removed
+                _cut(choice, key, f"{where}.{key}", removed)

@@ -1,8 +1,10 @@
 """The recorder: the completion listener that makes every answered request a stored record.
 
-On the request path (the listener, called by serving before the response's last bytes go out)
-it builds the record and writes it to the local spool with one ``writev(2)`` (and an
-``fdatasync`` with ``spool_fsync = "always"``). That is all the gateway process does with it.
+On the request path the gateway process builds the record and writes it to the local spool:
+its head (input, client parameters) while the model works (:meth:`Recorder.prepare`, scheduled by
+serving once the model call waits), the rest and the write when the answer is complete (the
+listener, called by serving before the response's last bytes go out): one ``writev(2)``, and an
+``fdatasync`` with ``spool_fsync = "always"``. That is all the gateway process does with it.
 
 Delivery to the store is the job of a process of its own (:mod:`gateway.records.delivery`),
 started and watched by the recorder: it reads the spool, links the records into the hash chain
@@ -28,16 +30,17 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.errors import ServiceUnavailableError
-from gateway.records.builder import TupleCache, build_record
+from gateway.records.builder import TupleCache, encode_record, prepare_head
 from gateway.records.delivery import options_line
-from gateway.records.schema import canonical_json
 from gateway.records.settings import RecordsSettings
 from gateway.records.sinks import create_sink
 from gateway.records.sinks.base import RecordSink
 from gateway.records.spool import Spool
 
 if TYPE_CHECKING:
-    from gateway.serving import CompletedRequest
+    from gateway.backends.base import GenerationRequest
+    from gateway.protocol import OpenAIRequest
+    from gateway.serving import CompletedRequest, RequestContext
 
 log = logging.getLogger("tiergate.records")
 
@@ -48,7 +51,8 @@ _BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
 
 
 class Recorder:
-    """Listener + delivery process. ``await start()``, append to ``serving.listeners``,
+    """Listener + delivery process. ``await start()``, append to ``serving.listeners`` (and
+    :meth:`prepare` to ``serving.preparers``),
     ``await aclose()``."""
 
     def __init__(self, settings: RecordsSettings, shutdown_timeout_s: float = 10.0) -> None:
@@ -60,9 +64,9 @@ class Recorder:
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
         self._since_wake = 0
-        self._delivered_at: dict[str, int] = {}
+        self._backlog_at_status = 0
+        self._written_at_status = 0
         self._delivered_before = 0
-        self._recovering = 0
         self._reader: RecordSink | None = None
         self.recorded = 0
         """Records written to the spool by this process."""
@@ -78,10 +82,9 @@ class Recorder:
 
     @property
     def backlog(self) -> int:
-        """Bytes in the spool the store does not have (this process's and adopted ones)."""
-        delivered = self._delivered_at
-        return self._recovering + sum(s.size - delivered.get(s.path.name, 0)
-                                      for s in self.spool.segments)
+        """Bytes in the spool the store does not have (this process's and adopted ones): as of
+        the delivery process's last status, plus what was written since."""
+        return self._backlog_at_status + self.spool.written - self._written_at_status
 
     # -- lifecycle (on the server's event loop) --------------------------------------------
 
@@ -128,8 +131,10 @@ class Recorder:
     def _apply(self, status: dict[str, Any]) -> None:
         for name in status["removed"]:
             self.spool.release(name)
-        self._delivered_at = status["delivered"]
-        self._recovering = status["recovering"]
+        delivered: dict[str, int] = status["delivered"]
+        self._written_at_status = self.spool.written
+        self._backlog_at_status = status["recovering"] + sum(
+            s.size - delivered.get(s.path.name, 0) for s in self.spool.segments)
         self.delivered = self._delivered_before + status["records"]
         self.sink_error = status["error"]
 
@@ -198,12 +203,18 @@ class Recorder:
                 f"Requests are paused: the record store is {backlog} bytes behind "
                 f"({self.sink_error or 'slow'}).", retry_after=5)
 
-    def __call__(self, done: CompletedRequest) -> None:
-        self.submit(build_record(done, self._tuples, self.settings.redact))
+    def prepare(self, ctx: RequestContext, request: OpenAIRequest,
+                gen: GenerationRequest) -> None:
+        """Build the record's head while the model works."""
+        prepare_head(ctx, request, gen, self.settings.redact)
 
-    def submit(self, record: dict[str, Any]) -> None:
-        """Spool one built record; wake the delivery process once a batch is waiting."""
-        self.spool.append(canonical_json(record))
+    def __call__(self, done: CompletedRequest) -> None:
+        self.submit(encode_record(done, self._tuples, self.settings.redact))
+
+    def submit(self, record: bytes) -> None:
+        """Spool one record (its canonical JSON); wake the delivery process once a batch is
+        waiting."""
+        self.spool.append(record)
         self.recorded += 1
         self._since_wake += 1
         if self._since_wake >= self.settings.batch_size:

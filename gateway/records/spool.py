@@ -180,6 +180,8 @@ class Spool:
         self.retired: list[WrittenSegment] = []
         self.failed: OSError | None = None
         """The last append's error, until an append succeeds again."""
+        self.written = 0
+        """Bytes this process appended, over all its segments."""
 
     def open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -216,6 +218,7 @@ class Spool:
             raise
         self.failed = None
         segment.size = start + length
+        self.written += length
         if segment.size >= SEGMENT_BYTES:
             self.retired.append(segment)
             self.live = self._new_segment()

@@ -15,6 +15,7 @@ import pytest
 from gateway.errors import ServiceUnavailableError
 from gateway.records.chain import verify_store
 from gateway.records.recorder import Recorder
+from gateway.records.schema import canonical_json
 from gateway.records.settings import RecordsSettings
 from gateway.records.sinks import create_sink, signer_for
 from gateway.records.spool import encode_line
@@ -44,7 +45,7 @@ async def chain_ok(settings: RecordsSettings) -> bool:
 def submit(recorder: Recorder, count: int, tag: str = "q") -> list[str]:
     records = [record_of(f"{tag} {i}") for i in range(count)]
     for record in records:
-        recorder.submit(record)
+        recorder.submit(canonical_json(record))
     return [r["record_id"] for r in records]
 
 
@@ -142,7 +143,9 @@ CRASHING_WRITER = """
 import asyncio, os, signal, sys
 from pathlib import Path
 from gateway.records.recorder import Recorder
+from gateway.records.schema import canonical_json
 from gateway.records.settings import RecordsSettings
+from gateway.records.schema import canonical_json
 from tests.gateway.records.conftest import record_of
 
 async def main() -> None:
@@ -151,7 +154,7 @@ async def main() -> None:
     await recorder.start()
     for i in range(int(sys.argv[3])):
         record = record_of(f"crash {i}")
-        recorder.submit(record)
+        recorder.submit(canonical_json(record))
         print(record["record_id"], flush=True)
     print("done", flush=True)
     await asyncio.sleep(60)
@@ -204,12 +207,12 @@ async def test_a_failing_spool_refuses_requests(tmp_path: Path) -> None:
         os.close(live.fd)
         live.fd = os.open(os.devnull, os.O_RDONLY)  # writes now fail (EBADF)
         with pytest.raises(OSError):
-            recorder.submit(record_of())
+            recorder.submit(canonical_json(record_of()))
         with pytest.raises(ServiceUnavailableError):
             recorder.admit()
         os.close(live.fd)
         live.fd = good
-        recorder.submit(record_of())
+        recorder.submit(canonical_json(record_of()))
         recorder.admit()
     finally:
         await recorder.aclose()

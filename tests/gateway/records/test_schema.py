@@ -6,8 +6,9 @@ import hashlib
 from typing import Any
 
 import orjson
+import pytest
 
-from gateway.records.builder import TupleCache, build_record
+from gateway.records.builder import TupleCache, build_record, encode_record, prepare_head
 from gateway.records.chain import content_sha256, link_digest
 from gateway.records.schema import (
     SCHEMA_VERSION,
@@ -140,3 +141,20 @@ def test_client_params_are_what_the_client_set() -> None:
         "temperature": 0.3, "stop": ["a"], "tools": [{"type": "function"}]})
     assert _client_params(request) == request.model_dump(
         mode="json", exclude_unset=True, exclude={"messages", "prompt"})
+
+
+@pytest.mark.parametrize("redact", [False, True])
+def test_a_head_prepared_ahead_gives_the_same_record(redact: bool) -> None:
+    inline_done = answered("the same question", request_id="same", seed=3)
+    ahead_done = answered("the same question", request_id="same", seed=3)
+    prepare_head(ahead_done.ctx, ahead_done.client_request, ahead_done.request, redact)
+    assert ahead_done.ctx.record_head is not None
+    ahead_done.finished_at = inline_done.finished_at
+    inline = orjson.loads(encode_record(inline_done, TupleCache(), redact))
+    ahead = encode_record(ahead_done, TupleCache(), redact)
+    assert ahead == canonical_json(orjson.loads(ahead))  # still canonical JSON
+    ahead_record = orjson.loads(ahead)
+    assert abs(inline.pop("received_at") - ahead_record.pop("received_at")) < 1.0
+    assert ahead_record == inline
+    DecodeRecord.model_validate(orjson.loads(ahead))
+    assert ("input.messages" in ahead_record["redacted"]) is redact
