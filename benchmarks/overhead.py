@@ -425,8 +425,8 @@ def parse_args() -> argparse.Namespace:
                         help="the keep-awake loops' priority: nice 19 (default) or SCHED_IDLE, "
                              "which measured a noisier direct p99 on this VM (~3.3 vs ~2 ms)")
     parser.add_argument("--separate-client", action="store_true",
-                        help="the load generator on CPU 0, the servers on the other CPUs (as "
-                             "if the client were another machine)")
+                        help="the load generator and the upstreams on CPU 0, the proxies on "
+                             "the other CPUs (as if client and model were other machines)")
     parser.add_argument("--floor-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
@@ -468,7 +468,7 @@ def main() -> int:
         if args.separate_client:
             from benchmarks.paired import separate_client
 
-            separate_client(servers)
+            separate_client(servers, [direct, upstream])
         print(f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.2f} workers={args.workers} "
               f"records={args.records} keep_awake={args.spinner if args.keep_awake else 'off'} "
               f"separate_client={args.separate_client} sequential={args.sequential} "

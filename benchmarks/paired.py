@@ -5,9 +5,12 @@ Two (or more) tiergate processes on one fixed upstream, identical but for the fe
 requests alternate between them, so machine noise falls on both alike. For each: p50/p99
 latency as the client sees it, and the CPU its own processes spent per request (from /proc:
 the request path and every thread and child process it feeds, e.g. the records delivery).
-With two or more CPUs the client runs on CPU 0 and the servers on the others, as if the client
-were another machine: otherwise work a gateway does after a response (a shadow call, the
-records delivery) competes with the client for the CPUs and shows up as the client's latency.
+With two or more CPUs the client and the upstream run on CPU 0 and the gateways on the others,
+as if client and model server were other machines: otherwise work a gateway does after a
+response (a shadow call, the records delivery) competes with the client for the CPUs and shows
+up as the client's latency, and work it does while the model works (a record's head) competes
+with the model, which in production runs elsewhere. The client never works while the upstream
+does (it waits for the answer), so the two share CPU 0 without waiting for each other.
 ``benchmarks/records.py`` and ``benchmarks/shadow.py`` use it.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -66,26 +70,32 @@ def start_gateway(directory: Path, name: str, upstream: ServerProcess,
                          "--port", str(port)], port, directory / f"{name}.log")
 
 
-def separate_client(servers: list[ServerProcess]) -> None:
-    """This process on CPU 0, the servers (and their threads) on the other CPUs."""
+def _pin(server: ServerProcess, cpus: set[int]) -> None:
+    for pid in tree(server.process.pid):
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            with contextlib.suppress(OSError):  # the thread ended meanwhile
+                os.sched_setaffinity(int(task.name), cpus)
+
+
+def separate_client(servers: list[ServerProcess], others: list[ServerProcess]) -> None:
+    """This process and ``others`` on CPU 0, the servers (and their threads) on the others."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return
     for server in servers:
-        for pid in tree(server.process.pid):
-            for task in Path(f"/proc/{pid}/task").glob("*"):
-                with contextlib.suppress(OSError):  # the thread ended meanwhile
-                    os.sched_setaffinity(int(task.name), set(cpus[1:]))
+        _pin(server, set(cpus[1:]))
+    for other in others:
+        _pin(other, {cpus[0]})
     os.sched_setaffinity(0, {cpus[0]})
 
 
 async def alternate(servers: dict[str, ServerProcess], requests: int, rate: float,
                     body: dict[str, Any] | None = None,
-                    others: list[ServerProcess] | None = None) -> dict[str, dict[str, float]]:
+                    others: list[ServerProcess] | None = None) -> dict[str, dict[str, Any]]:
     """``requests`` paced requests to each server, alternating; latency and CPU per request.
-    ``others`` (the upstream) run beside the servers, away from the client."""
+    ``others`` (the upstream) run beside the client, away from the servers."""
     body = body or BODY
-    separate_client([*servers.values(), *(others or [])])
+    separate_client(list(servers.values()), others or [])
     latencies: dict[str, list[float]] = {name: [] for name in servers}
     pause = 1.0 / rate if rate > 0 else 0.0
     async with httpx.AsyncClient(timeout=30) as client:
@@ -105,8 +115,22 @@ async def alternate(servers: dict[str, ServerProcess], requests: int, rate: floa
         await asyncio.sleep(0.5)  # background work of the last requests (writers, mirrors)
         cpu_after = {name: cpu_s(s.process.pid) for name, s in servers.items()}
     return {name: {"p50": percentile(v, 50), "p99": percentile(v, 99),
-                   "cpu_ms": (cpu_after[name] - cpu_before[name]) * 1000 / requests}
+                   "cpu_ms": (cpu_after[name] - cpu_before[name]) * 1000 / requests,
+                   "latencies_ms": v}
             for name, v in latencies.items()}
+
+
+def added_p50_interval(base: list[float], feature: list[float], rounds: int = 1000,
+                       level: float = 0.95) -> tuple[float, float]:
+    """A bootstrap confidence interval of ``p50(feature) - p50(base)``: requests resampled by
+    round (a round sends one request to each gateway, so the pairs share the machine's state)."""
+    draw = random.Random(0)
+    n = len(base)
+    differences = sorted(
+        statistics.median(feature[i] for i in picks) - statistics.median(base[i] for i in picks)
+        for picks in ([draw.randrange(n) for _ in range(n)] for _ in range(rounds)))
+    cut = int(rounds * (1 - level) / 2)
+    return differences[cut], differences[rounds - 1 - cut]
 
 
 Sections = Callable[[Path], dict[str, dict[str, Any]]]
@@ -114,7 +138,7 @@ Sections = Callable[[Path], dict[str, dict[str, Any]]]
 
 
 async def compare(variants: dict[str, Sections], requests: int, rate: float
-                  ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+                  ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Start one gateway per variant on a fresh upstream, :func:`alternate` requests between
     them; their figures, and each one's ``/metrics`` text at the end."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,7 +159,7 @@ async def compare(variants: dict[str, Sections], requests: int, rate: float
     return results, metrics
 
 
-def print_pair(results: dict[str, dict[str, float]], base: str, feature: str,
+def print_pair(results: dict[str, dict[str, Any]], base: str, feature: str,
                bar_ms: float) -> None:
     for name in (base, feature):
         r = results[name]
@@ -143,5 +167,8 @@ def print_pair(results: dict[str, dict[str, float]], base: str, feature: str,
               f"CPU {r['cpu_ms']:6.3f} ms/request")
     added = results[feature]["p50"] - results[base]["p50"]
     added_cpu = results[feature]["cpu_ms"] - results[base]["cpu_ms"]
+    low, high = added_p50_interval(results[base]["latencies_ms"],
+                                   results[feature]["latencies_ms"])
     print(f"  added p50 {added * 1000:+8.1f} µs ({'PASS' if added <= bar_ms else 'FAIL'} "
-          f"against {bar_ms * 1000:.0f} µs)   added CPU {added_cpu * 1000:+8.1f} µs/request")
+          f"against {bar_ms * 1000:.0f} µs; 95% interval {low * 1000:+.0f} to "
+          f"{high * 1000:+.0f} µs)   added CPU {added_cpu * 1000:+8.1f} µs/request")

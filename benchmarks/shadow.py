@@ -19,6 +19,7 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -86,7 +87,7 @@ async def request_path(calls: int, drain: bool) -> dict[str, float]:
             "p99": percentile(added, 99)}
 
 
-async def end_to_end(requests: int, rate: float) -> dict[str, dict[str, float]]:
+async def end_to_end(requests: int, rate: float) -> dict[str, dict[str, Any]]:
     """Two gateways alike but for mirroring every request of ``live`` to ``pinned``."""
     results, metrics = await compare({
         "plain": lambda directory: {},
