@@ -68,7 +68,13 @@ from aiohttp import web
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import ServerProcess, free_port, start_server, write_config  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    ServerProcess,
+    free_port,
+    process_tree,
+    start_server,
+    write_config,
+)
 
 BODY = b'{"model": "echo", "messages": [{"role": "user", "content": "The quick brown fox jumps over the lazy dog"}], "max_tokens": 64}'  # noqa: E501
 JSON = {"content-type": "application/json"}
@@ -255,24 +261,10 @@ async def ttfb(session: aiohttp.ClientSession, targets: dict[str, Target], body:
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
-def tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (uvicorn's worker processes with ``--workers N``)."""
-    found, queue = [], [pid]
-    while queue:
-        current = queue.pop()
-        found.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            try:
-                queue.extend(int(c) for c in (task / "children").read_text().split())
-            except OSError:
-                continue
-    return found
-
-
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and its descendants, all threads included."""
     total = 0
-    for each in tree(pid):
+    for each in process_tree(pid):
         try:
             fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -297,7 +289,7 @@ def others_cpu_s(pids: list[int]) -> float:
 def rss_mb(pid: int) -> float:
     """Resident memory of ``pid`` and its descendants."""
     total = 0
-    for each in tree(pid):
+    for each in process_tree(pid):
         for line in Path(f"/proc/{each}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1])

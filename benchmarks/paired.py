@@ -33,8 +33,14 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.overhead import cpu_s, tree  # noqa: E402
-from tests.conftest import ServerProcess, free_port, start_server, write_config  # noqa: E402
+from benchmarks.overhead import cpu_s  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    ServerProcess,
+    free_port,
+    process_tree,
+    start_server,
+    write_config,
+)
 
 BODY = {"model": "live", "max_tokens": 16, "temperature": 0,
         "messages": [{"role": "user", "content": "The quick brown fox"}]}
@@ -71,7 +77,7 @@ def start_gateway(directory: Path, name: str, upstream: ServerProcess,
 
 
 def _pin(server: ServerProcess, cpus: set[int]) -> None:
-    for pid in tree(server.process.pid):
+    for pid in process_tree(server.process.pid):
         for task in Path(f"/proc/{pid}/task").glob("*"):
             with contextlib.suppress(OSError):  # the thread ended meanwhile
                 os.sched_setaffinity(int(task.name), cpus)

@@ -3,8 +3,8 @@
 This runs on the request path, so it builds dicts by hand instead of validating models, and in
 two parts:
 
-* the **head** — what is known before the model answers (ids, caller, route, the client's input
-  and parameters) — is built by :func:`prepare_head` while the upstream works (serving schedules
+* the **head** — what is known before the model answers (ids, caller, the client's input and
+  parameters) — is built by :func:`prepare_head` while the upstream works (serving schedules
   it with ``loop.call_soon`` once the model call is under way), and its large values are
   serialized there already (``orjson.Fragment``);
 * the rest — sampling as applied, the effective seed, the decision, every model call — is built

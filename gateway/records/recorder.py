@@ -51,9 +51,8 @@ _BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
 
 
 class Recorder:
-    """Listener + delivery process. ``await start()``, append to ``serving.listeners`` (and
-    :meth:`prepare` to ``serving.preparers``),
-    ``await aclose()``."""
+    """Listener + delivery process. ``await start()``, append it to ``serving.listeners`` and
+    :meth:`prepare` to ``serving.preparers``, ``await aclose()``."""
 
     def __init__(self, settings: RecordsSettings, shutdown_timeout_s: float = 10.0) -> None:
         self.settings = settings

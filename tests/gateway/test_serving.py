@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,10 +16,10 @@ from tests.conftest import ServerProcess, upstream_model
 
 
 @pytest.fixture
-async def state(upstream: ServerProcess, tmp_path: Path) -> AsyncIterator[GatewayState]:
+async def state(upstream: ServerProcess) -> AsyncIterator[GatewayState]:
     settings = Settings(models={"echo": upstream_model(upstream, "echo"),
                                 "paced": upstream_model(upstream, "paced-10")},
-                        records={"sink": "none", "spool_dir": str(tmp_path / "spool")})
+                        records={"sink": "none"})
     state = GatewayState.build(settings)
     await state.registry.start()
     yield state
@@ -69,7 +68,8 @@ async def test_a_stream_prepares_after_its_first_bytes_and_before_the_end(
     assert events[-2:] == ["completed", "done"] and events.count("prepared") == 1
 
 
-async def test_a_failing_preparer_does_not_fail_the_request(state: GatewayState) -> None:
+async def test_a_failing_preparer_does_not_fail_the_request(
+        state: GatewayState, caplog: pytest.LogCaptureFixture) -> None:
     serving = state.serving
     completed: list[CompletedRequest] = []
 
@@ -81,3 +81,4 @@ async def test_a_failing_preparer_does_not_fail_the_request(state: GatewayState)
     serving.listeners.append(completed.append)
     served = await serving.create(chat("echo", stream=False), RequestContext(request_id="r3"))
     assert served.body is not None and completed[0].ctx.request_id == "r3"
+    assert "request r3: request preparer failed" in caplog.text  # it ran, and was logged

@@ -145,7 +145,6 @@ from pathlib import Path
 from gateway.records.recorder import Recorder
 from gateway.records.schema import canonical_json
 from gateway.records.settings import RecordsSettings
-from gateway.records.schema import canonical_json
 from tests.gateway.records.conftest import record_of
 
 async def main() -> None:

@@ -10,21 +10,15 @@ import httpx
 
 from gateway.records.chain import Signer, verify_store
 from gateway.records.sinks.sqlite import SQLiteSink
-from tests.conftest import GatewayFactory, ServerProcess, upstream_model
+from tests.conftest import GatewayFactory, ServerProcess, process_tree, upstream_model
 from tests.gateway.records.test_kill9 import PIN
 
 
 def descendants(gateway: ServerProcess) -> list[bytes]:
     """The command lines of the supervisor's descendants: uvicorn's workers and their delivery
     processes."""
-    found, queue = [], [gateway.process.pid]
-    while queue:
-        pid = queue.pop()
-        for task in Path(f"/proc/{pid}/task").glob("*"):
-            children = [int(c) for c in (task / "children").read_text().split()]
-            found.extend(Path(f"/proc/{c}/cmdline").read_bytes() for c in children)
-            queue.extend(children)
-    return found
+    return [Path(f"/proc/{pid}/cmdline").read_bytes()
+            for pid in process_tree(gateway.process.pid)[1:]]
 
 
 async def test_two_workers_record_every_answer_into_one_chain(
