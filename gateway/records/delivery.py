@@ -14,9 +14,12 @@ Being a process of its own, the store's work (parsing, hashing the chain, SQLite
 holds the gateway's GIL: a request never waits behind a batch.
 
 It delivers, in order: segments adopted at start (their writer died: the lock is free), then the
-gateway's own segments, oldest first. Batches of up to ``batch_size`` records go to the store in
-one transaction, at least every ``flush_interval_s``; with ``spool_fsync = "batch"`` the gateway's
-segment is fsynced as often. A failing store is retried with backoff, records wait in the spool.
+gateway's own segments, oldest first. It looks at the spool every ``flush_interval_s`` and, with
+``spool_fsync = "batch"``, fsyncs the gateway's segment if it grew (the durability window). The
+gateway's records go to the store in batches of up to ``batch_size``, one transaction each, every
+``store_interval_s``, or at once when the gateway asks (a full batch is waiting, a flush, a stop):
+a transaction has a fixed cost (a commit, an fsync) that a few records a cycle would each pay in
+full. A failing store is retried with backoff, records wait in the spool.
 """
 
 from __future__ import annotations
@@ -53,6 +56,39 @@ ADOPT_WAIT_S = 2.0
 process finishing a batch) before leaving it to the next start."""
 
 
+class Alarm:
+    """Sleep until a deadline or until :meth:`set`, whichever comes first. One timer and one
+    future per sleep: ``asyncio.wait_for(event.wait(), t)`` makes a task and takes several turns
+    of the loop, which an idle process doing this every ``flush_interval_s`` pays in full."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def sleep(self, seconds: float) -> None:
+        """Return after ``seconds``, or at once when set (since the last sleep)."""
+        if not self._set:
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(seconds, _settle, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        self._set = False
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 def _alive(pid: int | None) -> bool:
     if pid is None:
         return False
@@ -83,13 +119,16 @@ class Delivery:
         self.removed: list[str] = []
         self.stopping = False
         self.writer_gone = False
-        self.wake = asyncio.Event()
+        self.wake = Alarm()
         self._synced: dict[str, int] = {}
         self._scanned = -RESCAN_EVERY_S
         self._reported = 0.0
         self._progress = False
         self.asked = False
         """The gateway asked for delivery (``w``): report progress at once."""
+        self.store_now = False
+        """Deliver the gateway's records without waiting for ``store_interval_s`` (it asked, or
+        a batch went out and more may be waiting)."""
 
     # -- segments --------------------------------------------------------------------------------
 
@@ -154,8 +193,9 @@ class Delivery:
 
     # -- delivering ------------------------------------------------------------------------------
 
-    async def deliver(self, sink: RecordSink) -> bool:
-        """Deliver one batch; ``False`` when there was nothing to deliver."""
+    async def deliver(self, sink: RecordSink, own: bool = True) -> bool:
+        """Deliver one batch — of an adopted segment, else (when ``own``) of the gateway's —;
+        ``False`` when there was nothing to deliver."""
         size = self.settings.batch_size
         while self.adopted:
             segment = self.adopted[0]
@@ -171,9 +211,11 @@ class Delivery:
             segment.remove()
             self.adopted.pop(0)
             self.report()
-        own = self.own_segments()
-        for index, segment in enumerate(own):
-            complete = index < len(own) - 1  # decided before the size is read
+        if not own:
+            return False
+        segments = self.own_segments()
+        for index, segment in enumerate(segments):
+            complete = index < len(segments) - 1  # decided before the size is read
             if segment.refresh() > 0:
                 entries = segment.read(segment.delivered, size)
                 if entries:
@@ -244,10 +286,11 @@ class Delivery:
         if not self.adopted:
             # The gateway's records go out ``flush_interval_s`` after start, like every batch
             # after (or sooner when it asks), not whenever this process happens to be ready.
-            await self._sleep(settings.flush_interval_s)
+            await self.wake.sleep(settings.flush_interval_s)
         sink = create_sink(settings, in_thread=False)
         opened, backoff = False, 0.05
         last_sync = last_prune = time.monotonic() - PRUNE_EVERY_S
+        next_store = time.monotonic()
         deadline: float | None = None
         try:
             while not self.writer_gone:
@@ -269,19 +312,26 @@ class Delivery:
                     if settings.retention_days and now - last_prune >= PRUNE_EVERY_S:
                         last_prune = now
                         await self._prune(sink)
-                    delivered = await self.deliver(sink)
+                    due = self.store_now or self.stopping or now >= next_store
+                    self.store_now = False
+                    delivered = await self.deliver(sink, own=due)
                     self.report_progress()
                     if delivered:
                         backoff = 0.05
+                        # drain what is waiting before the next pause (keeping a request
+                        # that came in meanwhile)
+                        self.store_now = self.store_now or due
                         continue
+                    if due:
+                        next_store = now + settings.store_interval_s
                 except TiergateError as exc:
                     self.failed(str(exc.message))
                 except Exception as exc:  # a store's unexpected failure: retried, logged
                     self.failed(f"{type(exc).__name__}: {exc}")
                 else:
-                    await self._sleep(settings.flush_interval_s)
+                    await self.wake.sleep(settings.flush_interval_s)
                     continue
-                await self._sleep(backoff)
+                await self.wake.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
         finally:
             self.close()
@@ -301,11 +351,6 @@ class Delivery:
         if not self.writer_gone:
             self.report()
 
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), seconds)
-        self.wake.clear()
-
     async def _prune(self, sink: RecordSink) -> None:
         days = self.settings.retention_days
         assert days is not None
@@ -318,7 +363,7 @@ class Delivery:
         while data := await reader.read(256):
             if b"s" in data:
                 self.stopping = True
-            self.asked = True
+            self.asked = self.store_now = True
             self.wake.set()
         self.writer_gone = True
         self.wake.set()

@@ -30,8 +30,13 @@ class RecordsSettings(BaseModel):
     batch_size: int = Field(default=256, ge=1, le=10_000)
     """Records written to the sink in one transaction, at most."""
     flush_interval_s: float = Field(default=0.05, gt=0, le=60)
-    """The delivery process delivers (and fsyncs the spool, with ``spool_fsync = "batch"``) at
-    least this often."""
+    """How often the delivery process looks at the spool and, with ``spool_fsync = "batch"``,
+    fsyncs what was written since: the window a power loss can take."""
+    store_interval_s: float = Field(default=1.0, gt=0, le=60)
+    """A record reaches the store at most this long (plus ``flush_interval_s``) after its
+    response; sooner when ``batch_size`` records are waiting, on a flush and at shutdown. Until
+    then it is in the spool. Longer means fewer, larger store transactions (each costs a commit
+    and, for SQLite, an fsync)."""
     spool_dir: Path = Path("var/records-spool")
     """The local append-only spool every record is written to before its response is sent."""
     spool_fsync: Literal["always", "batch", "never"] = "batch"

@@ -83,6 +83,32 @@ async def test_the_store_work_runs_in_a_process_that_is_restarted_when_it_dies(
     assert await chain_ok(settings)
 
 
+async def test_records_wait_for_the_store_interval_unless_a_batch_or_a_flush_is_waiting(
+        tmp_path: Path) -> None:
+    settings = sqlite_settings(tmp_path, batch_size=8, flush_interval_s=0.01,
+                               store_interval_s=30.0)
+    recorder = Recorder(settings)
+    await recorder.start()
+    try:
+        first = submit(recorder, 1, "first")
+        assert await recorder.flush()  # the loop runs, and its next store is 30 s away
+        waiting = submit(recorder, 3, "waiting")
+        await asyncio.sleep(0.5)  # 50 looks at the spool: the records stay there
+        assert await stored_ids(settings) == first
+        assert recorder.backlog > 0
+        batch = submit(recorder, 4, "batch")  # the 8th since the last ask: a batch is waiting
+        for _ in range(200):
+            if len(await stored_ids(settings)) == 8:
+                break
+            await asyncio.sleep(0.05)
+        assert await stored_ids(settings) == first + waiting + batch
+        last = submit(recorder, 2, "last")
+        assert await recorder.flush(wait_s=5)
+        assert await stored_ids(settings) == first + waiting + batch + last
+    finally:
+        await recorder.aclose()
+
+
 async def test_stopping_while_the_delivery_process_is_being_restarted(tmp_path: Path) -> None:
     settings = sqlite_settings(tmp_path, flush_interval_s=0.01)
     recorder = Recorder(settings)
