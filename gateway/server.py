@@ -2,7 +2,8 @@
 
 Chosen by ``benchmarks/overhead.py`` (docs/operations.md): serving a minimal ASGI app on this
 path, uvicorn (httptools) cost ~0.12 ms of CPU per request and granian ~0.21 ms (its hand-off
-between Rust and Python threads), so uvicorn it is.
+between Rust and Python threads), so uvicorn it is — with its httptools protocol on a transport
+that sends a response's headers and body in one write (:mod:`gateway.transport`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from gateway.settings import Settings
 def serve(settings: Settings) -> None:
     import uvicorn
 
+    from gateway.transport import CoalescingHttpToolsProtocol
+
     server = settings.server
     logging.basicConfig(
         level=server.log_level.upper(),
@@ -25,7 +28,7 @@ def serve(settings: Settings) -> None:
         "host": server.host,
         "port": server.port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": CoalescingHttpToolsProtocol,
         "log_level": server.log_level,
         "access_log": False,
         "timeout_graceful_shutdown": int(server.graceful_shutdown_s) or None,
