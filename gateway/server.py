@@ -32,6 +32,7 @@ def serve(settings: Settings) -> None:
         "log_level": server.log_level,
         "access_log": False,
         "timeout_graceful_shutdown": int(server.graceful_shutdown_s) or None,
+        "timeout_keep_alive": server.keep_alive_s,
     }
     if server.workers > 1:
         # Worker processes build their own app from the same file and environment.

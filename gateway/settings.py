@@ -35,6 +35,11 @@ class ServerSettings(_Section):
     """Largest request body accepted; larger bodies get 413."""
     graceful_shutdown_s: float = Field(default=30.0, ge=0)
     """On SIGTERM, how long in-flight requests and streams may take to finish."""
+    keep_alive_s: float = Field(default=75.0, gt=0, le=3600)
+    """How long an idle client connection is kept open. Longer than the clients' and load
+    balancers' own idle timeouts (httpx and the OpenAI SDK: 5 s, aiohttp: 15 s, AWS ALB: 60 s),
+    so the client, not the server, ends an idle connection: a server closing it the moment a
+    client reuses it fails that request (uvicorn's default is 5 s, the SDK's expiry exactly)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
