@@ -284,8 +284,8 @@ class Delivery:
         self.own_segments()
         self.report()
         if not self.adopted:
-            # The gateway's records go out ``flush_interval_s`` after start, like every batch
-            # after (or sooner when it asks), not whenever this process happens to be ready.
+            # The first look at the gateway's spool comes ``flush_interval_s`` after start, like
+            # every look after (or sooner when it asks), not whenever this process is ready.
             await self.wake.sleep(settings.flush_interval_s)
         sink = create_sink(settings, in_thread=False)
         opened, backoff = False, 0.05
