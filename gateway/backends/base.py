@@ -139,6 +139,11 @@ class GenerationResult:
     """Device, library versions and determinism settings of the call (for records)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Top-level response fields from an upstream that tiergate passes on."""
+    wire: bytes | None = None
+    """The upstream's answer as received, one line of JSON that ``choices``, ``usage``,
+    ``prompt_token_ids`` and ``extra`` were parsed from (HTTP, not streamed): the record's
+    spool line carries these bytes and the records delivery process parses them again
+    (:func:`gateway.records.builder.finish_draft`), off the request path."""
 
 
 @dataclass(slots=True)

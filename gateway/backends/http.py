@@ -245,7 +245,8 @@ class HTTPBackend(Backend):
             if resp.content_type != "application/json":
                 raise UpstreamError(f"model {self.name}: upstream answered {resp.content_type!r}, "
                                     "not JSON")
-            data = orjson.loads(await resp.read())
+            wire = await resp.read()
+            data = orjson.loads(wire)
         except orjson.JSONDecodeError as exc:
             raise UpstreamError(f"model {self.name}: upstream sent invalid JSON") from exc
         except TimeoutError as exc:
@@ -263,6 +264,7 @@ class HTTPBackend(Backend):
             timing=Timing(started_at=started_at, first_token_s=None, total_s=total),
             prompt_token_ids=prompt_ids, extra=extra,
             runtime={"upstream": self.base_url, "upstream_model": self.upstream_model},
+            wire=None if b"\n" in wire else wire,  # a spool line holds no newline
         )
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:

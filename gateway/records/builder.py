@@ -13,6 +13,15 @@ two parts:
 
 Either way the bytes are the record's canonical JSON; they validate as
 :class:`gateway.records.schema.DecodeRecord` (the tests check both paths give the same bytes).
+
+**Drafts.** When every model call's answer came as one upstream JSON body
+(:attr:`~gateway.backends.base.GenerationResult.wire`: HTTP, not streamed) and nothing is to be
+redacted, the request path does not build the calls' outputs (choices, logprobs, usage) at all:
+it writes a *draft* — the record with each call's ``wire`` bytes in place of what was parsed
+from them, serialized without sorting — and the records delivery process finishes it
+(:func:`finish_draft`: the same parser, the same builder, canonical JSON) before it is chained
+and stored. The spool holds the draft, which has everything the record has; the store and
+everything after it only ever see the finished record.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import BaseModel
 
+from gateway.backends.wire import parse_response
 from gateway.records.schema import SCHEMA_VERSION, canonical_json
 
 if TYPE_CHECKING:
@@ -33,12 +43,15 @@ if TYPE_CHECKING:
         GenerationResult,
         SamplingParams,
         TokenLogprob,
+        Usage,
     )
     from gateway.modeltuple import ModelTuple
     from gateway.protocol import OpenAIRequest
     from gateway.serving import CompletedRequest, RequestContext
 
 _CLIENT_INPUT_FIELDS = {"messages", "prompt"}
+DRAFT = "draft"
+"""The key that marks a spool line's body as a draft (see the module docs)."""
 
 
 def _logprobs(logprobs: list[TokenLogprob]) -> dict[str, Any]:
@@ -95,25 +108,44 @@ class TupleCache:
         return entry[1], entry[2]
 
 
-def _call(index: int, result: GenerationResult, tuples: TupleCache) -> dict[str, Any]:
+def _call_frame(index: int, result: GenerationResult, tuples: TupleCache) -> dict[str, Any]:
+    """A model call's fields besides its output."""
     model, digest = tuples.get(result.model)
-    usage = result.usage
     return {
         "index": index,
         "model": model,
         "tuple_digest": digest,
         "runtime": result.runtime,
         "rendered_prompt": result.rendered_prompt,
-        "prompt_token_ids": result.prompt_token_ids,
-        "choices": [_choice(c) for c in result.choices],
-        "usage": {"prompt_tokens": usage.prompt_tokens,
-                  "completion_tokens": usage.completion_tokens,
-                  "total_tokens": usage.total_tokens, "extra": usage.extra},
         "timing": {"started_at": result.timing.started_at,
                    "first_token_s": result.timing.first_token_s,
                    "total_s": result.timing.total_s},
-        "extra": result.extra,
     }
+
+
+def _call_output(choices: list[ChoiceResult], usage: Usage, prompt_token_ids: list[int] | None,
+                 extra: dict[str, Any]) -> dict[str, Any]:
+    """A model call's output fields."""
+    return {
+        "prompt_token_ids": prompt_token_ids,
+        "choices": [_choice(c) for c in choices],
+        "usage": {"prompt_tokens": usage.prompt_tokens,
+                  "completion_tokens": usage.completion_tokens,
+                  "total_tokens": usage.total_tokens, "extra": usage.extra},
+        "extra": extra,
+    }
+
+
+def _call(index: int, result: GenerationResult, tuples: TupleCache, draft: bool
+          ) -> dict[str, Any]:
+    call = _call_frame(index, result, tuples)
+    if draft:
+        assert result.wire is not None
+        call["wire"] = orjson.Fragment(result.wire)
+    else:
+        call.update(_call_output(result.choices, result.usage, result.prompt_token_ids,
+                                 result.extra))
+    return call
 
 
 def _client_params(request: OpenAIRequest) -> dict[str, Any]:
@@ -191,12 +223,16 @@ def prepare_head(ctx: RequestContext, client_request: OpenAIRequest, gen: Genera
         ctx.record_head = build_head(ctx, client_request, gen, redact)
 
 
-def encode_record(done: CompletedRequest, tuples: TupleCache, redact: bool = False) -> bytes:
-    """The canonical JSON of ``done``'s record (without its chain link, which the store adds)."""
+def encode_record(done: CompletedRequest, tuples: TupleCache, redact: bool = False,
+                  drafts: bool = True) -> bytes:
+    """``done``'s record (without its chain link, which the store adds) as a spool line's body:
+    its canonical JSON, or a draft of it (``drafts`` and every call's answer has its ``wire``
+    bytes; :func:`finish_draft` makes it the record)."""
     head = done.ctx.record_head
     if head is None:
         head = build_head(done.ctx, done.client_request, done.request, redact)
-    calls = [_call(i, r, tuples) for i, r in enumerate(done.results)]
+    draft = drafts and not redact and all(r.wire is not None for r in done.results)
+    calls = [_call(i, r, tuples, draft) for i, r in enumerate(done.results)]
     removed = list(head["redacted"])
     if redact:
         _redact_calls(calls, removed)
@@ -212,13 +248,30 @@ def encode_record(done: CompletedRequest, tuples: TupleCache, redact: bool = Fal
         "calls": calls,
         "redacted": removed,
     }
+    if draft:
+        record[DRAFT] = 1
+        return orjson.dumps(record)  # the delivery process sorts it when it finishes it
     return canonical_json(record)
+
+
+def finish_draft(record: dict[str, Any]) -> bool:
+    """If ``record`` (a spool line's body, parsed) is a draft, make it the record, in place:
+    each call's output parsed from its ``wire`` bytes as the backend parsed them. Whether it
+    was a draft (then its body is ``canonical_json(record)``)."""
+    if record.pop(DRAFT, None) is None:
+        return False
+    chat = record["input"]["kind"] == "chat"
+    for call in record["calls"]:
+        choices, usage, prompt_token_ids, extra = parse_response(call.pop("wire"), chat)
+        call.update(_call_output(choices, usage, prompt_token_ids, extra))
+    return True
 
 
 def build_record(done: CompletedRequest, tuples: TupleCache, redact: bool = False
                  ) -> dict[str, Any]:
-    """:func:`encode_record` as a dict (tests, benchmarks, tools)."""
+    """``done``'s record as a dict, drafts finished (tests, benchmarks, tools)."""
     record: dict[str, Any] = orjson.loads(encode_record(done, tuples, redact))
+    finish_draft(record)
     return record
 
 

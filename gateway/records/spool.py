@@ -27,6 +27,9 @@ from pathlib import Path
 
 import orjson
 
+from gateway.errors import UpstreamError
+from gateway.records.builder import finish_draft
+from gateway.records.schema import canonical_json
 from gateway.records.sinks.base import PendingRecord
 
 log = logging.getLogger("tiergate.records.spool")
@@ -46,13 +49,17 @@ def line_parts(body: bytes) -> tuple[bytes, bytes, bytes]:
 
 
 def decode_line(line: bytes) -> PendingRecord | None:
-    """A spool line → the record, or ``None`` when it is damaged."""
+    """A spool line → the record (a draft finished), or ``None`` when it is damaged."""
     crc, _, body = line.partition(b" ")
     try:
         if int(crc, 16) != zlib.crc32(body):
             return None
-        return PendingRecord.parse(body)
-    except (ValueError, KeyError, TypeError, AttributeError, orjson.JSONDecodeError):
+        record = orjson.loads(body)
+        if finish_draft(record):
+            body = canonical_json(record)
+        return PendingRecord.of(record, body)
+    except (ValueError, KeyError, TypeError, AttributeError, orjson.JSONDecodeError,
+            UpstreamError):
         return None
 
 

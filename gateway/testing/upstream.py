@@ -8,6 +8,8 @@ kind of broken one:
                    streamed; honours ``n``, ``max_tokens`` (in chunks), ``logprobs``, ``seed``
 ``cut``            streams a few chunks, then drops the connection (no ``[DONE]``)
 ``stream-error``   streams a few chunks, then an SSE ``{"error": ...}`` event
+``pretty``         answers like ``echo``, its JSON body indented over several lines (as some
+                   servers send it)
 ``garbage``        200 with a body that is not JSON (or not SSE)
 ``html``           200 with ``text/html``
 ``status-NNN``     answers HTTP NNN with an OpenAI error body (``Retry-After: 2`` on 429/503)
@@ -35,7 +37,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-MODELS = ["echo", "cut", "stream-error", "garbage", "html", "status-400", "status-429",
+MODELS = ["echo", "pretty", "cut", "stream-error", "garbage", "html", "status-400", "status-429",
           "status-500", "status-503", "slow-2000", "stall-500", "paced-10"]
 CHUNKS = 20
 
@@ -131,7 +133,8 @@ class FakeUpstream:
             return web.Response(body=b"{not json", content_type="application/json")
         if body.get("stream"):
             return await self._stream(request, body, model, chat)
-        return web.Response(body=orjson.dumps(self._whole(body, model, chat)),
+        option = orjson.OPT_INDENT_2 if model == "pretty" else None
+        return web.Response(body=orjson.dumps(self._whole(body, model, chat), option=option),
                             content_type="application/json")
 
     def _whole(self, body: dict[str, Any], model: str, chat: bool) -> dict[str, Any]:

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from gateway.records.chain import (
     Checkpoint,
     Signer,
@@ -90,11 +88,6 @@ class PendingRecord:
         return cls(record["record_id"], record["received_at"], record["route"],
                    [str(call["model"].get("name")) for call in record["calls"]],
                    bool(decision.get("escalated")), record.get("caller"), body)
-
-    @classmethod
-    def parse(cls, body: bytes) -> PendingRecord:
-        """From the content alone (records read back from the spool)."""
-        return cls.of(orjson.loads(body), body)
 
 
 @dataclass(slots=True)

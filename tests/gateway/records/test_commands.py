@@ -192,6 +192,42 @@ def test_records_off_means_no_header_and_no_store(
     assert code == 2 and "records are off" in out
 
 
+def test_answers_in_one_line_or_indented_are_recorded_alike(
+        gateway_factory: GatewayFactory, upstream: ServerProcess,
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A one-line upstream body is spooled as a draft (its bytes, finished by the delivery
+    process), an indented one as the built record: the stored records hold the same outputs."""
+    records = {"sqlite_path": str(tmp_path / "records.sqlite3"),
+               "spool_dir": str(tmp_path / "spool"), "flush_interval_s": 0.01}
+    sections = {"models.echo": upstream_model(upstream, "echo"),
+                "models.pretty": upstream_model(upstream, "pretty"), "records": records}
+    gateway = gateway_factory(sections)
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused")
+    shown = {}
+    for model in ("echo", "pretty"):
+        raw = client.chat.completions.with_raw_response.create(
+            model=model, logprobs=True, top_logprobs=1, seed=5,
+            messages=[{"role": "user", "content": "same words"}])
+        assert raw.parse().choices[0].message.content == "echo: same words"
+        shown[model] = raw.headers["x-tiergate-record-id"]
+    config = str(write_config(tmp_path / "cli.toml", sections))
+    calls = {}
+    for model, record_id in shown.items():
+        for _ in range(200):  # delivered within a few flush intervals
+            code, out = run(capsys, "records", "show", record_id, "--config", config)
+            if code == 0:
+                break
+            time.sleep(0.05)
+        record = orjson.loads(out)
+        assert "draft" not in record and "wire" not in record["calls"][0]
+        calls[model] = {k: record["calls"][0][k] for k in ("choices", "usage", "extra")}
+    assert calls["echo"]["choices"][0]["text"] == "echo: same words"
+    assert calls["echo"]["choices"][0]["logprobs"]["token"]
+    assert calls["echo"] == calls["pretty"]
+    code, out = run(capsys, "audit", "verify", "--config", config)
+    assert code == 0, out
+
+
 def test_prune_leaves_a_verifiable_chain_and_a_missing_store_is_named(
         deployment: Deployment, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     copy = tmp_path / "copy.sqlite3"
