@@ -2,11 +2,12 @@
 
 A spool is a directory of segment files. Each gateway process appends to its own segment
 (``<time>-<pid>.spool``), holding an exclusive ``flock`` on it for as long as it lives; a line is
-``<crc32 of the JSON, 8 hex> <record JSON>\\n``, written with one ``writev(2)``: once the call
-returns, the record survives the process dying (``kill -9`` included); with ``fsync`` it survives
-the machine losing power. Beside each segment, ``<name>.delivered`` holds how many of its bytes
-the store has (stores also skip record ids they already have, so a lost marker costs a re-send,
-never a duplicate).
+``<crc32 of the JSON, 8 hex> <record JSON>\\n`` (the record, or its draft, which
+:func:`decode_line` finishes: see :mod:`gateway.records.builder`), written with one ``writev(2)``:
+once the call returns, the record survives the process dying (``kill -9`` included); with
+``fsync`` it survives the machine losing power. Beside each segment, ``<name>.delivered`` holds
+how many of its bytes the store has (stores also skip record ids they already have, so a lost
+marker costs a re-send, never a duplicate).
 
 Two processes share a segment: the gateway process writes it (:class:`Spool`), its records
 delivery process (:mod:`gateway.records.delivery`) reads it (:class:`Segment`) and moves the
