@@ -6,7 +6,9 @@
 2. **request path** — the completion listener's cost per answered request (build the rest of
    the record, serialize it, ``writev(2)`` it to the spool), timed per call and interleaved with
    a baseline: serving's ``_completed`` hook with no listener, in the same run. Two requests:
-   a plain chat answer (64 tokens) and one with token ids and top-5 logprobs. With
+   a plain chat answer (64 tokens) and one with token ids and top-5 logprobs, as the engine
+   answers them; the second also as an HTTP upstream answers it (its record spooled as a draft,
+   finished by the delivery process: ``gateway.records.builder``). With
    ``spool_fsync = "always"`` the fsync is timed too (informational). The record's head, which
    serving builds while the model works, is timed apart (informational: not on the path).
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import statistics
 import sys
@@ -30,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -42,8 +47,9 @@ from gateway.backends.base import (  # noqa: E402
     TopLogprob,
     Usage,
 )
+from gateway.backends.wire import parse_response  # noqa: E402
 from gateway.modeltuple import ModelTuple, Quantization  # noqa: E402
-from gateway.records.builder import TupleCache, build_record  # noqa: E402
+from gateway.records.builder import TupleCache, build_record, encode_record  # noqa: E402
 from gateway.records.recorder import Recorder  # noqa: E402
 from gateway.records.schema import canonical_json  # noqa: E402
 from gateway.records.settings import RecordsSettings  # noqa: E402
@@ -57,8 +63,35 @@ MODEL = ModelTuple(name="small", engine="transformers", engine_version="transfor
 PROMPT = ("You are a careful assistant. Answer briefly and cite the rule you used. " * 4).strip()
 
 
-def answered(i: int, logprobs: bool) -> CompletedRequest:
-    """A realistic answered chat request: ~600 characters in, 64 tokens out."""
+def wire_of(result: GenerationResult) -> GenerationResult:
+    """``result`` as an HTTP upstream (vLLM, ``return_token_ids``) sends it and
+    :class:`~gateway.backends.http.HTTPBackend` parses it: with the body it came in, so its
+    record is spooled as a draft."""
+    choices = []
+    for c in result.choices:
+        content = None if c.logprobs is None else [
+            {"token": lp.token, "logprob": lp.logprob, "bytes": lp.bytes,
+             "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes}
+                              for t in lp.top]} for lp in c.logprobs]
+        choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text},
+                        "finish_reason": c.finish_reason, "token_ids": c.token_ids,
+                        "logprobs": None if content is None else {"content": content}})
+    wire = orjson.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created": 1,
+                         "model": "smollm2", "choices": choices,
+                         "prompt_token_ids": result.prompt_token_ids,
+                         "usage": {"prompt_tokens": result.usage.prompt_tokens,
+                                   "completion_tokens": result.usage.completion_tokens,
+                                   "total_tokens": result.usage.total_tokens}})
+    parsed, usage, prompt_ids, extra = parse_response(orjson.loads(wire), chat=True)
+    return dataclasses.replace(result, choices=parsed, usage=usage, prompt_token_ids=prompt_ids,
+                               extra=extra, rendered_prompt=None,
+                               runtime={"upstream": "http://vllm:8000/v1",
+                                        "upstream_model": "smollm2"}, wire=wire)
+
+
+def answered(i: int, logprobs: bool, http: bool = False) -> CompletedRequest:
+    """A realistic answered chat request: ~600 characters in, 64 tokens out; ``http``: answered
+    by an HTTP upstream (a draft record) rather than the engine."""
     body: dict[str, Any] = {"model": "small", "temperature": 0.7, "max_tokens": 64,
                             "messages": [{"role": "system", "content": PROMPT},
                                          {"role": "user", "content": f"Question {i}: why?"}]}
@@ -76,6 +109,8 @@ def answered(i: int, logprobs: bool) -> CompletedRequest:
         choices=[ChoiceResult(0, "word " * 64, "length", token_ids=tokens, logprobs=lps)],
         prompt_token_ids=list(range(150)), rendered_prompt=PROMPT + f" Question {i}: why?",
         runtime={"device": "AMD EPYC", "torch": "2.13.0", "threads": 1, "seeds": [1000 + i]})
+    if http:
+        result = wire_of(result)
     ctx = RequestContext(request_id=gen.request_id, caller="app",
                          operation="/v1/chat/completions")
     return CompletedRequest(ctx, "small", client, gen, [result], None, stream=False, status=200)
@@ -84,6 +119,27 @@ def answered(i: int, logprobs: bool) -> CompletedRequest:
 def settings_in(directory: Path, **extra: Any) -> RecordsSettings:
     return RecordsSettings(sqlite_path=directory / "records.sqlite3",
                            spool_dir=directory / "spool", **extra)
+
+
+async def catch_up(lines: list[bytes]) -> float:
+    """Records/s the delivery process moves into the store after an outage (all spooled)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        blocked = Path(tmp) / "store"
+        blocked.write_text("a file where the store's directory should be")
+        settings = settings_in(Path(tmp), batch_size=1000)
+        settings = settings.model_copy(update={"sqlite_path": blocked / "records.sqlite3"})
+        recorder = Recorder(settings)
+        await recorder.start()
+        for line in lines:
+            recorder.submit(line)
+        blocked.unlink()  # the store is back: the delivery process's next retry opens it
+        while recorder.delivered == 0:  # noqa: ASYNC110 - set by the delivery process's status
+            await asyncio.sleep(0.001)
+        first, started = recorder.delivered, time.perf_counter()
+        assert await recorder.flush(wait_s=300)
+        rate = (len(lines) - first) / (time.perf_counter() - started)
+        await recorder.aclose()
+    return rate
 
 
 async def throughput(count: int) -> dict[str, float]:
@@ -100,22 +156,9 @@ async def throughput(count: int) -> dict[str, float]:
         assert await recorder.flush(wait_s=300), "the store did not take every record"
         rates["end_to_end"] = count / (time.perf_counter() - started)
         await recorder.aclose()
-    with tempfile.TemporaryDirectory() as tmp:  # an outage: all spooled, then delivered
-        blocked = Path(tmp) / "store"
-        blocked.write_text("a file where the store's directory should be")
-        settings = settings_in(Path(tmp), batch_size=1000)
-        settings = settings.model_copy(update={"sqlite_path": blocked / "records.sqlite3"})
-        recorder = Recorder(settings)
-        await recorder.start()
-        for line in lines:
-            recorder.submit(line)
-        blocked.unlink()  # the store is back: the delivery process's next retry opens it
-        while recorder.delivered == 0:  # noqa: ASYNC110 - set by the delivery process's status
-            await asyncio.sleep(0.001)
-        first, started = recorder.delivered, time.perf_counter()
-        assert await recorder.flush(wait_s=300)
-        rates["catch_up"] = (count - first) / (time.perf_counter() - started)
-        await recorder.aclose()
+    rates["catch_up"] = await catch_up(lines)
+    rates["drafts"] = await catch_up([encode_record(answered(i, False, http=True), tuples)
+                                      for i in range(count)])
     bodies = [PendingRecord.of(r, line) for r, line in zip(records, lines, strict=True)]
     with tempfile.TemporaryDirectory() as tmp:
         settings = settings_in(Path(tmp))
@@ -133,12 +176,12 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-async def request_path(calls: int, logprobs: bool, fsync: str, rate: float
+async def request_path(calls: int, logprobs: bool, fsync: str, rate: float, http: bool = False
                        ) -> dict[str, float]:
     """Per-call cost (µs) of the listener vs serving's hook with no listener, interleaved."""
     from gateway.serving import OpenAIServing
 
-    requests = [answered(i, logprobs) for i in range(calls)]
+    requests = [answered(i, logprobs, http) for i in range(calls)]
     pause = 1.0 / rate if rate > 0 else 0.0
     with tempfile.TemporaryDirectory() as tmp:
         recorder = Recorder(settings_in(Path(tmp), spool_fsync=fsync))
@@ -199,6 +242,7 @@ async def main() -> None:
     print(f"throughput ({args.records} records of ~3.4 kB, SQLite WAL, synchronous=FULL; "
           "bar 10000 records/s)")
     for key, label in (("catch_up", "delivery: spooled records into the store"),
+                       ("drafts", "the same, drafts (HTTP answers) finished"),
                        ("store", "store alone (batched appends)"),
                        ("end_to_end", "submit back to back + deliver")):
         print(f"  {label:<40} {rates[key]:9.0f} records/s   ratio to bar "
@@ -206,11 +250,12 @@ async def main() -> None:
     pace = f"at {args.rate:.0f} requests/s" if args.rate > 0 else "back to back"
     print(f"request path {pace}: listener cost per answered request (µs), baseline = serving's "
           "hook with no listener")
-    for label, logprobs, fsync, calls in (
-            ("plain, 64 tokens", False, "batch", args.calls),
-            ("64 tokens + top-5 logprobs", True, "batch", args.calls),
-            ("plain, spool_fsync=always", False, "always", min(args.calls, 200))):
-        r = await request_path(calls, logprobs, fsync, args.rate)
+    for label, logprobs, http, fsync, calls in (
+            ("plain, 64 tokens", False, False, "batch", args.calls),
+            ("64 tokens + top-5 logprobs", True, False, "batch", args.calls),
+            ("the same from HTTP (draft)", True, True, "batch", args.calls),
+            ("plain, spool_fsync=always", False, False, "always", min(args.calls, 200))):
+        r = await request_path(calls, logprobs, fsync, args.rate, http)
         print(f"  {label:<28} baseline p50 {r['base_p50']:6.2f}   added p50 {r['p50']:8.1f}  "
               f"p99 {r['p99']:8.1f}   p50 / 100 µs bar = {r['p50'] / 100:.2f}   "
               f"(head, while the model works: p50 {r['ahead_p50']:.1f})")
