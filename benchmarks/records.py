@@ -64,24 +64,10 @@ PROMPT = ("You are a careful assistant. Answer briefly and cite the rule you use
 
 
 def wire_of(result: GenerationResult) -> GenerationResult:
-    """``result`` as an HTTP upstream (vLLM, ``return_token_ids``) sends it and
-    :class:`~gateway.backends.http.HTTPBackend` parses it: with the body it came in, so its
-    record is spooled as a draft."""
-    choices = []
-    for c in result.choices:
-        content = None if c.logprobs is None else [
-            {"token": lp.token, "logprob": lp.logprob, "bytes": lp.bytes,
-             "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes}
-                              for t in lp.top]} for lp in c.logprobs]
-        choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text},
-                        "finish_reason": c.finish_reason, "token_ids": c.token_ids,
-                        "logprobs": None if content is None else {"content": content}})
-    wire = orjson.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created": 1,
-                         "model": "smollm2", "choices": choices,
-                         "prompt_token_ids": result.prompt_token_ids,
-                         "usage": {"prompt_tokens": result.usage.prompt_tokens,
-                                   "completion_tokens": result.usage.completion_tokens,
-                                   "total_tokens": result.usage.total_tokens}})
+    """``result`` as an HTTP upstream (vLLM, ``return_token_ids``) sends it — the body tiergate
+    itself answers with — and :class:`~gateway.backends.http.HTTPBackend` parses it: with the
+    body it came in, so its record is spooled as a draft."""
+    wire = orjson.dumps(protocol.chat_completion(result, "1", "smollm2", return_token_ids=True))
     parsed, usage, prompt_ids, extra = parse_response(orjson.loads(wire), chat=True)
     return dataclasses.replace(result, choices=parsed, usage=usage, prompt_token_ids=prompt_ids,
                                extra=extra, rendered_prompt=None,
