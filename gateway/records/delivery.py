@@ -41,6 +41,7 @@ from gateway.records.settings import RecordsSettings
 from gateway.records.sinks import create_sink, signer_for
 from gateway.records.sinks.base import RecordSink
 from gateway.records.spool import Segment, SpoolEntry, writer_pid
+from gateway.records.staging import Pump, staging_dir
 
 log = logging.getLogger("tiergate.records.delivery")
 
@@ -112,12 +113,19 @@ class Delivery:
         self.status_fd = status_fd
         self.signer = signer_for(settings)
         self.own: dict[str, Segment] = {}
+        self.pumps: dict[str, Pump] = {}
+        """Memory twins of the gateway's segments (:mod:`gateway.records.staging`)."""
+        self.staging = staging_dir(settings.spool_dir, settings.spool_memory_dir)
+        """Where twins are (also with ``spool_staging = "disk"``: a previous run's, to adopt)."""
         self.adopted: list[Segment] = []
         self.records = 0
         """Records of the gateway's own segments delivered."""
         self.error: str | None = None
         self.removed: list[str] = []
         self.stopping = False
+        self.released = False
+        """The gateway said it is stopping (``s``): it writes no more to its segments. (A
+        SIGTERM stops this process only: the gateway may still be finishing requests.)"""
         self.writer_gone = False
         self.wake = Alarm()
         self._synced: dict[str, int] = {}
@@ -134,6 +142,12 @@ class Delivery:
 
     def adopt(self) -> None:
         """Lock and queue every segment whose writer is gone (not the gateway's own)."""
+        with contextlib.suppress(OSError):  # twins whose writer died before making the segment
+            for twin in self.staging.glob("*.spool"):
+                if not (self.settings.spool_dir / twin.name).exists() \
+                        and not _alive(writer_pid(twin)):
+                    with contextlib.suppress(FileNotFoundError):
+                        twin.unlink()
         for path in sorted(self.settings.spool_dir.glob("*.spool")):
             segment = self._lock(path)
             if segment is not None:
@@ -161,7 +175,33 @@ class Delivery:
         if not path.exists():  # delivered and removed by its owner meanwhile
             os.close(fd)
             return None
+        twin = self._twin(path.name)
+        if twin.exists():
+            try:
+                pump = Pump(twin, path)
+            except FileNotFoundError:
+                pass
+            else:
+                pump.finish(writer_alive=False)
+                if self.settings.spool_fsync != "never":
+                    os.fdatasync(fd)
         return Segment.of(path, fd)
+
+    def _twin(self, name: str) -> Path:
+        return self.staging / name
+
+    def pump(self) -> None:
+        """Copy what the memory twins of the gateway's segments gained to the disk segments;
+        finish (copy out and remove) the twins of segments the gateway has moved on from."""
+        segments = self.own_segments()
+        for index, segment in enumerate(segments):
+            pump = self.pumps.get(segment.path.name) or self._pump_for(segment.path)
+            if pump is not None:
+                if index < len(segments) - 1 or self.released:  # it writes no more there
+                    pump.finish(writer_alive=True)
+                    del self.pumps[segment.path.name]
+                else:
+                    pump.run()
 
     def own_segments(self) -> list[Segment]:
         """The gateway's segments, oldest first (a newer one means the older are complete)."""
@@ -175,15 +215,29 @@ class Delivery:
                         self.own[path.name] = Segment.open(path)
         return [self.own[name] for name in sorted(self.own)]
 
+    def _pump_for(self, path: Path) -> Pump | None:
+        """A pump for the gateway's segment ``path`` if it has a twin (made before it)."""
+        twin = self._twin(path.name)
+        if not twin.exists():
+            return None
+        try:
+            pump = self.pumps[path.name] = Pump(twin, path)
+        except FileNotFoundError:  # finished and removed meanwhile
+            return None
+        return pump
+
     @property
     def recovering(self) -> int:
         return sum(s.backlog for s in self.adopted)
 
     def backlog(self) -> int:
+        self.pump()
         return self.recovering + sum(s.refresh() for s in self.own.values())
 
     def sync(self) -> None:
-        """fsync the gateway's segments that grew since the last sync."""
+        """fsync the gateway's segments that grew since the last sync (their twins copied
+        first)."""
+        self.pump()
         for name, segment in list(self.own.items()):
             segment.refresh()
             size = segment.size
@@ -213,6 +267,7 @@ class Delivery:
             self.report()
         if not own:
             return False
+        self.pump()
         segments = self.own_segments()
         for index, segment in enumerate(segments):
             complete = index < len(segments) - 1  # decided before the size is read
@@ -223,7 +278,7 @@ class Delivery:
                     return True
                 if not complete:
                     return False  # a line being written
-            if complete:
+            if complete and segment.path.name not in self.pumps:
                 self._remove_own(segment)
         return False
 
@@ -244,6 +299,9 @@ class Delivery:
         self._progress = True
 
     def _remove_own(self, segment: Segment) -> None:
+        pump = self.pumps.pop(segment.path.name, None)
+        if pump is not None:
+            pump.finish(writer_alive=True)
         segment.remove()
         del self.own[segment.path.name]
         self._synced.pop(segment.path.name, None)
@@ -339,12 +397,18 @@ class Delivery:
                 await sink.aclose()
 
     def close(self) -> None:
-        """Close the segments; after a stop, remove the gateway's drained ones (it writes no
+        """Close the segments; after the gateway's stop, remove its drained ones (it writes no
         more) so a clean shutdown leaves an empty spool."""
         for segment in self.adopted:
             segment.close()
+        if self.released and not self.writer_gone:
+            with contextlib.suppress(OSError):  # what is not copied waits for the next start
+                self.pump()
+        for pump in self.pumps.values():
+            pump.close()
+        self.pumps.clear()
         for segment in list(self.own.values()):
-            if self.stopping and not self.writer_gone and segment.refresh() == 0:
+            if self.released and not self.writer_gone and segment.refresh() == 0:
                 self._remove_own(segment)
             else:
                 segment.close()
@@ -362,7 +426,7 @@ class Delivery:
     async def read_commands(self, reader: asyncio.StreamReader) -> None:
         while data := await reader.read(256):
             if b"s" in data:
-                self.stopping = True
+                self.stopping = self.released = True
             self.asked = self.store_now = True
             self.wake.set()
         self.writer_gone = True

@@ -3,8 +3,10 @@
 On the request path the gateway process builds the record and writes it to the local spool:
 its head (input, client parameters) while the model works (:meth:`Recorder.prepare`, scheduled by
 serving once the model call waits), the rest and the write when the answer is complete (the
-listener, called by serving before the response's last bytes go out): one ``writev(2)``, and an
-``fdatasync`` with ``spool_fsync = "always"``. That is all the gateway process does with it.
+listener, called by serving before the response's last bytes go out): a copy into the spool's
+shared-memory staging (:mod:`gateway.records.staging`), or one ``writev(2)`` to the disk spool
+(and an ``fdatasync`` with ``spool_fsync = "always"``). That is all the gateway process does
+with it.
 
 Delivery to the store is the job of a process of its own (:mod:`gateway.records.delivery`),
 started and watched by the recorder: it reads the spool, links the records into the hash chain
@@ -57,7 +59,9 @@ class Recorder:
     def __init__(self, settings: RecordsSettings, shutdown_timeout_s: float = 10.0) -> None:
         self.settings = settings
         self.shutdown_timeout_s = shutdown_timeout_s
-        self.spool = Spool(settings.spool_dir, settings.spool_fsync)
+        self.spool = Spool(settings.spool_dir, settings.spool_fsync,
+                           settings.spool_memory_dir if settings.spool_staging == "memory"
+                           else None)
         self._tuples = TupleCache()
         self._process: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None

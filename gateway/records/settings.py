@@ -44,6 +44,15 @@ class RecordsSettings(BaseModel):
     per request). ``batch``: records reach the OS before the response (survive a crash or
     kill -9 of the gateway) and are fsynced by the delivery process every ``flush_interval_s``.
     ``never``: the OS decides."""
+    spool_staging: Literal["memory", "disk"] = "memory"
+    """``memory``: the gateway stages each record in shared memory under ``spool_memory_dir``
+    (a copy, no system call on the request path) and its delivery process copies them to
+    ``spool_dir`` every ``flush_interval_s``; staged records survive the gateway and its
+    delivery process being killed, not a reboot (the window ``batch`` has anyway). ``disk``:
+    each record is written to ``spool_dir`` on the request path (also what ``spool_fsync =
+    "always"`` does, and what happens when no shared memory can be had)."""
+    spool_memory_dir: Path = Path("/dev/shm")
+    """The tmpfs where records are staged (a directory per spool is made in it)."""
     spool_max_bytes: int = Field(default=1 << 30, ge=1 << 16)
     """Undelivered records the spool may hold; beyond it new requests are refused with 503
     (backpressure) until the sink catches up."""

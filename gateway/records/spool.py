@@ -3,9 +3,11 @@
 A spool is a directory of segment files. Each gateway process appends to its own segment
 (``<time>-<pid>.spool``), holding an exclusive ``flock`` on it for as long as it lives; a line is
 ``<crc32 of the JSON, 8 hex> <record JSON>\\n`` (the record, or its draft, which
-:func:`decode_line` finishes: see :mod:`gateway.records.builder`), written with one ``writev(2)``:
-once the call returns, the record survives the process dying (``kill -9`` included); with
-``fsync`` it survives the machine losing power. Beside each segment, ``<name>.delivered`` holds
+:func:`decode_line` finishes: see :mod:`gateway.records.builder`), written with one ``writev(2)``
+— or, staged (the default), copied to the segment's twin in shared memory, which the delivery
+process copies to the segment (:mod:`gateway.records.staging`): once the call returns, the record
+survives the process dying (``kill -9`` included); with ``fsync`` it survives the machine losing
+power. Beside each segment, ``<name>.delivered`` holds
 how many of its bytes the store has (stores also skip record ids they already have, so a lost
 marker costs a re-send, never a duplicate).
 
@@ -32,6 +34,7 @@ from gateway.errors import UpstreamError
 from gateway.records.builder import finish_draft
 from gateway.records.schema import canonical_json
 from gateway.records.sinks.base import PendingRecord
+from gateway.records.staging import MEMORY_SEGMENT_BYTES, MemorySegment, staging_dir
 
 log = logging.getLogger("tiergate.records.spool")
 
@@ -170,20 +173,31 @@ def _delivered_of(marker: Path) -> int:
 
 @dataclass(slots=True)
 class WrittenSegment:
-    """A segment of this process: its locked descriptor and how many bytes it holds."""
+    """A segment of this process: its locked descriptor, how many bytes it holds and, while it
+    is the live one, its memory twin (:mod:`gateway.records.staging`)."""
 
     path: Path
     fd: int
     size: int = 0
+    memory: MemorySegment | None = None
 
 
 class Spool:
     """The writing side, in the gateway process: its live segment and the retired ones its
-    delivery process has not finished with (still locked, so nobody else adopts them)."""
+    delivery process has not finished with (still locked, so nobody else adopts them).
 
-    def __init__(self, directory: Path, fsync: str = "batch") -> None:
+    With ``memory_dir``, records are copied to the live segment's memory twin and the delivery
+    process writes them to the disk segment; without it (or with ``fsync = "always"``, or when
+    a twin cannot be allocated) they are written to the disk segment here."""
+
+    def __init__(self, directory: Path, fsync: str = "batch",
+                 memory_dir: Path | None = None) -> None:
         self.directory = directory
         self.fsync = fsync
+        self.staging = None if memory_dir is None or fsync == "always" \
+            else staging_dir(directory, memory_dir)
+        self.memory_bytes = MEMORY_SEGMENT_BYTES
+        """The size of a memory twin (a record longer than this gets one of its size)."""
         self.live: WrittenSegment | None = None
         self.retired: list[WrittenSegment] = []
         self.failed: OSError | None = None
@@ -193,16 +207,32 @@ class Spool:
 
     def open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self.staging is not None:
+            try:
+                self.staging.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                log.warning("records: no shared-memory staging in %s (%s): records are written "
+                            "to %s directly", self.staging, exc, self.directory)
+                self.staging = None
         self.live = self._new_segment()
 
-    def _new_segment(self) -> WrittenSegment:
+    def _new_segment(self, capacity: int = 0) -> WrittenSegment:
         name = f"{time.time_ns():020d}-{os.getpid()}"
+        memory = None
+        if self.staging is not None:  # the twin first: the delivery process looks for it
+            try:                      # when it finds the disk segment
+                capacity = max(capacity, self.memory_bytes)
+                memory = MemorySegment(self.staging / f"{name}.spool", capacity)
+            except OSError as exc:
+                log.warning("records: cannot allocate %d bytes of shared memory in %s (%s): "
+                            "this segment is written to disk directly", capacity,
+                            self.staging, exc)
         temporary = self.directory / f"{name}.tmp"
         fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
         path = self.directory / f"{name}.spool"
         os.rename(temporary, path)  # visible to other processes only once locked
-        return WrittenSegment(path, fd)
+        return WrittenSegment(path, fd, memory=memory)
 
     def append(self, body: bytes) -> None:
         """Write one record (its canonical JSON ``body``) to the live segment."""
@@ -210,6 +240,25 @@ class Spool:
         assert segment is not None, "spool not open"
         parts = line_parts(body)
         length = len(body) + 10
+        if segment.memory is not None:
+            if not segment.memory.write(parts):
+                try:
+                    segment = self._rotate(length)
+                except OSError as exc:
+                    self.failed = exc
+                    raise
+                if segment.memory is None or not segment.memory.write(parts):
+                    self._write(segment, parts, length)
+        else:
+            self._write(segment, parts, length)
+        self.failed = None
+        segment.size += length
+        self.written += length
+        if segment.memory is None and segment.size >= SEGMENT_BYTES:
+            self._rotate(0)
+
+    def _write(self, segment: WrittenSegment, parts: tuple[bytes, bytes, bytes],
+               length: int) -> None:
         start = segment.size
         try:
             written = os.writev(segment.fd, parts)
@@ -224,12 +273,17 @@ class Spool:
             with contextlib.suppress(OSError):  # no half line before the next one
                 os.ftruncate(segment.fd, start)
             raise
-        self.failed = None
-        segment.size = start + length
-        self.written += length
-        if segment.size >= SEGMENT_BYTES:
-            self.retired.append(segment)
-            self.live = self._new_segment()
+
+    def _rotate(self, length: int) -> WrittenSegment:
+        """Retire the live segment for a fresh one whose twin holds at least ``length``."""
+        assert self.live is not None
+        fresh = self._new_segment(length)
+        retired, self.live = self.live, fresh
+        if retired.memory is not None:
+            retired.memory.close()
+            retired.memory = None
+        self.retired.append(retired)
+        return fresh
 
     @property
     def segments(self) -> list[WrittenSegment]:
@@ -247,7 +301,16 @@ class Spool:
     def close(self) -> None:
         segments, self.retired, self.live = self.segments, [], None
         for segment in segments:
+            if segment.memory is not None:
+                segment.memory.close()
             with contextlib.suppress(OSError):
-                if self.fsync != "never" and segment.path.exists():
+                if self.fsync != "never" and segment.memory is None and segment.path.exists():
                     os.fdatasync(segment.fd)
             os.close(segment.fd)
+        if self.staging is not None:
+            with contextlib.suppress(OSError):  # none is left once the delivery process is done
+                for twin in self.staging.glob(f"*-{os.getpid()}.spool"):
+                    if not (self.directory / twin.name).exists():  # its records delivered
+                        log.warning("records: %s outlived its delivered segment: removed", twin)
+                        twin.unlink()
+                self.staging.rmdir()

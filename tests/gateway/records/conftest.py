@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -31,7 +34,7 @@ from gateway.records.sinks import create_sink
 from gateway.records.sinks.base import PendingRecord, RecordSink
 from gateway.serving import CompletedRequest, RequestContext
 from router.decision import Decision
-from tests.conftest import free_port
+from tests.conftest import REPO, free_port
 
 WEIGHTS = "ab" * 32
 
@@ -181,3 +184,42 @@ def record_of(content: str = "Hello?", **options: Any) -> dict[str, Any]:
 def pending(record: dict[str, Any]) -> PendingRecord:
     """A built record as the recorder hands it to a store."""
     return PendingRecord.of(record, canonical_json(record))
+
+
+WRITER_TO_KILL = """
+import asyncio, json, os, sys
+from gateway.records.recorder import Recorder
+from gateway.records.schema import canonical_json
+from gateway.records.settings import RecordsSettings
+from tests.gateway.records.conftest import record_of
+
+async def main() -> None:
+    recorder = Recorder(RecordsSettings.model_validate(json.loads(sys.argv[1])))
+    await recorder.start()
+    for i in range(int(sys.argv[2])):
+        record = record_of(f"killed {i}", request_id=f"killed-{os.getpid()}-{i}")
+        recorder.submit(canonical_json(record))
+        print(record["record_id"], flush=True)
+    print("done", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def killed_writer(settings: RecordsSettings, count: int, before_kill: float = 0.0) -> list[str]:
+    """A recorder in a process of its own spools ``count`` records; ``before_kill`` seconds
+    later it is killed with SIGKILL (its delivery process then exits: its pipe closed)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", WRITER_TO_KILL, settings.model_dump_json(), str(count)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    ids = []
+    for line in process.stdout:
+        if line.strip() == "done":
+            break
+        ids.append(line.strip())
+    time.sleep(before_kill)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    return ids

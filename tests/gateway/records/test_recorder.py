@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +17,14 @@ from gateway.records.schema import canonical_json
 from gateway.records.settings import RecordsSettings
 from gateway.records.sinks import create_sink, signer_for
 from gateway.records.spool import encode_line
-from tests.conftest import REPO, free_port
-from tests.gateway.records.conftest import RedisServer, record_of, redis_settings, sqlite_settings
+from tests.conftest import free_port
+from tests.gateway.records.conftest import (
+    RedisServer,
+    killed_writer,
+    record_of,
+    redis_settings,
+    sqlite_settings,
+)
 
 
 async def stored_ids(settings: RecordsSettings) -> list[str]:
@@ -165,43 +169,22 @@ async def test_store_down_records_wait_in_the_spool_then_arrive_in_order(
     assert await chain_ok(settings)
 
 
-CRASHING_WRITER = """
-import asyncio, os, signal, sys
-from pathlib import Path
-from gateway.records.recorder import Recorder
-from gateway.records.schema import canonical_json
-from gateway.records.settings import RecordsSettings
-from tests.gateway.records.conftest import record_of
-
-async def main() -> None:
-    settings = RecordsSettings(sink="redis", redis_url=sys.argv[2], spool_dir=Path(sys.argv[1]))
-    recorder = Recorder(settings)  # its store is unreachable: records stay in the spool
-    await recorder.start()
-    for i in range(int(sys.argv[3])):
-        record = record_of(f"crash {i}")
-        recorder.submit(canonical_json(record))
-        print(record["record_id"], flush=True)
-    print("done", flush=True)
-    await asyncio.sleep(60)
-
-asyncio.run(main())
-"""
-
-
 def crashed_spool(spool: Path, count: int) -> list[str]:
-    """Run a recorder in a process, let it spool ``count`` records, kill -9 it."""
+    """A recorder in a process spools ``count`` records (its store unreachable), then is killed
+    with SIGKILL."""
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    process = subprocess.Popen([sys.executable, "-c", CRASHING_WRITER, str(spool), dead,
-                                str(count)], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    ids = []
-    for line in process.stdout:
-        if line.strip() == "done":
-            break
-        ids.append(line.strip())
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    return ids
+    return killed_writer(RecordsSettings(sink="redis", redis_url=dead, spool_dir=spool), count)
+
+
+async def recovered_before_new(settings: RecordsSettings, crashed: list[str]) -> None:
+    """A recorder started on ``settings`` stores the ``crashed`` records, then its own."""
+    recorder = Recorder(settings)
+    await recorder.start()
+    new = submit(recorder, 5, "after")
+    assert await recorder.flush(wait_s=30)
+    await recorder.aclose()
+    assert await stored_ids(settings) == crashed + new
+    assert await chain_ok(settings)
 
 
 async def test_a_killed_process_spool_is_recovered_before_new_records(tmp_path: Path) -> None:
@@ -211,18 +194,12 @@ async def test_a_killed_process_spool_is_recovered_before_new_records(tmp_path: 
     (segment,) = settings.spool_dir.glob("*.spool")
     with segment.open("ab") as torn:  # a record half written when the process died
         torn.write(encode_line(b'{"record_id": "torn"}')[:-9])
-    recorder = Recorder(settings)
-    await recorder.start()
-    new = submit(recorder, 5, "after")
-    assert await recorder.flush(wait_s=30)
-    await recorder.aclose()
-    assert await stored_ids(settings) == crashed + new
-    assert await chain_ok(settings)
+    await recovered_before_new(settings, crashed)
     assert list(settings.spool_dir.glob("*.spool")) == []
 
 
 async def test_a_failing_spool_refuses_requests(tmp_path: Path) -> None:
-    settings = sqlite_settings(tmp_path)
+    settings = sqlite_settings(tmp_path, spool_staging="disk")  # written here, not staged
     recorder = Recorder(settings)
     await recorder.start()
     try:
