@@ -278,7 +278,9 @@ class Delivery:
                     return True
                 if not complete:
                     return False  # a line being written
-            if complete and segment.path.name not in self.pumps:
+            if complete:
+                if segment.path.name in self.pumps:
+                    return False  # the rest of its twin is copied first (at the next look)
                 self._remove_own(segment)
         return False
 
