@@ -206,7 +206,8 @@ class Delivery:
     def own_segments(self) -> list[Segment]:
         """The gateway's segments, oldest first (a newer one means the older are complete)."""
         now = time.monotonic()
-        if not self.own or now - self._scanned >= RESCAN_EVERY_S:
+        # Once the gateway stopped, every look: it may have started one since the last.
+        if not self.own or self.released or now - self._scanned >= RESCAN_EVERY_S:
             self._scanned = now
             adopted = {s.path.name for s in self.adopted}
             for path in sorted(self.settings.spool_dir.glob(f"*-{self.writer}.spool")):

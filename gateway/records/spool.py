@@ -34,7 +34,7 @@ from gateway.errors import UpstreamError
 from gateway.records.builder import finish_draft
 from gateway.records.schema import canonical_json
 from gateway.records.sinks.base import PendingRecord
-from gateway.records.staging import MEMORY_SEGMENT_BYTES, MemorySegment, staging_dir
+from gateway.records.staging import MEMORY_SEGMENT_BYTES, MemorySegment, Pump, staging_dir
 
 log = logging.getLogger("tiergate.records.spool")
 
@@ -299,18 +299,31 @@ class Spool:
                 return
 
     def close(self) -> None:
+        """Close the segments, once the delivery process has stopped: what it left in memory
+        twins (not delivered within the shutdown deadline) is copied to the disk segments, so
+        a stopped gateway leaves nothing in shared memory."""
         segments, self.retired, self.live = self.segments, [], None
         for segment in segments:
             if segment.memory is not None:
                 segment.memory.close()
             with contextlib.suppress(OSError):
-                if self.fsync != "never" and segment.memory is None and segment.path.exists():
+                if self.staging is not None and segment.path.exists():
+                    self._copy_out(segment)
+                if self.fsync != "never" and segment.path.exists():
                     os.fdatasync(segment.fd)
             os.close(segment.fd)
         if self.staging is not None:
-            with contextlib.suppress(OSError):  # none is left once the delivery process is done
+            with contextlib.suppress(OSError):
                 for twin in self.staging.glob(f"*-{os.getpid()}.spool"):
                     if not (self.directory / twin.name).exists():  # its records delivered
                         log.warning("records: %s outlived its delivered segment: removed", twin)
                         twin.unlink()
                 self.staging.rmdir()
+
+    def _copy_out(self, segment: WrittenSegment) -> None:
+        assert self.staging is not None
+        try:
+            pump = Pump(self.staging / segment.path.name, segment.path)
+        except FileNotFoundError:  # no twin (the delivery process finished it)
+            return
+        pump.finish(writer_alive=True)

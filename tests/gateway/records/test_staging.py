@@ -114,6 +114,38 @@ async def test_after_a_reboot_the_disk_segment_has_what_was_fsynced(tmp_path: Pa
     assert await chain_ok(stored)
 
 
+def test_a_closed_spool_leaves_its_records_on_disk_not_in_memory(tmp_path: Path) -> None:
+    # No delivery process copied the twins (it was killed, or never ran): the gateway copies
+    # them to the disk segments when it closes its spool.
+    spool = Spool(tmp_path / "spool", "batch", Path("/dev/shm"))
+    spool.memory_bytes = 16 << 10
+    spool.open()
+    bodies = [canonical_json(record_of(f"q {i}")) for i in range(60)]
+    for body in bodies:
+        spool.append(body)
+    segments = [s.path for s in spool.segments]
+    assert len(segments) > 2 and segments[-1].stat().st_size == 0
+    assert spool.staging is not None
+    staging = spool.staging
+    spool.close()
+    assert not staging.exists()
+    assert b"".join(p.read_bytes() for p in segments) == b"".join(map(encode_line, bodies))
+
+
+async def test_a_stop_delivers_the_segments_started_just_before_it(tmp_path: Path) -> None:
+    settings = sqlite_settings(tmp_path, flush_interval_s=0.01)
+    recorder = Recorder(settings)
+    recorder.spool.memory_bytes = 16 << 10
+    await recorder.start()
+    ids = submit(recorder, 5, "first")
+    assert await recorder.flush(wait_s=30)  # the delivery process has seen the first segment
+    ids += submit(recorder, 60)  # new segments, stopped before its next look at the directory
+    assert len(recorder.spool.segments) > 2
+    await recorder.aclose()
+    assert await stored_ids(settings) == ids
+    assert list(settings.spool_dir.glob("*.spool")) == [] and twins(settings) == []
+
+
 async def test_records_keep_their_order_across_many_twins(tmp_path: Path) -> None:
     settings = sqlite_settings(tmp_path, flush_interval_s=0.01, batch_size=7)
     recorder = Recorder(settings)
