@@ -45,11 +45,12 @@ test: install embeddings system-deps
 lint: install
 	$(BIN)/ruff check gateway router verifiers canary tests benchmarks
 	$(BIN)/mypy gateway router verifiers canary
+	$(BIN)/lint-imports
 
 # The real-vLLM tests: vLLM lives in a venv of its own (.venv-vllm, ~3.5 GB).
 test-vllm: install
 	bash deploy/vllm/install-venv.sh
-	$(BIN)/pytest -q -m vllm tests/gateway/test_vllm.py
+	$(BIN)/pytest -q -m vllm tests/gateway/backends/test_vllm.py
 
 # The routing loop on the reference pair (docs/tutorial-routing.md): collect, train, suggest a
 # threshold, serve route auto, measure the held-out set through the gateway.

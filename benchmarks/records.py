@@ -40,22 +40,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gateway import protocol  # noqa: E402
-from gateway.backends.base import (  # noqa: E402
+from gateway.backends.wire import parse_response  # noqa: E402
+from gateway.kernel.generation import (  # noqa: E402
     ChoiceResult,
     GenerationResult,
     TokenLogprob,
     TopLogprob,
     Usage,
 )
-from gateway.backends.wire import parse_response  # noqa: E402
-from gateway.modeltuple import ModelTuple, Quantization  # noqa: E402
+from gateway.kernel.modeltuple import ModelTuple, Quantization  # noqa: E402
+from gateway.listener import CompletedRequest, Listeners, RequestContext  # noqa: E402
 from gateway.records.builder import TupleCache, build_record, encode_record  # noqa: E402
 from gateway.records.recorder import Recorder  # noqa: E402
 from gateway.records.schema import canonical_json  # noqa: E402
 from gateway.records.settings import RecordsSettings  # noqa: E402
 from gateway.records.sinks import create_sink, signer_for  # noqa: E402
 from gateway.records.sinks.base import PendingRecord  # noqa: E402
-from gateway.serving import CompletedRequest, RequestContext  # noqa: E402
 
 MODEL = ModelTuple(name="small", engine="transformers", engine_version="transformers 5; torch 2",
                    upstream_model="smollm2", base_weights_sha256="ab" * 32,
@@ -72,7 +72,7 @@ def wire_of(result: GenerationResult) -> GenerationResult:
     return dataclasses.replace(result, choices=parsed, usage=usage, prompt_token_ids=prompt_ids,
                                extra=extra, rendered_prompt=None,
                                runtime={"upstream": "http://vllm:8000/v1",
-                                        "upstream_model": "smollm2"}, wire=wire)
+                                        "upstream_model": "smollm2"}, raw_body=wire)
 
 
 def answered(i: int, logprobs: bool, http: bool = False) -> CompletedRequest:
@@ -173,15 +173,15 @@ async def request_path(calls: int, logprobs: bool, fsync: str, rate: float, http
         recorder = Recorder(settings_in(Path(tmp), spool_fsync=fsync))
         await recorder.start()
         bare = OpenAIServing.__new__(OpenAIServing)
-        bare.listeners = []
+        bare.listeners = Listeners()
         recorded = OpenAIServing.__new__(OpenAIServing)
-        recorded.listeners = [recorder]
+        recorded.listeners = Listeners([recorder])
         base, added, ahead = [], [], []
         clock = time.perf_counter_ns
         for done in requests:
             gen, client, results = done.request, done.client_request, done.results
             t = clock()
-            recorder.prepare(done.ctx, client, gen)  # serving runs it while the model works
+            recorder.started(done.ctx, client, gen)  # serving runs it while the model works
             ahead.append((clock() - t) / 1000)
             t0 = clock()
             bare._completed(done.ctx, client, gen, results, None)

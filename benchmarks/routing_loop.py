@@ -41,7 +41,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from canary.tasksets import TaskItem, load_taskset  # noqa: E402
+from gateway.evals.tasksets import TaskItem, load_taskset  # noqa: E402
 from gateway.settings import read_config_file  # noqa: E402
 
 TASKSETS = REPO / "gateway" / "reference" / "tasksets"

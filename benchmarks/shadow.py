@@ -25,14 +25,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.paired import compare, percentile, print_pair  # noqa: E402
+from canary.mirror import ShadowMirror  # noqa: E402
+from canary.settings import ShadowSettings  # noqa: E402
 from gateway import protocol  # noqa: E402
-from gateway.backends.base import ChoiceResult, GenerationResult, Usage  # noqa: E402
-from gateway.modeltuple import ModelTuple  # noqa: E402
-from gateway.registry import ModelRegistry  # noqa: E402
-from gateway.serving import CompletedRequest, OpenAIServing, RequestContext  # noqa: E402
-from gateway.settings import Settings, ShadowSettings, TelemetrySettings  # noqa: E402
-from gateway.shadow import ShadowMirror  # noqa: E402
-from gateway.telemetry import Telemetry  # noqa: E402
+from gateway.kernel.generation import ChoiceResult, GenerationResult, Usage  # noqa: E402
+from gateway.kernel.modeltuple import ModelTuple  # noqa: E402
+from gateway.listener import CompletedRequest, Listeners, RequestContext  # noqa: E402
+from gateway.models.registry import ModelRegistry  # noqa: E402
+from gateway.serving import OpenAIServing  # noqa: E402
+from gateway.settings import Settings  # noqa: E402
+from gateway.telemetry.instruments import Telemetry  # noqa: E402
+from gateway.telemetry.settings import TelemetrySettings  # noqa: E402
 
 MODEL = ModelTuple(name="live", engine="openai-http", engine_version="bench",
                    upstream_model="echo")
@@ -60,9 +63,9 @@ async def request_path(calls: int, drain: bool) -> dict[str, float]:
     telemetry = Telemetry(TelemetrySettings(tracing=False))
     mirror = ShadowMirror(settings, ModelRegistry(settings), telemetry)
     bare = OpenAIServing.__new__(OpenAIServing)
-    bare.listeners = []
+    bare.listeners = Listeners()
     mirrored = OpenAIServing.__new__(OpenAIServing)
-    mirrored.listeners = [mirror]
+    mirrored.listeners = Listeners([mirror])
     requests = [answered(i) for i in range(calls)]
     clock = time.perf_counter_ns
 

@@ -1,1 +1,2 @@
-"""Canary sets, graders and drift checks against pinned model versions."""
+"""Canaries against pinned model versions: canary sets, pins, runs, drift tests, alerts,
+rollback, the gateway-side monitor and shadow mirroring, and verifier-data collection."""

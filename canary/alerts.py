@@ -20,10 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from gateway.settings import CanarySettings
+from typing import Any, Literal, Protocol
 
 log = logging.getLogger("tiergate.canary")
 
@@ -108,19 +105,30 @@ class WebhookSink(AlertSink):
                         alert.kind, alert.model, exc or type(exc).__name__)
 
 
-SinkFactory = Callable[["CanarySettings", "Callable[[Alert], None] | None"], "AlertSink | None"]
+class AlertSettings(Protocol):
+    """What the sinks read of ``[canary]`` (:class:`canary.settings.CanarySettings`)."""
+
+    @property
+    def alert_sinks(self) -> Sequence[str]: ...
+    @property
+    def webhook_url(self) -> str | None: ...
+    @property
+    def webhook_timeout_s(self) -> float: ...
 
 
-def _log(settings: CanarySettings, metric: Callable[[Alert], None] | None) -> AlertSink:
+SinkFactory = Callable[["AlertSettings", "Callable[[Alert], None] | None"], "AlertSink | None"]
+
+
+def _log(settings: AlertSettings, metric: Callable[[Alert], None] | None) -> AlertSink:
     return LogSink()
 
 
-def _metric(settings: CanarySettings,
+def _metric(settings: AlertSettings,
             metric: Callable[[Alert], None] | None) -> AlertSink | None:
     return MetricSink(metric) if metric is not None else None
 
 
-def _webhook(settings: CanarySettings,
+def _webhook(settings: AlertSettings,
              metric: Callable[[Alert], None] | None) -> AlertSink | None:
     url = settings.webhook_url
     return WebhookSink(url, settings.webhook_timeout_s) if url else None
@@ -131,7 +139,7 @@ ALERT_SINKS: Mapping[str, SinkFactory] = MappingProxyType(
 """The registry: sink name → factory ``(canary settings, metric callback) -> sink | None``."""
 
 
-def build_sinks(settings: CanarySettings,
+def build_sinks(settings: AlertSettings,
                 metric: Callable[[Alert], None] | None = None) -> list[AlertSink]:
     """The sinks named in ``settings.alert_sinks`` (``metric`` only when a callback is given)."""
     sinks = [ALERT_SINKS[name](settings, metric) for name in settings.alert_sinks]

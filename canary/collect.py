@@ -1,8 +1,8 @@
 """Verifier training data from served models: ``tiergate collect``.
 
-A task set (:mod:`canary.tasksets`) is sent to the small model and, optionally, to the large one
-with the shared harness (:func:`canary.harness.run_taskset`: greedy, the item's token budget,
-logprobs kept); each pair of answers becomes one row of the verifier training format
+A task set (:mod:`gateway.evals.tasksets`) is sent to the small model and, optionally, to the large
+one with the shared harness (:func:`gateway.evals.harness.run_taskset`: greedy, the item's token
+budget, logprobs kept); each pair of answers becomes one row of the verifier training format
 (:mod:`verifiers.data`): the request, the small answer with its token logprobs, the large
 answer, the grader's verdict on each (``small_correct`` / ``large_correct``) and the slice.
 
@@ -18,16 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from canary.graders import AnyGrader, GradeResult
-from canary.harness import ItemRun, item_request, run_taskset
 from canary.shadow import ShadowAnswer, ShadowPair
-from canary.tasksets import TaskItem
-from gateway.backends.base import (
-    Backend,
-    GenerationRequest,
-    GenerationResult,
-    SamplingParams,
-)
+from gateway.evals.graders import AnyGrader, GradeResult
+from gateway.evals.harness import ItemRun, item_request, run_taskset
+from gateway.evals.tasksets import TaskItem
+from gateway.kernel.backend import Backend
+from gateway.kernel.generation import GenerationRequest, GenerationResult, SamplingParams
 from router.policy import answer_of, request_body
 from verifiers.data import Answer, Example
 

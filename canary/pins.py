@@ -15,11 +15,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from canary.harness import ItemRun, run_taskset
 from canary.sets import CanarySet
-from gateway.backends.base import Backend
-from gateway.errors import UpstreamError
-from gateway.modeltuple import ModelTuple
+from gateway.evals.harness import ItemRun, run_taskset
+from gateway.kernel.backend import Backend
+from gateway.kernel.errors import UpstreamError
+from gateway.kernel.modeltuple import ModelTuple
 
 PIN_FORMAT = 1
 

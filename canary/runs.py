@@ -24,11 +24,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from canary.drift import StreamAlarm
-from canary.harness import ItemRun, run_taskset
 from canary.pins import GoldenOutput, Pin, tuple_changes
 from canary.sets import CanarySet
-from gateway.backends.base import Backend
-from gateway.modeltuple import ModelTuple
+from gateway.evals.harness import ItemRun, run_taskset
+from gateway.kernel.backend import Backend
+from gateway.kernel.modeltuple import ModelTuple
 
 RUN_FORMAT = 1
 

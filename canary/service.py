@@ -1,7 +1,7 @@
 """The canary service: pin, run, decide drift, alert, acknowledge, and answer "roll back?".
 
 :class:`CanaryService` is the one object the CLI and the gateway use. It holds no HTTP and no
-backend of its own: callers pass the :class:`~gateway.backends.base.Backend` to pin or run
+backend of its own: callers pass the :class:`~gateway.kernel.backend.Backend` to pin or run
 (the gateway's registry entry, or one the CLI started). Everything durable lives in the
 :class:`~canary.state.CanaryStore`; the service keeps in memory only the standing alarms that
 :meth:`CanaryService.rollback_target` reads on the request path (refresh them from the store
@@ -22,10 +22,10 @@ from canary.drift import DriftConfig, StreamAlarm, plan_streams
 from canary.pins import Pin, decode_golden, make_pin
 from canary.runs import CanaryRun, ShadowComparison, execute_run
 from canary.sets import REFERENCE_SET, CanarySet, load_canary_set
+from canary.settings import CanaryDeployment
 from canary.state import Alarm, AlarmSource, CanaryStore, FileCanaryStore, ModelState
-from gateway.backends.base import Backend
-from gateway.errors import ConflictError, NotFoundError
-from gateway.settings import Settings
+from gateway.kernel.backend import Backend
+from gateway.kernel.errors import ConflictError, NotFoundError
 
 log = logging.getLogger("tiergate.canary")
 
@@ -72,7 +72,7 @@ class ModelStatus:
 class CanaryService:
     """Pins, canary runs, drift state and rollback decisions of the configured models."""
 
-    def __init__(self, settings: Settings, store: CanaryStore | None = None,
+    def __init__(self, settings: CanaryDeployment, store: CanaryStore | None = None,
                  sinks: Sequence[AlertSink] | None = None,
                  metric: Callable[[Alert], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:

@@ -1,11 +1,11 @@
 """Canary sets: frozen task sets that pinned model versions are checked against.
 
-A canary set *is* a task set (:mod:`canary.tasksets`: one :class:`~canary.tasksets.TaskItem` per
-JSONL line, with its prompt or messages, grader, slice and token budget), frozen by its sha256:
-a pin records the digest of the set its golden outputs were decoded from, and a run refuses a
-set whose digest differs. Slices matter more here than anywhere: quantization and runtime
-changes break the tail first (long inputs, many digits, structured output), so every figure and
-every drift test is per slice.
+A canary set *is* a task set (:mod:`gateway.evals.tasksets`: one
+:class:`~gateway.evals.tasksets.TaskItem` per JSONL line, with its prompt or messages, grader,
+slice and token budget), frozen by its sha256: a pin records the digest of the set its golden
+outputs were decoded from, and a run refuses a set whose digest differs. Slices matter more here
+than anywhere: quantization and runtime changes break the tail first (long inputs, many digits,
+structured output), so every figure and every drift test is per slice.
 
 The shipped set, ``canary/sets/reference.jsonl``, is for the reference pair (``ref-small`` /
 ``ref-large``); regenerate it with ``python -m canary.sets`` (a test checks that the shipped file
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from canary.tasksets import TaskItem, by_slice, load_taskset, save_taskset
+from gateway.evals.tasksets import TaskItem, by_slice, load_taskset, save_taskset
 from gateway.reference.tasks import (
     FAMILIES,
     LEVELS,
@@ -56,8 +56,9 @@ class CanarySet:
 
 
 def load_canary_set(path: str | Path) -> CanarySet:
-    """Read and validate a canary set (:class:`~canary.tasksets.TaskSetError` when invalid)."""
-    from gateway.digests import file_sha256
+    """Read and validate a canary set (:class:`~gateway.evals.tasksets.TaskSetError` when
+    invalid)."""
+    from gateway.kernel.digests import file_sha256
 
     file = Path(path)
     items = load_taskset(file)

@@ -1,7 +1,7 @@
 """Shadow pairs: a live answer and the same request answered again by a shadow model.
 
 The gateway mirrors a share of live requests, after their response went out, to a shadow
-target (a model's pinned version, or the other tier of a route; see ``gateway/shadow.py``).
+target (a model's pinned version, or the other tier of a route; see ``canary/mirror.py``).
 Each mirrored request gives a :class:`ShadowPair`: the request as applied (every sampling
 parameter, the effective seed), both answers with token ids and logprobs, and how they compare.
 Pairs are appended to JSONL files, one per UTC day, in the shadow directory; they are evidence
@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from canary.runs import ShadowComparison, TokenComparison, compare_tokens
-from gateway.backends.base import GenerationRequest, GenerationResult
+from gateway.kernel.generation import GenerationRequest, GenerationResult
 
 SCHEMA = "tiergate.shadow/1"
 

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from canary.drift import DriftState, StreamAlarm
 from canary.pins import Pin
 from canary.runs import CanaryRun
-from gateway.errors import ConfigError
+from gateway.kernel.errors import ConfigError
 
 ALARM_HISTORY = 20
 _M = TypeVar("_M", bound=BaseModel)

@@ -13,7 +13,8 @@ from typing import Annotated, Any, ClassVar, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.backends.base import (
+from gateway.kernel.errors import InvalidRequestError
+from gateway.kernel.generation import (
     ChoiceResult,
     GenerationChunk,
     GenerationRequest,
@@ -22,7 +23,6 @@ from gateway.backends.base import (
     TokenLogprob,
     Usage,
 )
-from gateway.errors import InvalidRequestError
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -385,5 +385,6 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 
 def sse_event(data: dict[str, Any]) -> bytes:
-    """One server-sent event; error events use :func:`gateway.errors.error_body` as ``data``."""
+    """One server-sent event; error events use :func:`gateway.kernel.errors.error_body` as
+    ``data``."""
     return b"data: " + orjson.dumps(data) + b"\n\n"

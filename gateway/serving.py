@@ -12,71 +12,34 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import protocol
-from gateway.backends.base import (
+from gateway.kernel.errors import TiergateError, internal_error
+from gateway.kernel.generation import (
     GenerationChunk,
     GenerationRequest,
     GenerationResult,
     StreamAccumulator,
     Usage,
 )
-from gateway.dispatch import Dispatcher, aclose
-from gateway.errors import TiergateError, internal_error
-from gateway.modeltuple import ModelTuple
+from gateway.kernel.modeltuple import ModelTuple
+from gateway.listener import CompletedRequest, Listeners, RequestContext, RequestListener
+from gateway.models.dispatch import Dispatcher, aclose
+from gateway.models.registry import ModelRegistry
 from gateway.protocol import SSE_DONE, sse_event
-from gateway.registry import ModelRegistry
 from gateway.settings import Settings
-from gateway.telemetry import Telemetry
+from gateway.telemetry.instruments import Telemetry
 from router.decision import Decision
 from router.policy import Route, Router
+from router.strategies import get_strategy
 
 log = logging.getLogger("tiergate.serving")
 
 SEED_BOUND = 2**31
 """Drawn seeds stay below 2**31: every engine (vLLM, llama.cpp, torch) and JSON client takes it."""
-
-
-@dataclass(slots=True)
-class RequestContext:
-    request_id: str
-    caller: str | None = None
-    trace_headers: dict[str, str] = field(default_factory=dict)
-    """The client's ``traceparent`` / ``tracestate``, continued by the request's span."""
-    operation: str = "completion"
-    received: float = field(default_factory=time.perf_counter)
-    record_head: dict[str, Any] | None = None
-    """The decode record's fields known before the model answers, built while it works
-    (:func:`gateway.records.builder.prepare_head`)."""
-
-
-@dataclass(slots=True)
-class CompletedRequest:
-    """Everything about one answered request, handed to listeners (records, shadow mirroring)
-    after the response is complete. Listeners must not block: they queue and return."""
-
-    ctx: RequestContext
-    route: str
-    """The ``model`` the client asked for."""
-    client_request: protocol.OpenAIRequest
-    """The request as the client sent it (validated; ``model_dump`` gives the JSON)."""
-    request: GenerationRequest
-    """The request as applied: every sampling parameter, the effective seed."""
-    results: list[GenerationResult]
-    """Every model call's result, in call order (a cascade: the small answer, then the large)."""
-    decision: Decision | None
-    stream: bool
-    status: int
-    finished_at: float = field(default_factory=time.time)
-
-
-CompletionListener = Callable[[CompletedRequest], None]
-RequestPreparer = Callable[[RequestContext, protocol.OpenAIRequest, GenerationRequest], None]
-"""Called while a request's model call is under way (scheduled with ``loop.call_soon``, so it
-runs once the call waits for the upstream): work a listener can do before the answer exists."""
 
 
 @dataclass(slots=True)
@@ -90,8 +53,9 @@ class Served:
 
 @dataclass(slots=True)
 class Plan:
-    """How a request will be answered: by ``model``, or by ``ready`` (a cascade's accepted
-    small answer), after the calls in ``prior`` (a cascade's rejected small answer)."""
+    """How a request will be answered: by ``model``, or by ``ready`` (an answer its route's
+    strategy already accepted: a cascade's small answer), after the calls in ``prior`` (answers
+    produced and not sent: a cascade's rejected small answer)."""
 
     model: str
     decision: Decision | None = None
@@ -99,7 +63,7 @@ class Plan:
     prior: list[GenerationResult] = field(default_factory=list)
 
 
-def _model_headers(model: ModelTuple, request: GenerationRequest, recorded: bool = False,
+def _model_headers(model: ModelTuple, request: GenerationRequest,
                    decision: Decision | None = None) -> dict[str, str]:
     headers = {"x-tiergate-model": model.header_value}
     if decision is not None:
@@ -107,8 +71,6 @@ def _model_headers(model: ModelTuple, request: GenerationRequest, recorded: bool
         headers["x-tiergate-escalated"] = "true" if decision.escalated else "false"
         if decision.score is not None:
             headers["x-tiergate-score"] = f"{decision.score:.6f}"
-    if recorded:
-        headers["x-tiergate-record-id"] = request.request_id
     if request.sampling.seed is not None:
         headers["x-tiergate-seed"] = str(request.sampling.seed)
     return headers
@@ -124,43 +86,49 @@ class OpenAIServing:
         self.telemetry = telemetry
         self.router = router
         self.dispatcher = Dispatcher(registry, telemetry)
-        self.listeners: list[CompletionListener] = []
-        self.preparers: list[RequestPreparer] = []
-        self.admission: list[Callable[[], None]] = []
-        """Checks before a request is served; one that raises refuses it (records' backpressure)."""
-        self.recorded = False
-        """A recorder listens: answers carry ``x-tiergate-record-id``."""
+        self.listeners = Listeners()
         self._seeds = random.Random(secrets.randbits(128))
         """Draws effective seeds: seeded from the OS once (a seed needs to be recorded, not
         secret; ``secrets`` cost a system call per request)."""
 
+    def add_listener(self, listener: RequestListener) -> None:
+        self.listeners.add(listener)
+
+    def _headers(self, model: ModelTuple, gen: GenerationRequest,
+                 decision: Decision | None) -> dict[str, str]:
+        headers = _model_headers(model, gen, decision)
+        for listener in self.listeners.heading:
+            headers.update(listener.headers(gen))
+        return headers
+
     def _completed(self, ctx: RequestContext, req: protocol.OpenAIRequest,
                    gen: GenerationRequest, results: list[GenerationResult],
                    decision: Decision | None) -> None:
-        if not self.listeners:
+        if not self.listeners.completing:
             return
         done = CompletedRequest(ctx, req.model, req, gen, results, decision, stream=req.stream,
                                 status=200)
-        for listener in self.listeners:
+        for listener in self.listeners.completing:
             try:
-                listener(done)
+                listener.completed(done)
             except Exception:  # a listener's bug must never fail the request
-                log.exception("request %s: completion listener failed", done.ctx.request_id)
+                log.exception("request %s: listener %s failed", ctx.request_id, listener.name)
 
-    def _schedule_preparers(self, ctx: RequestContext, req: protocol.OpenAIRequest,
-                            gen: GenerationRequest) -> None:
-        """Run the preparers once the request waits for its model (not before the call is
+    def _schedule_started(self, ctx: RequestContext, req: protocol.OpenAIRequest,
+                          gen: GenerationRequest) -> None:
+        """Tell the listeners once the request waits for its model (not before the call is
         sent, not after the answer is back unless the model never waited)."""
-        if self.preparers:
-            asyncio.get_running_loop().call_soon(self._run_preparers, ctx, req, gen)
+        if self.listeners.starting:
+            asyncio.get_running_loop().call_soon(self._started, ctx, req, gen)
 
-    def _run_preparers(self, ctx: RequestContext, req: protocol.OpenAIRequest,
-                       gen: GenerationRequest) -> None:
-        for prepare in self.preparers:
+    def _started(self, ctx: RequestContext, req: protocol.OpenAIRequest,
+                 gen: GenerationRequest) -> None:
+        for listener in self.listeners.starting:
             try:
-                prepare(ctx, req, gen)
+                listener.started(ctx, req, gen)
             except Exception:  # the listener does the work itself when the request completes
-                log.exception("request %s: request preparer failed", ctx.request_id)
+                log.exception("request %s: listener %s failed to prepare", ctx.request_id,
+                              listener.name)
 
     def _prepare(self, req: protocol.OpenAIRequest, ctx: RequestContext) -> GenerationRequest:
         gen = req.to_generation_request(ctx.request_id)
@@ -181,21 +149,14 @@ class OpenAIServing:
         if route is None:
             return Plan(model=name)
         assert self.router is not None
-        if route.mode != "cascade":
-            with self.telemetry.span("tiergate.route", **{"tiergate.route": route.name}):
-                decision = await self.router.decide(route, gen)
-            decision.candidates.append(decision.model)
-            plan = Plan(model=decision.model, decision=decision)
-        else:
-            decision, small = await self.router.cascade(route, gen, self.dispatcher.generate)
-            if not decision.escalated:
-                plan = Plan(model=route.small, decision=decision, ready=small)
-            else:
-                decision.candidates.append(route.large)
-                plan = Plan(model=route.large, decision=decision, prior=[small])
+        with self.telemetry.span("tiergate.route", **{"tiergate.route": route.name}):
+            routed = await get_strategy(route.mode).route(self.router, route, gen,
+                                                          self.dispatcher.generate)
+        decision = routed.decision
         if decision.escalated:
             self.telemetry.count_escalation(route.name)
-        return plan
+        return Plan(model=routed.model or decision.model, decision=decision, ready=routed.ready,
+                    prior=routed.prior)
 
     async def create(self, req: protocol.OpenAIRequest, ctx: RequestContext) -> Served:
         span = self.telemetry.start_request_span(f"POST {ctx.operation}", ctx.trace_headers,
@@ -203,11 +164,11 @@ class OpenAIServing:
         try:
             with self.telemetry.use(span):
                 route = self._route(req.model)
-                for admit in self.admission:
-                    admit()
+                for listener in self.listeners.admitting:
+                    listener.admit()
                 gen = self._prepare(req, ctx)
                 if not req.stream:
-                    self._schedule_preparers(ctx, req, gen)
+                    self._schedule_started(ctx, req, gen)
                 plan = await self._plan(route, req.model, gen)
                 if req.stream:
                     return await self._stream(req, gen, ctx, span, plan)
@@ -223,7 +184,7 @@ class OpenAIServing:
         body = build(answer, ctx.request_id, result.model.name, gen.return_token_ids)
         self._finish(span, ctx, req.model, result.model.name, 200, None, result.usage)
         self._completed(ctx, req, gen, [*plan.prior, result], plan.decision)
-        return Served(headers=_model_headers(result.model, gen, self.recorded, plan.decision),
+        return Served(headers=self._headers(result.model, gen, plan.decision),
                       body=body)
 
     def _finish(self, span: Any, ctx: RequestContext, route: str, model: str, status: int,
@@ -241,12 +202,12 @@ class OpenAIServing:
             first, rest = None, _replay(_for_client(plan.ready, gen))
         else:
             # The first chunk arrives before the 200 is committed: a failure up to there is an
-            # ordinary HTTP error, after retries and fallbacks (gateway.dispatch).
+            # ordinary HTTP error, after retries and fallbacks (gateway.models.dispatch).
             opened = await self.dispatcher.open_stream(plan.model, gen)
             model, first, rest = opened.backend.describe(), opened.first, opened.rest
         chunks = protocol.ChunkBuilder(gen.kind, gen.request_id, model.name, gen.return_token_ids)
         events = self._events(rest, first, chunks, model, gen, req, ctx, span, plan)
-        return Served(headers=_model_headers(model, gen, self.recorded, plan.decision),
+        return Served(headers=self._headers(model, gen, plan.decision),
                       stream=events)
 
     async def _events(
@@ -265,8 +226,8 @@ class OpenAIServing:
         status: int = 200
         error: BaseException | None = None
         held: list[bytes] = []  # events of chunks that arrived together: sent in one piece
-        # Run when the stream first waits, which is after its first bytes went out.
-        self._schedule_preparers(ctx, req, gen)
+        # Listeners start when the stream first waits, which is after its first bytes went out.
+        self._schedule_started(ctx, req, gen)
         try:
             if first is not None:
                 accumulator.add(first)

@@ -6,7 +6,7 @@ a hash (the source of truth for replicas that start later) and publish the key o
 every replica's listener re-reads that key as the message arrives (well under a second). While
 Redis is unreachable a replica keeps the last values it knew and reconnects in the background,
 reloading the hash on reconnect. Without Redis, changes are in-process. Route thresholds
-(:mod:`router.thresholds`) and canary rollbacks (:mod:`gateway.canaries`) use it.
+(:mod:`router.thresholds`) and canary rollbacks (:mod:`canary.monitor`) use it.
 """
 
 from __future__ import annotations

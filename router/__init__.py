@@ -1,1 +1,2 @@
-"""Routing policy: which tier answers a request (fixed, prompt-only, cascade)."""
+"""Routing policy: which tier answers a request — modes as strategies by name (fixed, prompt,
+cascade), live thresholds, calibration."""

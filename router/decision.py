@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Mode = Literal["fixed", "prompt", "cascade"]
+Mode = str
+"""A routing mode: a name in ``router.strategies.ROUTING_MODES`` (``fixed``, ``prompt``, ...)."""
 Tier = Literal["small", "large"]
 
 

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from gateway.errors import ConfigError
-from gateway.settings import RouteSettings
+from gateway.kernel.errors import ConfigError
 from router.policy import Route, Router
+from router.settings import RouteSettings
+from router.strategies import ROUTING_MODES
 from router.thresholds import ThresholdStore
-
-MODE_KIND = {"prompt": "prompt", "cascade": "answer"}
 
 
 def build_router(routes: dict[str, RouteSettings], redis_url: str | None) -> Router:
+    """The routes of the settings, each with its verifier loaded and of the kind its mode needs,
+    and their thresholds (shared through Redis at ``redis_url``, if any)."""
     built: dict[str, Route] = {}
     ranges: dict[str, tuple[float, float]] = {}
     for name, settings in routes.items():
         verifier = None
+        wanted = ROUTING_MODES[settings.mode].verifier_kind
+        if settings.verifier is not None and wanted is None:
+            raise ConfigError(f"routes.{name}: a {settings.mode} route uses no verifier; "
+                              f"remove 'verifier' = {str(settings.verifier)!r}")
         if settings.verifier is not None:
             from verifiers.artifact import load_artifact
             from verifiers.errors import VerifierError
@@ -28,7 +33,6 @@ def build_router(routes: dict[str, RouteSettings], redis_url: str | None) -> Rou
                 raise ConfigError(f"routes.{name}.verifier: {settings.verifier} holds verifier "
                                   f"{verifier.id} (sha256 {verifier.sha256}), not the pinned "
                                   f"verifier_sha256 {pinned}")
-            wanted = MODE_KIND[settings.mode]
             if verifier.kind != wanted:
                 raise ConfigError(f"routes.{name}: a {settings.mode} route needs a {wanted} "
                                   f"verifier; {settings.verifier} is a {verifier.kind} verifier")

@@ -72,10 +72,12 @@ class ServerProcess:
 
 
 def start_server(args: list[str], port: int, log: Path, ready_path: str = "/health",
-                 env: dict[str, str] | None = None, timeout: float = 60.0) -> ServerProcess:
-    """Start ``args`` and poll ``ready_path`` until it answers 200 (or the process dies)."""
+                 env: dict[str, str] | None = None, timeout: float = 60.0,
+                 cwd: Path = REPO) -> ServerProcess:
+    """Start ``args`` in ``cwd`` and poll ``ready_path`` until it answers 200 (or the process
+    dies)."""
     out = log.open("wb")
-    process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+    process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
                                env={**os.environ, **(env or {})})
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
     deadline = time.monotonic() + timeout

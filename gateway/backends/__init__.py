@@ -9,15 +9,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from gateway.errors import ConfigError
+from gateway.kernel.errors import ConfigError
 
 if TYPE_CHECKING:
-    from gateway.backends.base import Backend
-    from gateway.settings import ModelSettings
+    from gateway.backends.settings import ModelSettings
+    from gateway.kernel.backend import Backend
 
 BACKENDS: dict[str, str] = {
     "http": "gateway.backends.http:HTTPBackend",
-    "engine": "gateway.backends.engine:EngineBackend",
+    "engine": "gateway.backends.engine.backend:EngineBackend",
 }
 
 

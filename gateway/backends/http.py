@@ -2,8 +2,8 @@
 
 Pooled keep-alive connections (:mod:`gateway.backends.httpclient`: measured ~0.03 ms of CPU per
 call, aiohttp's client ~0.27 ms, httpx's several times that), connect / first-byte / total
-timeouts, streaming pass-through, and every upstream failure mapped to a :mod:`gateway.errors`
-type at this boundary.
+timeouts, streaming pass-through, and every upstream failure mapped to a
+:mod:`gateway.kernel.errors` type at this boundary.
 """
 
 from __future__ import annotations
@@ -17,16 +17,11 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from gateway.backends.base import (
-    Backend,
-    GenerationChunk,
-    GenerationRequest,
-    GenerationResult,
-    Timing,
-)
 from gateway.backends.httpclient import ClientError, ConnectError, Pool, Response
+from gateway.backends.settings import HTTPModelSettings
 from gateway.backends.wire import parse_chunk, parse_response, request_body
-from gateway.errors import (
+from gateway.kernel.backend import Backend
+from gateway.kernel.errors import (
     InvalidRequestError,
     ModelIntegrityError,
     RateLimitError,
@@ -36,9 +31,9 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from gateway.modeltuple import ModelTuple, Quantization
-from gateway.settings import HTTPModelSettings
-from gateway.telemetry import trace_headers_for_upstream
+from gateway.kernel.generation import GenerationChunk, GenerationRequest, GenerationResult, Timing
+from gateway.kernel.modeltuple import ModelTuple, Quantization
+from gateway.telemetry.instruments import trace_headers_for_upstream
 
 log = logging.getLogger("tiergate.backends.http")
 
@@ -264,7 +259,7 @@ class HTTPBackend(Backend):
             timing=Timing(started_at=started_at, first_token_s=None, total_s=total),
             prompt_token_ids=prompt_ids, extra=extra,
             runtime={"upstream": self.base_url, "upstream_model": self.upstream_model},
-            wire=None if b"\n" in wire else wire,  # a spool line holds no newline
+            raw_body=wire,
         )
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:

@@ -2,14 +2,15 @@
 
 Builds the upstream request body from a :class:`GenerationRequest` and parses upstream responses
 and SSE chunks into :class:`GenerationResult` / :class:`GenerationChunk`. Anything that is not the
-OpenAI protocol raises :class:`~gateway.errors.UpstreamError`.
+OpenAI protocol raises :class:`~gateway.kernel.errors.UpstreamError`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from gateway.backends.base import (
+from gateway.kernel.errors import UpstreamError
+from gateway.kernel.generation import (
     ChoiceResult,
     GenerationChunk,
     GenerationRequest,
@@ -17,7 +18,6 @@ from gateway.backends.base import (
     TopLogprob,
     Usage,
 )
-from gateway.errors import UpstreamError
 
 _ENVELOPE = {"id", "object", "created", "model", "choices", "usage", "prompt_token_ids"}
 _MESSAGE_KNOWN = {"role", "content"}

@@ -1,4 +1,4 @@
-"""A :class:`~gateway.serving.CompletedRequest` → the decode record's canonical JSON.
+"""A :class:`~gateway.listener.CompletedRequest` → the decode record's canonical JSON.
 
 This runs on the request path, so it builds dicts by hand instead of validating models, and in
 two parts:
@@ -15,12 +15,12 @@ Either way the bytes are the record's canonical JSON; they validate as
 :class:`gateway.records.schema.DecodeRecord` (the tests check both paths give the same bytes).
 
 **Drafts.** When every model call's answer came as one upstream JSON body
-(:attr:`~gateway.backends.base.GenerationResult.wire`: HTTP, not streamed) and nothing is to be
-redacted, the request path does not build the calls' outputs (choices, logprobs, usage) at all:
-it writes a *draft* — the record with each call's ``wire`` bytes in place of what was parsed
-from them, serialized without sorting — and the records delivery process finishes it
-(:func:`finish_draft`: the same parser, the same builder, canonical JSON) before it is chained
-and stored. The spool holds the draft, which has everything the record has; the store and
+(:attr:`~gateway.kernel.generation.GenerationResult.raw_body`: HTTP, not streamed, on one
+line) and nothing is to be redacted, the request path does not build the calls' outputs (choices,
+logprobs, usage) at all: it writes a *draft* — the record with each call's ``wire`` bytes in place
+of what was parsed from them, serialized without sorting — and the records delivery process
+finishes it (:func:`finish_draft`: the same parser, the same builder, canonical JSON) before it is
+chained and stored. The spool holds the draft, which has everything the record has; the store and
 everything after it only ever see the finished record.
 """
 
@@ -37,7 +37,7 @@ from gateway.backends.wire import parse_response
 from gateway.records.schema import SCHEMA_VERSION, canonical_json
 
 if TYPE_CHECKING:
-    from gateway.backends.base import (
+    from gateway.kernel.generation import (
         ChoiceResult,
         GenerationRequest,
         GenerationResult,
@@ -45,12 +45,14 @@ if TYPE_CHECKING:
         TokenLogprob,
         Usage,
     )
-    from gateway.modeltuple import ModelTuple
+    from gateway.kernel.modeltuple import ModelTuple
+    from gateway.listener import CompletedRequest, RequestContext
     from gateway.protocol import OpenAIRequest
-    from gateway.serving import CompletedRequest, RequestContext
 
 _CLIENT_INPUT_FIELDS = {"messages", "prompt"}
 DRAFT = "draft"
+HEAD = "records"
+"""The key of the record's head in ``RequestContext.prepared`` (the recorder's ``name``)."""
 """The key that marks a spool line's body as a draft (see the module docs)."""
 
 
@@ -140,8 +142,8 @@ def _call(index: int, result: GenerationResult, tuples: TupleCache, draft: bool
           ) -> dict[str, Any]:
     call = _call_frame(index, result, tuples)
     if draft:
-        assert result.wire is not None
-        call["wire"] = orjson.Fragment(result.wire)
+        assert result.raw_body is not None
+        call["wire"] = orjson.Fragment(result.raw_body)
     else:
         call.update(_call_output(result.choices, result.usage, result.prompt_token_ids,
                                  result.extra))
@@ -218,20 +220,22 @@ def build_head(ctx: RequestContext, client_request: OpenAIRequest, gen: Generati
 
 def prepare_head(ctx: RequestContext, client_request: OpenAIRequest, gen: GenerationRequest,
                  redact: bool = False) -> None:
-    """Build the head into ``ctx.record_head`` (scheduled while the model call is under way)."""
-    if ctx.record_head is None:
-        ctx.record_head = build_head(ctx, client_request, gen, redact)
+    """Build the head into ``ctx.prepared`` (scheduled while the model call is under way)."""
+    if HEAD not in ctx.prepared:
+        ctx.prepared[HEAD] = build_head(ctx, client_request, gen, redact)
 
 
 def encode_record(done: CompletedRequest, tuples: TupleCache, redact: bool = False,
                   drafts: bool = True) -> bytes:
     """``done``'s record (without its chain link, which the store adds) as a spool line's body:
-    its canonical JSON, or a draft of it (``drafts`` and every call's answer has its ``wire``
-    bytes; :func:`finish_draft` makes it the record)."""
-    head = done.ctx.record_head
+    its canonical JSON, or a draft of it (``drafts`` and every call's answer has its raw body on
+    one line; :func:`finish_draft` makes it the record)."""
+    head = done.ctx.prepared.get(HEAD)
     if head is None:
         head = build_head(done.ctx, done.client_request, done.request, redact)
-    draft = drafts and not redact and all(r.wire is not None for r in done.results)
+    # A spool line is one line: an answer sent as indented JSON is built here after all.
+    draft = drafts and not redact and all(
+        r.raw_body is not None and b"\n" not in r.raw_body for r in done.results)
     calls = [_call(i, r, tuples, draft) for i, r in enumerate(done.results)]
     removed = list(head["redacted"])
     if redact:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from gateway.backends.base import (
+from gateway.kernel.generation import (
     ChoiceResult,
     GenerationRequest,
     GenerationResult,
@@ -13,11 +13,11 @@ from gateway.backends.base import (
     TopLogprob,
     Usage,
 )
-from gateway.modeltuple import ModelTuple
+from gateway.kernel.modeltuple import ModelTuple
 from gateway.records.schema import DecodeRecord, ModelCall, RecordLogprobs, Redacted
 
 if TYPE_CHECKING:
-    from gateway.settings import Settings
+    from gateway.records.settings import RecordsDeployment
 
 
 @dataclass(slots=True)
@@ -49,7 +49,7 @@ def _recorded_answer(call: ModelCall) -> GenerationResult | None:
                                                   logprobs=tokens)])
 
 
-def rerun_decision(record: DecodeRecord, settings: Settings, request: GenerationRequest,
+def rerun_decision(record: DecodeRecord, settings: RecordsDeployment, request: GenerationRequest,
                    replayed_small: GenerationResult | None) -> DecisionReplay:
     """Re-run the routing decision with the recorded verifier (id + sha256) and threshold.
 
@@ -60,12 +60,17 @@ def rerun_decision(record: DecodeRecord, settings: Settings, request: Generation
     re-run — never a success that was not checked.
     """
     from router.policy import feature_digest, verifier_input
+    from router.strategies import ROUTING_MODES
 
     decision = record.decision
     assert decision is not None
     recorded = decision.model_dump()
-    if decision.mode == "fixed" or decision.verifier_id is None:
-        return DecisionReplay("identical", f"fixed route: tier {decision.tier} by "
+    strategy = ROUTING_MODES.get(decision.mode)
+    if strategy is None:
+        return DecisionReplay("not-run", f"decision not re-run (routing mode {decision.mode!r} "
+                              f"is not known; known: {', '.join(ROUTING_MODES)})", recorded)
+    if strategy.verifier_kind is None or decision.verifier_id is None:
+        return DecisionReplay("identical", f"{decision.mode} route: tier {decision.tier} by "
                               "configuration, nothing to score", recorded, recorded)
     route = settings.routes.get(decision.route)
     if route is None or route.verifier is None:
@@ -84,7 +89,7 @@ def rerun_decision(record: DecodeRecord, settings: Settings, request: Generation
             f"{verifier.id} (sha256 {verifier.sha256[:12]}), the record names "
             f"{decision.verifier_id} (sha256 {(decision.verifier_sha256 or '')[:12]})", recorded)
     answer, source = None, "the recorded prompt"
-    if decision.mode == "cascade":
+    if strategy.verifier_kind == "answer":  # the verifier read the small model's answer
         answer, source = _recorded_answer(record.calls[0]), "the recorded small answer"
         if answer is None:
             answer = replayed_small

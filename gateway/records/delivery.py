@@ -32,11 +32,10 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-import orjson
-
-from gateway.errors import TiergateError
+from gateway.kernel.errors import TiergateError
+from gateway.records.control import Command, DeliveryStatus, StartOptions
 from gateway.records.settings import RecordsSettings
 from gateway.records.sinks import create_sink, signer_for
 from gateway.records.sinks.base import RecordSink
@@ -327,12 +326,11 @@ class Delivery:
     def report(self) -> None:
         self._progress = self.asked = False
         self._reported = time.monotonic()
-        status = {"delivered": {name: s.delivered for name, s in self.own.items()},
-                  "records": self.records, "recovering": self.recovering,
-                  "error": self.error, "removed": self.removed}
+        status = DeliveryStatus({name: s.delivered for name, s in self.own.items()},
+                                self.records, self.recovering, self.error, self.removed)
         self.removed = []
         try:
-            os.write(self.status_fd, orjson.dumps(status) + b"\n")
+            os.write(self.status_fd, status.encode())
         except BrokenPipeError:  # the gateway is gone
             self.writer_gone = True
             self.wake.set()
@@ -428,23 +426,12 @@ class Delivery:
 
     async def read_commands(self, reader: asyncio.StreamReader) -> None:
         while data := await reader.read(256):
-            if b"s" in data:
+            if Command.STOP.value in data:
                 self.stopping = self.released = True
             self.asked = self.store_now = True
             self.wake.set()
         self.writer_gone = True
         self.wake.set()
-
-
-def options_line(settings: RecordsSettings, writer: int, shutdown_timeout_s: float,
-                 log_level: int) -> bytes:
-    """The start-up line the gateway sends (the signing key in clear: it goes down a pipe,
-    never on a command line)."""
-    values = settings.model_dump(mode="json")
-    if settings.signing_key is not None:
-        values["signing_key"] = settings.signing_key.get_secret_value()
-    return orjson.dumps({"settings": values, "writer": writer,
-                         "shutdown_timeout_s": shutdown_timeout_s, "log_level": log_level}) + b"\n"
 
 
 async def _main(stdin: BinaryIO) -> None:
@@ -454,11 +441,10 @@ async def _main(stdin: BinaryIO) -> None:
     line = await reader.readline()
     if not line:
         return
-    options: dict[str, Any] = orjson.loads(line)
-    logging.basicConfig(level=options["log_level"],
+    options = StartOptions.decode(line)
+    logging.basicConfig(level=options.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    delivery = Delivery(RecordsSettings.model_validate(options["settings"]),
-                        int(options["writer"]), float(options["shutdown_timeout_s"]))
+    delivery = Delivery(options.settings, options.writer, options.shutdown_timeout_s)
 
     def stop() -> None:
         delivery.stopping = True

@@ -1,7 +1,7 @@
 """The recorder: the completion listener that makes every answered request a stored record.
 
 On the request path the gateway process builds the record and writes it to the local spool:
-its head (input, client parameters) while the model works (:meth:`Recorder.prepare`, scheduled by
+its head (input, client parameters) while the model works (:meth:`Recorder.started`, scheduled by
 serving once the model call waits), the rest and the write when the answer is complete (the
 listener, called by serving before the response's last bytes go out): a copy into the spool's
 shared-memory staging (:mod:`gateway.records.staging`), or one ``writev(2)`` to the disk spool
@@ -27,34 +27,32 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import orjson
-
-from gateway.errors import ServiceUnavailableError
+from gateway.kernel.errors import ServiceUnavailableError
+from gateway.listener import CompletedRequest, RequestContext, RequestListener
 from gateway.records.builder import TupleCache, encode_record, prepare_head
-from gateway.records.delivery import options_line
+from gateway.records.control import Command, DeliveryStatus, StartOptions
 from gateway.records.settings import RecordsSettings
 from gateway.records.sinks import create_sink
 from gateway.records.sinks.base import RecordSink
 from gateway.records.spool import Spool
 
 if TYPE_CHECKING:
-    from gateway.backends.base import GenerationRequest
+    from gateway.kernel.generation import GenerationRequest
     from gateway.protocol import OpenAIRequest
-    from gateway.serving import CompletedRequest, RequestContext
 
 log = logging.getLogger("tiergate.records")
 
 RESTART_DELAY_S = 1.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
-_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
-         "from gateway.records.delivery import main; main()")
 
 
-class Recorder:
-    """Listener + delivery process. ``await start()``, append it to ``serving.listeners`` and
-    :meth:`prepare` to ``serving.preparers``, ``await aclose()``."""
+class Recorder(RequestListener):
+    """Listener + delivery process. ``await start()``, ``serving.add_listener(recorder)``,
+    ``await aclose()``."""
+
+    name = "records"
 
     def __init__(self, settings: RecordsSettings, shutdown_timeout_s: float = 10.0) -> None:
         self.settings = settings
@@ -97,12 +95,16 @@ class Recorder:
         self._watcher = asyncio.create_task(self._watch())
 
     async def _spawn(self) -> None:
+        # The package as this process imported it, installed or not.
+        path = os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _BOOT, _PACKAGE_ROOT,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            sys.executable, "-m", "gateway.records.delivery",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": path})
         assert process.stdin is not None
-        process.stdin.write(options_line(self.settings, os.getpid(), self.shutdown_timeout_s,
-                                         logging.getLogger().getEffectiveLevel()))
+        options = StartOptions(self.settings, os.getpid(), self.shutdown_timeout_s,
+                               logging.getLogger().getEffectiveLevel())
+        process.stdin.write(options.encode())
         self._process = process
 
     async def _watch(self) -> None:
@@ -112,9 +114,9 @@ class Recorder:
             assert process is not None and process.stdout is not None
             while line := await process.stdout.readline():
                 try:
-                    self._apply(orjson.loads(line))
-                except (orjson.JSONDecodeError, KeyError, TypeError):
-                    log.warning("records delivery process: not a status line: %r", line[:200])
+                    self._apply(DeliveryStatus.decode(line))
+                except ValueError as exc:
+                    log.warning("records delivery process: %s", exc)
             code = await process.wait()
             if self._stopping:
                 return
@@ -131,27 +133,26 @@ class Recorder:
                 except OSError as exc:  # no fork, no memory: records keep waiting in the spool
                     log.error("cannot start the records delivery process: %s", exc)
 
-    def _apply(self, status: dict[str, Any]) -> None:
-        for name in status["removed"]:
+    def _apply(self, status: DeliveryStatus) -> None:
+        for name in status.removed:
             self.spool.release(name)
-        delivered: dict[str, int] = status["delivered"]
         self._written_at_status = self.spool.written
-        self._backlog_at_status = status["recovering"] + sum(
-            s.size - delivered.get(s.path.name, 0) for s in self.spool.segments)
-        self.delivered = self._delivered_before + status["records"]
-        self.sink_error = status["error"]
+        self._backlog_at_status = status.recovering + sum(
+            s.size - status.delivered.get(s.path.name, 0) for s in self.spool.segments)
+        self.delivered = self._delivered_before + status.records
+        self.sink_error = status.error
 
-    def _signal(self, command: bytes) -> None:
+    def _signal(self, command: Command) -> None:
         process = self._process
         if process is not None and process.stdin is not None \
                 and not process.stdin.is_closing():
-            process.stdin.write(command)
+            process.stdin.write(command.value)
 
     async def flush(self, wait_s: float = 10.0) -> bool:
         """Wait until the store has every record written so far; ``False`` after ``wait_s``."""
         deadline = time.monotonic() + wait_s
         while self.backlog > 0:
-            self._signal(b"w")
+            self._signal(Command.WAKE)
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.005)
@@ -174,7 +175,7 @@ class Recorder:
     async def _stop(self, process: asyncio.subprocess.Process | None) -> None:
         if process is None or process.returncode is not None:
             return
-        self._signal(b"s")
+        self._signal(Command.STOP)
         try:
             await asyncio.wait_for(process.wait(), self.shutdown_timeout_s + 5)
         except TimeoutError:
@@ -206,12 +207,15 @@ class Recorder:
                 f"Requests are paused: the record store is {backlog} bytes behind "
                 f"({self.sink_error or 'slow'}).", retry_after=5)
 
-    def prepare(self, ctx: RequestContext, request: OpenAIRequest,
-                gen: GenerationRequest) -> None:
-        """Build the record's head while the model works."""
-        prepare_head(ctx, request, gen, self.settings.redact)
+    def headers(self, request: GenerationRequest) -> dict[str, str]:
+        return {"x-tiergate-record-id": request.request_id}
 
-    def __call__(self, done: CompletedRequest) -> None:
+    def started(self, ctx: RequestContext, client_request: OpenAIRequest,
+                request: GenerationRequest) -> None:
+        """Build the record's head while the model works."""
+        prepare_head(ctx, client_request, request, self.settings.redact)
+
+    def completed(self, done: CompletedRequest) -> None:
         self.submit(encode_record(done, self._tuples, self.settings.redact))
 
     def submit(self, record: bytes) -> None:
@@ -222,4 +226,4 @@ class Recorder:
         self._since_wake += 1
         if self._since_wake >= self.settings.batch_size:
             self._since_wake = 0
-            self._signal(b"w")
+            self._signal(Command.WAKE)

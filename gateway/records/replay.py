@@ -21,15 +21,15 @@ from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from gateway.backends.base import (
+from gateway.kernel.errors import TiergateError
+from gateway.kernel.generation import (
     ChoiceResult,
     GenerationRequest,
     GenerationResult,
     SamplingParams,
     TokenLogprob,
 )
-from gateway.errors import TiergateError
-from gateway.records.chain import ChainReport, verify_chain
+from gateway.records.audit import ChainReport, verify_chain
 from gateway.records.decision import DecisionReplay, rerun_decision
 from gateway.records.schema import (
     DecodeRecord,
@@ -42,8 +42,8 @@ from gateway.records.schema import (
 from gateway.records.sinks import RecordQuery, RecordSink, signer_for
 
 if TYPE_CHECKING:
-    from gateway.registry import ModelRegistry
-    from gateway.settings import Settings
+    from gateway.models.registry import ModelRegistry
+    from gateway.records.settings import RecordsDeployment
 
 Verdict = Literal["identical", "diverged", "refused"]
 IN_PROCESS_ENGINE = "transformers"
@@ -197,7 +197,7 @@ def compare_choice(recorded: RecordChoice, replayed: ChoiceResult) -> ChoiceRepl
 class Replayer:
     """Replays records of one store on the models of one registry (started as needed)."""
 
-    def __init__(self, settings: Settings, sink: RecordSink, registry: ModelRegistry,
+    def __init__(self, settings: RecordsDeployment, sink: RecordSink, registry: ModelRegistry,
                  allow_unpinned: bool = False, started: Collection[str] = ()) -> None:
         self.settings = settings
         self.sink = sink

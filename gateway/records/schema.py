@@ -64,7 +64,7 @@ class RecordInput(_Model):
 
 
 class RecordSampling(_Model):
-    """Every decoding parameter as applied (``gateway.backends.base.SamplingParams``)."""
+    """Every decoding parameter as applied (``gateway.kernel.generation.SamplingParams``)."""
 
     temperature: float
     top_p: float
@@ -148,7 +148,7 @@ class ModelCall(_Model):
 
     index: int
     model: dict[str, Any]
-    """The model tuple (``gateway.modeltuple.ModelTuple``): name, engine, engine_version,
+    """The model tuple (``gateway.kernel.modeltuple.ModelTuple``): name, engine, engine_version,
     upstream_model, base_weights_sha256, adapter, quantization, validating_eval, source."""
     tuple_digest: str
     """``ModelTuple.digest()``: sha256 of the tuple's identity."""

@@ -6,10 +6,13 @@ Part of :class:`gateway.settings.Settings` (``settings.records``); documented fi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from router.settings import RouteSettings
 
 
 class RecordsSettings(BaseModel):
@@ -68,3 +71,13 @@ class RecordsSettings(BaseModel):
     signing_key: SecretStr | None = None
     """HMAC-SHA256 key that signs checkpoints and retention anchors. With a key, ``tiergate audit
     verify`` also catches a chain recomputed after an edit."""
+
+
+class RecordsDeployment(Protocol):
+    """What replay reads of the gateway's settings (:class:`gateway.settings.Settings` is one):
+    the records section and the routes whose decisions it re-runs."""
+
+    @property
+    def records(self) -> RecordsSettings: ...
+    @property
+    def routes(self) -> Mapping[str, RouteSettings]: ...

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import orjson
 
-from gateway.errors import UpstreamError
+from gateway.kernel.errors import UpstreamError
 from gateway.records.builder import finish_draft
 from gateway.records.schema import canonical_json
 from gateway.records.sinks.base import PendingRecord

@@ -32,7 +32,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from canary.tasksets import TaskItem
+    from gateway.evals.tasksets import TaskItem
 
 FAMILIES: tuple[str, ...] = ("add", "mul", "sort")
 LEVELS: tuple[int, ...] = (1, 2, 3, 4, 5)
@@ -179,7 +179,7 @@ def sample_training_item(
 
 def write_tasksets(out_dir: Path, kind: str = "completion", per_slice: int = PER_SLICE) -> None:
     """Write ``reference-heldout.jsonl`` and ``reference-train.jsonl`` in the canary format."""
-    from canary.tasksets import save_taskset
+    from gateway.evals.tasksets import save_taskset
 
     for split, items in reference_splits(per_slice).items():
         save_taskset(out_dir / TASKSET_FILES[split], to_task_items(items, split, kind))
@@ -187,7 +187,7 @@ def write_tasksets(out_dir: Path, kind: str = "completion", per_slice: int = PER
 
 def to_task_items(items: Sequence[ReferenceItem], split: str, kind: str) -> list[TaskItem]:
     """Reference items as task-set items (exact grader on the text the client receives)."""
-    from canary.tasksets import TaskItem
+    from gateway.evals.tasksets import TaskItem
 
     rows: list[TaskItem] = []
     for number, item in enumerate(items):

@@ -312,7 +312,7 @@ def load_parent(directory: Path, fresh: Any) -> tuple[Any, dict[str, Any]]:
     """The model in ``directory`` (same shape as ``fresh``) and what its ``training.json`` says."""
     from transformers import GPT2LMHeadModel
 
-    from gateway.digests import weights_sha256
+    from gateway.kernel.digests import weights_sha256
 
     model = GPT2LMHeadModel.from_pretrained(directory, local_files_only=True)
     shape = ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size")
@@ -362,7 +362,7 @@ def _calibrate(
 
 
 def save(result: dict[str, Any], out: Path) -> None:
-    from gateway.digests import weights_sha256
+    from gateway.kernel.digests import weights_sha256
 
     out.mkdir(parents=True, exist_ok=True)
     result["model"].save_pretrained(out, safe_serialization=True)

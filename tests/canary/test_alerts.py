@@ -13,8 +13,9 @@ import pytest
 from aiohttp import web
 
 from canary.alerts import Alert, LogSink, MetricSink, WebhookSink, build_sinks, deliver
-from gateway.errors import ConfigError
-from gateway.settings import CanarySettings, load_settings
+from canary.settings import CanarySettings
+from gateway.kernel.errors import ConfigError
+from gateway.settings import load_settings
 from tests.conftest import free_port
 
 ALERT = Alert(kind="drift", model="ref-large", raised_at=1.5, summary="agreement: 41 of 99",

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.cli import main
+from gateway.cli.main import main
 from tests.conftest import REPO, write_config
 
 MODELS = REPO / "gateway" / "reference" / "models"

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from canary.collect import Pair, pair_row
-from canary.graders import ExactGrader
 from canary.shadow import ShadowLog, ShadowPair
-from canary.tasksets import load_taskset, save_taskset
-from gateway.backends.base import (
+from gateway.cli.main import main
+from gateway.evals.graders import ExactGrader
+from gateway.evals.tasksets import load_taskset, save_taskset
+from gateway.kernel.generation import (
     ChoiceResult,
     GenerationRequest,
     GenerationResult,
@@ -21,8 +22,7 @@ from gateway.backends.base import (
     TopLogprob,
     Usage,
 )
-from gateway.cli import main
-from gateway.modeltuple import ModelTuple
+from gateway.kernel.modeltuple import ModelTuple
 from router.policy import verifier_input
 from verifiers.artifact import load_artifact
 from verifiers.data import read_examples

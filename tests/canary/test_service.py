@@ -15,16 +15,16 @@ from canary.runs import compare_tokens
 from canary.service import CanaryService
 from canary.sets import REFERENCE_SET
 from canary.shadow import ShadowPair
-from gateway.backends.base import (
-    Backend,
+from gateway.kernel.backend import Backend
+from gateway.kernel.errors import ConflictError, NotFoundError
+from gateway.kernel.generation import (
     GenerationChunk,
     GenerationRequest,
     GenerationResult,
     SamplingParams,
 )
-from gateway.errors import ConflictError, NotFoundError
-from gateway.modeltuple import ModelTuple
-from gateway.registry import ModelRegistry
+from gateway.kernel.modeltuple import ModelTuple
+from gateway.models.registry import ModelRegistry
 from gateway.settings import Settings
 from tests.conftest import REPO
 

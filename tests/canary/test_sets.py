@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from canary.sets import REFERENCE_SET, load_canary_set, reference_items
-from canary.tasksets import TaskSetError, load_taskset, save_taskset
-from gateway.digests import file_sha256
+from gateway.evals.tasksets import TaskSetError, load_taskset, save_taskset
+from gateway.kernel.digests import file_sha256
 from gateway.reference.tasks import TASKSET_DIR, TASKSET_FILES, all_slices
 
 

@@ -12,7 +12,7 @@ from canary.drift import DriftConfig, plan_streams
 from canary.pins import GoldenOutput, Pin
 from canary.runs import CanaryRun, compare_run, figures
 from canary.state import CanaryStoreError, FileCanaryStore, ModelState
-from gateway.modeltuple import ModelTuple
+from gateway.kernel.modeltuple import ModelTuple
 
 TUPLE = ModelTuple(name="m/1", engine="transformers", base_weights_sha256="ab" * 32)
 
@@ -93,8 +93,8 @@ async def test_lock_serialises_writers(tmp_path: Path) -> None:
 
 
 def test_compare_run_with_errors_and_tuple_change() -> None:
-    from canary.harness import ItemRun
-    from canary.tasksets import TaskItem
+    from gateway.evals.harness import ItemRun
+    from gateway.evals.tasksets import TaskItem
 
     pin = make_pin()
     items = [TaskItem.model_validate({"id": f"i{n}", "kind": "completion", "prompt": "p",

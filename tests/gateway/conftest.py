@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.embedded import prepare
+from gateway.backends.engine.packaged import prepare
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS_DIR = REPO / "var" / "models"

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from canary.tasksets import load_taskset
-from gateway.digests import weights_sha256
+from gateway.evals.tasksets import load_taskset
+from gateway.kernel.digests import weights_sha256
 from gateway.reference import MODELS_DIR, REFERENCE_MODELS, model_path
 from gateway.reference.evaluate import encode, greedy_complete
 from gateway.reference.tasks import (

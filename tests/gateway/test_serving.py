@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from gateway import protocol
-from gateway.backends.base import GenerationRequest, GenerationResult
-from gateway.serving import CompletedRequest, RequestContext
+from gateway.http.state import GatewayState
+from gateway.kernel.generation import GenerationRequest, GenerationResult
+from gateway.listener import CompletedRequest, RequestContext, RequestListener
 from gateway.settings import Settings
-from gateway.state import GatewayState
 from tests.conftest import ServerProcess, upstream_model
 
 
@@ -31,6 +31,27 @@ def chat(model: str, stream: bool) -> protocol.ChatCompletionRequest:
         {"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
 
 
+class Events(RequestListener):
+    """A listener that notes when each hook ran."""
+
+    def __init__(self, events: list[str], broken: bool = False) -> None:
+        self.events = events
+        self.broken = broken
+        self.prepared: list[Any] = []
+        self.completions: list[CompletedRequest] = []
+
+    def started(self, ctx: RequestContext, client_request: protocol.OpenAIRequest,
+                request: GenerationRequest) -> None:
+        if self.broken:
+            raise RuntimeError("a bug")
+        self.events.append("prepared")
+        self.prepared.append((ctx, client_request, request))
+
+    def completed(self, done: CompletedRequest) -> None:
+        self.events.append("completed")
+        self.completions.append(done)
+
+
 async def test_a_preparer_runs_while_the_model_call_waits(state: GatewayState) -> None:
     serving = state.serving
     events: list[str] = []
@@ -43,10 +64,9 @@ async def test_a_preparer_runs_while_the_model_call_waits(state: GatewayState) -
         return result
 
     serving.dispatcher.generate = timed_generate  # type: ignore[method-assign]
-    prepared: list[Any] = []
-    serving.preparers.append(lambda ctx, req, gen: (events.append("prepared"),
-                                                    prepared.append((ctx, req, gen))))
-    serving.listeners.append(lambda done: events.append("completed"))
+    listener = Events(events)
+    serving.add_listener(listener)
+    prepared = listener.prepared
     ctx = RequestContext(request_id="r1")
     served = await serving.create(chat("echo", stream=False), ctx)
     assert served.body is not None
@@ -58,8 +78,7 @@ async def test_a_stream_prepares_after_its_first_bytes_and_before_the_end(
         state: GatewayState) -> None:
     serving = state.serving
     events: list[str] = []
-    serving.preparers.append(lambda ctx, req, gen: events.append("prepared"))
-    serving.listeners.append(lambda done: events.append("completed"))
+    serving.add_listener(Events(events))
     served = await serving.create(chat("paced", stream=True), RequestContext(request_id="r2"))
     assert served.stream is not None
     async for piece in served.stream:
@@ -71,14 +90,10 @@ async def test_a_stream_prepares_after_its_first_bytes_and_before_the_end(
 async def test_a_failing_preparer_does_not_fail_the_request(
         state: GatewayState, caplog: pytest.LogCaptureFixture) -> None:
     serving = state.serving
-    completed: list[CompletedRequest] = []
-
-    def broken(ctx: RequestContext, req: protocol.OpenAIRequest,
-               gen: GenerationRequest) -> None:
-        raise RuntimeError("a bug")
-
-    serving.preparers.append(broken)
-    serving.listeners.append(completed.append)
+    listener = Events([], broken=True)
+    serving.add_listener(listener)
+    completed = listener.completions
     served = await serving.create(chat("echo", stream=False), RequestContext(request_id="r3"))
     assert served.body is not None and completed[0].ctx.request_id == "r3"
-    assert "request r3: request preparer failed" in caplog.text  # it ran, and was logged
+    # it ran, and was logged
+    assert "request r3: listener listener failed to prepare" in caplog.text

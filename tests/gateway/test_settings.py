@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import ConfigError
-from gateway.settings import EngineModelSettings, HTTPModelSettings, load_settings
+from gateway.backends.settings import EngineModelSettings, HTTPModelSettings
+from gateway.kernel.errors import ConfigError
+from gateway.settings import load_settings
 
 
 def test_defaults_without_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,15 +76,8 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_every_field_is_documented() -> None:
     from pydantic import BaseModel
 
-    from gateway.settings import (
-        AuthSettings,
-        CanaryModelSettings,
-        CanarySettings,
-        ServerSettings,
-        Settings,
-        ShadowMirror,
-        ShadowSettings,
-    )
+    from canary.settings import CanaryModelSettings, CanarySettings, ShadowMirror, ShadowSettings
+    from gateway.settings import AuthSettings, ServerSettings, Settings
     from tests.conftest import REPO
 
     doc = (REPO / "docs" / "configuration.md").read_text()

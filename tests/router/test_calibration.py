@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.cli import main
+from gateway.cli.main import main
 from router.calibration import (
     CalibrationError,
     CostModel,

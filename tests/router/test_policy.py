@@ -5,15 +5,16 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from gateway.backends.base import GenerationRequest, SamplingParams
+from gateway.kernel.generation import GenerationRequest, GenerationResult, SamplingParams
 from router.policy import Route, Router
+from router.strategies import get_strategy
 from router.thresholds import ThresholdStore
 
 
 class RecordingVerifier:
     """Scores 0.9 and notes the thread it was called on (a stand-in for a trained verifier)."""
 
-    id, sha256 = "vrf-test", "ab" * 32
+    id, sha256, kind = "vrf-test", "ab" * 32, "prompt"
 
     def __init__(self, blocking: bool) -> None:
         self.blocking = blocking
@@ -24,14 +25,19 @@ class RecordingVerifier:
         return 0.9
 
 
+async def no_generation(model: str, request: GenerationRequest) -> GenerationResult:
+    raise AssertionError("a prompt route decides before any generation")
+
+
 async def test_encoder_verifiers_score_off_the_event_loop() -> None:
     request = GenerationRequest(request_id="r", kind="completion",
                                 sampling=SamplingParams(temperature=0.0), prompt="rev(1+2)=")
     loop_thread = threading.get_ident()
     for blocking in (False, True):
         verifier = RecordingVerifier(blocking)
-        route = Route("auto", "prompt", "small", "large", verifier=verifier)  # type: ignore[arg-type]
+        route = Route("auto", "prompt", "small", "large", verifier=verifier)
         router = Router({"auto": route}, ThresholdStore({"auto": 0.5}))
-        decision = await router.decide(route, request)
+        routed = await get_strategy("prompt").route(router, route, request, no_generation)
+        decision = routed.decision
         assert decision.escalated and decision.score == 0.9 and decision.threshold == 0.5
         assert (verifier.threads[0] != loop_thread) is blocking

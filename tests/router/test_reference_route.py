@@ -38,8 +38,8 @@ def test_shipped_verifier_loads_small_and_pinned() -> None:
 
 
 def test_a_different_pin_refuses_to_start() -> None:
-    from gateway.errors import ConfigError
-    from gateway.settings import RouteSettings
+    from gateway.kernel.errors import ConfigError
+    from router.settings import RouteSettings
 
     route = RouteSettings(mode="cascade", small="ref-small-int8", large="ref-large",
                           verifier=REF_AUTO, verifier_sha256="0" * 64)

@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
-from gateway.errors import ConfigError
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+from gateway.kernel.errors import ConfigError
 from gateway.records.chain import Signer
 from gateway.records.settings import RecordsSettings
 from gateway.records.sinks.base import RecordQuery, RecordSink
 
-__all__ = ["RecordQuery", "RecordSink", "create_sink", "signer_for"]
+__all__ = ["SINKS", "RecordQuery", "RecordSink", "create_sink", "signer_for"]
+
+SinkFactory = Callable[[RecordsSettings, bool, bool], RecordSink]
+"""``(settings, create, in_thread) -> an unopened sink``; imports its driver only when called."""
+
+
+def _sqlite(settings: RecordsSettings, create: bool, in_thread: bool) -> RecordSink:
+    from gateway.records.sinks.sqlite import SQLiteSink
+
+    return SQLiteSink(settings.sqlite_path, create=create, in_thread=in_thread)
+
+
+def _redis(settings: RecordsSettings, create: bool, in_thread: bool) -> RecordSink:
+    from gateway.records.sinks.redis import RedisSink
+
+    return RedisSink(settings.redis_url, settings.redis_stream)
+
+
+SINKS: Mapping[str, SinkFactory] = MappingProxyType({"sqlite": _sqlite, "redis": _redis})
+"""The record stores by name (``records.sink``)."""
 
 
 def create_sink(settings: RecordsSettings, create: bool = True,
@@ -15,15 +37,10 @@ def create_sink(settings: RecordsSettings, create: bool = True,
     """A new (unopened) store for ``settings``; one per event loop. ``create=False``: reading
     tools refuse a store that does not exist instead of making an empty one. ``in_thread=False``:
     a store with blocking calls (SQLite) makes them on the loop's own thread."""
-    if settings.sink == "sqlite":
-        from gateway.records.sinks.sqlite import SQLiteSink
-
-        return SQLiteSink(settings.sqlite_path, create=create, in_thread=in_thread)
-    if settings.sink == "redis":
-        from gateway.records.sinks.redis import RedisSink
-
-        return RedisSink(settings.redis_url, settings.redis_stream)
-    raise ConfigError("records are off (records.sink = \"none\"): there is no record store")
+    factory = SINKS.get(settings.sink)
+    if factory is None:
+        raise ConfigError("records are off (records.sink = \"none\"): there is no record store")
+    return factory(settings, create, in_thread)
 
 
 def signer_for(settings: RecordsSettings) -> Signer:

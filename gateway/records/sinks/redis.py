@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from gateway.errors import ServiceUnavailableError
+from gateway.kernel.errors import ServiceUnavailableError
 from gateway.records.chain import Checkpoint, Signer, StoredRecord, genesis_digest
 from gateway.records.sinks.base import (
     IndexedRecord,

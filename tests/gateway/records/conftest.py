@@ -19,20 +19,20 @@ import pytest_asyncio
 import redis
 
 from gateway import protocol
-from gateway.backends.base import (
+from gateway.kernel.generation import (
     ChoiceResult,
     GenerationResult,
     TokenLogprob,
     TopLogprob,
     Usage,
 )
-from gateway.modeltuple import ModelTuple, Quantization
+from gateway.kernel.modeltuple import ModelTuple, Quantization
+from gateway.listener import CompletedRequest, RequestContext
 from gateway.records.builder import TupleCache, build_record
 from gateway.records.schema import canonical_json
 from gateway.records.settings import RecordsSettings
 from gateway.records.sinks import create_sink
 from gateway.records.sinks.base import PendingRecord, RecordSink
-from gateway.serving import CompletedRequest, RequestContext
 from router.decision import Decision
 from tests.conftest import REPO, free_port
 

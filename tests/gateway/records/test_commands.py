@@ -13,8 +13,8 @@ import openai
 import orjson
 import pytest
 
-from gateway.auth import hash_key
-from gateway.cli import main
+from gateway.cli.main import main
+from gateway.http.auth import hash_key
 from tests.conftest import GatewayFactory, ServerProcess, upstream_model, write_config
 
 PIN = "ef" * 32

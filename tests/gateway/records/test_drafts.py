@@ -10,12 +10,12 @@ import orjson
 import pytest
 
 from gateway import protocol
-from gateway.backends.base import GenerationResult, Timing
 from gateway.backends.wire import parse_response
+from gateway.kernel.generation import GenerationResult, Timing
+from gateway.listener import CompletedRequest, RequestContext
 from gateway.records.builder import DRAFT, TupleCache, encode_record, prepare_head
 from gateway.records.schema import DecodeRecord, canonical_json
 from gateway.records.spool import Segment, Spool
-from gateway.serving import CompletedRequest, RequestContext
 from router.decision import Decision
 from tests.gateway.records.conftest import LARGE, MODEL
 
@@ -54,7 +54,7 @@ def http_result(wire: dict[str, Any], chat: bool, model: Any = MODEL) -> Generat
                             timing=Timing(started_at=1.0, first_token_s=None, total_s=0.25),
                             prompt_token_ids=prompt_ids, extra=extra,
                             runtime={"upstream": "http://up/v1", "upstream_model": "smol"},
-                            wire=raw)
+                            raw_body=raw)
 
 
 def done_with(results: list[GenerationResult], chat: bool = True,
@@ -116,7 +116,7 @@ def test_a_finished_draft_is_the_record(wires: list[dict[str, Any]], chat: bool,
 def test_no_draft_when_a_call_has_no_wire_bytes_or_content_is_redacted(tmp_path: Path) -> None:
     wired = http_result(CHAT_WIRE, chat=True)
     unwired = http_result(CHAT_WIRE, chat=True, model=LARGE)
-    unwired.wire = None  # an engine call, or a streamed one
+    unwired.raw_body = None  # an engine call, or a streamed one
     mixed = encode_record(done_with([wired, unwired], decision=CASCADE), TupleCache())
     redacted = encode_record(done_with([wired]), TupleCache(), redact=True)
     for body in (mixed, redacted):

@@ -18,7 +18,8 @@ from typing import Any
 
 import httpx
 
-from gateway.records.chain import Signer, verify_store
+from gateway.records.audit import verify_store
+from gateway.records.chain import Signer
 from gateway.records.sinks.sqlite import SQLiteSink
 from tests.conftest import GatewayFactory, ServerProcess, upstream_model
 

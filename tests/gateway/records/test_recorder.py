@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import ServiceUnavailableError
-from gateway.records.chain import verify_store
+from gateway.kernel.errors import ServiceUnavailableError
+from gateway.records.audit import verify_store
 from gateway.records.recorder import Recorder
 from gateway.records.schema import canonical_json
 from gateway.records.settings import RecordsSettings

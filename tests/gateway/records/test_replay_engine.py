@@ -12,14 +12,15 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from gateway.app import create_app
+from gateway.backends.settings import EngineModelSettings
+from gateway.http.app import create_app
+from gateway.http.state import GatewayState
 from gateway.records.chain import Signer
 from gateway.records.replay import Replayer
 from gateway.records.settings import RecordsSettings
 from gateway.records.sinks import create_sink
 from gateway.records.sinks.base import RecordSink
-from gateway.settings import EngineModelSettings, Settings
-from gateway.state import GatewayState
+from gateway.settings import Settings
 from tests.conftest import REPO
 from tests.gateway.records.conftest import pending
 
@@ -44,8 +45,8 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
                                 spool_dir=directory / "spool", flush_interval_s=0.01),
     )
     app = create_app(settings)
-    state: GatewayState = app.state.tiergate
-    async with app.router.lifespan_context(app):
+    state: GatewayState = app.gateway
+    async with app.lifespan():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://tiergate",
                                      timeout=300) as client:

@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pytest
 
-from gateway.cli import main
+from gateway.cli.main import main
 from tests.conftest import GatewayFactory, ServerProcess, upstream_model, write_config
 from verifiers.training import train_artifact
 

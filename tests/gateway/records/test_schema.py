@@ -148,7 +148,7 @@ def test_a_head_prepared_ahead_gives_the_same_record(redact: bool) -> None:
     inline_done = answered("the same question", request_id="same", seed=3)
     ahead_done = answered("the same question", request_id="same", seed=3)
     prepare_head(ahead_done.ctx, ahead_done.client_request, ahead_done.request, redact)
-    assert ahead_done.ctx.record_head is not None
+    assert ahead_done.ctx.prepared.get("records") is not None
     ahead_done.finished_at = inline_done.finished_at
     inline = orjson.loads(encode_record(inline_done, TupleCache(), redact))
     ahead = encode_record(ahead_done, TupleCache(), redact)

@@ -15,13 +15,8 @@ from typing import Any
 import orjson
 import redis
 
-from gateway.records.chain import (
-    ChainReport,
-    Signer,
-    content_sha256,
-    link_digest,
-    verify_store,
-)
+from gateway.records.audit import ChainReport, verify_store
+from gateway.records.chain import Signer, content_sha256, link_digest
 from gateway.records.sinks import RecordQuery, create_sink
 from gateway.records.sinks.base import RecordSink
 from gateway.records.sinks.redis import RedisSink

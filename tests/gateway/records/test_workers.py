@@ -8,7 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from gateway.records.chain import Signer, verify_store
+from gateway.records.audit import verify_store
+from gateway.records.chain import Signer
 from gateway.records.sinks.sqlite import SQLiteSink
 from tests.conftest import GatewayFactory, ServerProcess, process_tree, upstream_model
 from tests.gateway.records.test_kill9 import PIN

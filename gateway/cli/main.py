@@ -1,0 +1,163 @@
+"""The ``tiergate`` command. Each subcommand loads the same :class:`~gateway.settings.Settings`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+from gateway.kernel.errors import ConfigError, TiergateError
+from gateway.settings import Settings, load_settings
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.http.server import serve
+
+    server = settings.server.model_copy(
+        update={k: v for k, v in (("host", args.host), ("port", args.port),
+                                  ("workers", args.workers)) if v is not None}
+    )
+    serve(settings.model_copy(update={"server": server}))
+    return 0
+
+
+def _models(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.models.registry import ModelRegistry
+
+    async def describe() -> list[dict[str, Any]]:
+        registry = ModelRegistry(settings)
+        if args.probe:
+            await registry.start()
+        try:
+            return registry.cards()
+        finally:
+            await registry.aclose()
+
+    cards = asyncio.run(describe())
+    if args.json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(cards, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    if not cards:
+        print("no models configured")
+    for card in cards:
+        t = card["tiergate"]
+        quant = t["quantization"]["method"]
+        weights = t["base_weights_sha256"] or "(not pinned)"
+        adapter = t["adapter"]["id"] if t["adapter"] else "-"
+        evaluation = t["validating_eval"]
+        print(f"{card['id']}\n  engine        {t['engine']} {t['engine_version'] or ''}\n"
+              f"  upstream      {t['upstream_model'] or '-'} @ {t['source'] or '-'}\n"
+              f"  weights       {weights}\n  quantization  {quant}\n  adapter       {adapter}\n"
+              f"  eval          {_eval_text(evaluation)}\n"
+              f"  tuple digest  {t['digest']}")
+    return 0
+
+
+def _eval_text(evaluation: dict[str, Any] | None) -> str:
+    return f"{evaluation['id']} score={evaluation['score']}" if evaluation else "-"
+
+
+def _prepare(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.backends.engine.packaged import CATALOGUE, prepare, source_record
+    from gateway.backends.settings import EngineModelSettings
+
+    names = args.names or [m.packaged for m in settings.models.values()
+                           if isinstance(m, EngineModelSettings) and m.packaged]
+    if not names:
+        print("packaged models:", ", ".join(CATALOGUE), "(none configured)")
+        return 0
+    for name in dict.fromkeys(names):
+        path = prepare(name, settings.models_dir, force=args.force)
+        record = source_record(path) or {}
+        print(f"{name}: {path}  weights sha256 {record.get('weights_sha256')}")
+    return 0
+
+
+def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.http.auth import hash_key, new_key
+
+    key = args.key if args.action == "hash" else new_key()
+    if args.action == "new":
+        print(f"key:    {key}   (give this to the client; it is not stored)")
+    print(f"sha256: {hash_key(key)}   (put this in [[auth.api_keys]])")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tiergate", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"tiergate {__version__}")
+    parser.add_argument("--config", type=Path, help="settings file (TOML or YAML)")
+    # --config is accepted before or after the subcommand's name.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                        help="settings file (TOML or YAML)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway", parents=[common])
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    serve.set_defaults(handler=_serve)
+
+    models = sub.add_parser("models", help="show the configured model tuples",
+                            parents=[common])
+    models.add_argument("--probe", action="store_true",
+                        help="start each backend to learn what it actually serves")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(handler=_models)
+
+    prepare = sub.add_parser("prepare", parents=[common],
+                             help="convert packaged models (default: the configured ones) once")
+    prepare.add_argument("names", nargs="*", metavar="NAME")
+    prepare.add_argument("--force", action="store_true", help="convert again")
+    prepare.set_defaults(handler=_prepare)
+
+    from gateway.cli.evals import add_commands as add_canary_commands
+
+    add_canary_commands(sub, common)
+
+    from verifiers.commands import add_commands as add_verifier_commands
+
+    add_verifier_commands(sub, common)
+
+    from gateway.cli.thresholds import add_commands as add_router_commands
+
+    add_router_commands(sub, common)
+
+    from gateway.cli.records import add_commands as add_records_commands
+
+    add_records_commands(sub, common)
+
+    keys = sub.add_parser("keys", help="make or hash client API keys", parents=[common])
+    keys.add_argument("action", choices=["new", "hash"])
+    keys.add_argument("key", nargs="?")
+    keys.set_defaults(handler=_keys)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "action", None) == "hash" and not args.key:
+        parser.error("keys hash needs the KEY to hash")
+    try:
+        settings = load_settings(args.config)
+        handler: Command = args.handler
+        return handler(args, settings)
+    except (ConfigError, TiergateError) as exc:
+        print(f"tiergate: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The admin API over the canaries (mounted at ``/admin``, :mod:`gateway.http.admin`).
+
+- ``GET /admin/canary`` — every pinned model's status (pin, last run, drift state, rollback);
+- ``GET /admin/canary/{model}`` — one model's status;
+- ``POST /admin/canary/{model}/pin`` — pin the model's live version on its configured canary
+  set (golden outputs decoded now, greedily);
+- ``POST /admin/canary/{model}/run`` — a canary run now (rollback follows its result);
+- ``POST /admin/canary/{model}/ack`` — acknowledge the model's alarm (body, optional:
+  ``{"by": "who"}``): rollback ends on every replica, the drift evidence restarts;
+- ``DELETE /admin/canary/{model}/pin`` — unpin (older pins and run history stay in the store).
+
+The same operations as ``tiergate canary ...``; errors are OpenAI-shaped (404 not pinned or not
+configured, 409 the canary set changed since the pin, 502 the model failed to answer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from canary.monitor import CanaryMonitor
+from gateway.http.exchange import Call, Reply, json_reply
+from gateway.http.frontdoor import Endpoint
+from gateway.http.parsing import json_object
+from gateway.kernel.errors import ConfigError, InvalidRequestError, TiergateError
+
+
+def _monitor(call: Call) -> CanaryMonitor:
+    monitor = call.gateway.canaries
+    model = call.path_params.get("model")
+    if model is not None:
+        monitor.service.require_configured(model)  # 404 for a model that is not configured
+    return monitor
+
+
+async def _answer(operation: Callable[[], Awaitable[Any]]) -> Reply:
+    """Run a canary operation; store and canary-set problems are the server's, said plainly."""
+    try:
+        return json_reply(await operation())
+    except ConfigError as exc:
+        raise TiergateError(f"canary: {exc}") from exc
+
+
+async def list_statuses(call: Call) -> Reply:
+    monitor = _monitor(call)
+
+    async def statuses() -> dict[str, Any]:
+        return {"object": "list", "data": [s.to_json() for s in await monitor.statuses()]}
+
+    return await _answer(statuses)
+
+
+async def get_status(call: Call) -> Reply:
+    monitor, model = _monitor(call), call.path_params["model"]
+
+    async def status() -> dict[str, Any]:
+        return (await monitor.status(model)).to_json()
+
+    return await _answer(status)
+
+
+async def pin(call: Call) -> Reply:
+    monitor, model = _monitor(call), call.path_params["model"]
+
+    async def pin_now() -> dict[str, Any]:
+        await monitor.pin(model)
+        return (await monitor.status(model)).to_json()
+
+    return await _answer(pin_now)
+
+
+async def unpin(call: Call) -> Reply:
+    monitor, model = _monitor(call), call.path_params["model"]
+
+    async def unpin_now() -> dict[str, Any]:
+        await monitor.unpin(model)
+        return {"model": model, "unpinned": True}
+
+    return await _answer(unpin_now)
+
+
+async def run(call: Call) -> Reply:
+    monitor, model = _monitor(call), call.path_params["model"]
+
+    async def run_now() -> dict[str, Any]:
+        result = await monitor.run(model)
+        return {**result.model_dump(mode="json"),
+                "rollback_to": monitor.rollbacks.values.get(model)}
+
+    return await _answer(run_now)
+
+
+async def ack(call: Call) -> Reply:
+    monitor, model = _monitor(call), call.path_params["model"]
+    body = await call.body(limit=4096)
+    by: Any = None
+    if body.strip():
+        by = json_object(body, 'Send {"by": "<who>"} or nothing.', "by").get("by")
+        if by is not None and not isinstance(by, str):
+            raise InvalidRequestError("by must be a string", param="by")
+    return await _answer(lambda: monitor.ack(model, by))
+
+
+ENDPOINTS = [
+    Endpoint("/canary", "GET", list_statuses),
+    Endpoint("/canary/{model}", "GET", get_status),
+    Endpoint("/canary/{model}/pin", "POST", pin),
+    Endpoint("/canary/{model}/pin", "DELETE", unpin),
+    Endpoint("/canary/{model}/run", "POST", run),
+    Endpoint("/canary/{model}/ack", "POST", ack),
+]

@@ -1,0 +1,94 @@
+"""The admin API over the records (mounted at ``/admin``, :mod:`gateway.http.admin`).
+
+- ``GET /admin/records`` — summaries, newest first; query parameters ``since``, ``until``
+  (times as ``tiergate records`` takes them), ``route``, ``model``, ``caller``, ``chain``,
+  ``escalated`` (``true``/``false``), ``limit`` (default 100, at most 1000);
+- ``GET /admin/records/{record_id}`` — one record in full;
+- ``GET /admin/audit/verify`` — the chains verified (``since`` optional).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.http.exchange import Call, Reply, json_reply
+from gateway.http.frontdoor import Endpoint
+from gateway.kernel.errors import InvalidRequestError, NotFoundError
+
+if TYPE_CHECKING:
+    from gateway.records.recorder import Recorder
+    from gateway.records.sinks import RecordQuery, RecordSink
+
+MAX_LIMIT = 1000
+
+
+async def _sink(call: Call) -> RecordSink:
+    recorder: Recorder | None = call.gateway.recorder
+    if recorder is None:
+        raise NotFoundError("Decode records are off (records.sink = \"none\").")
+    return await recorder.reader()
+
+
+def _time(params: dict[str, str], name: str) -> float | None:
+    from gateway.records.sinks.base import parse_time
+
+    if name not in params:
+        return None
+    try:
+        return parse_time(params[name])
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc), param=name) from exc
+
+
+def _query(params: dict[str, str]) -> RecordQuery:
+    from gateway.records.sinks import RecordQuery
+
+    escalated = params.get("escalated")
+    if escalated not in (None, "true", "false"):
+        raise InvalidRequestError("escalated must be true or false", param="escalated")
+    try:
+        limit = int(params.get("limit", "100"))
+    except ValueError as exc:
+        raise InvalidRequestError("limit must be an integer", param="limit") from exc
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidRequestError(f"limit must be in [1, {MAX_LIMIT}]", param="limit")
+    return RecordQuery(since=_time(params, "since"), until=_time(params, "until"),
+                       route=params.get("route"), model=params.get("model"),
+                       caller=params.get("caller"), chain_id=params.get("chain"),
+                       escalated=None if escalated is None else escalated == "true",
+                       limit=limit)
+
+
+async def list_records(call: Call) -> Reply:
+    sink = await _sink(call)
+    query = _query(call.query())
+    rows = [row.summary() async for row in sink.query(query)]
+    return json_reply({"object": "list", "data": rows})
+
+
+async def get_record(call: Call) -> Reply:
+    sink = await _sink(call)
+    record_id = call.path_params["record_id"]
+    stored = await sink.get(record_id)
+    if stored is None:
+        raise NotFoundError(f"No record {record_id[:200]!r}.")
+    return Reply(stored.document())
+
+
+async def verify(call: Call) -> Reply:
+    from gateway.records.audit import verify_store
+    from gateway.records.sinks import signer_for
+
+    sink = await _sink(call)
+    settings = call.gateway.settings.records
+    since = _time(call.query(), "since")
+    reports = await verify_store(sink, signer_for(settings), settings.checkpoint_every,
+                                 since=since)
+    return json_reply({"ok": all(r.ok for r in reports), "chains": [r.to_dict() for r in reports]})
+
+
+ENDPOINTS = [
+    Endpoint("/records", "GET", list_records),
+    Endpoint("/records/{record_id}", "GET", get_record),
+    Endpoint("/audit/verify", "GET", verify),
+]

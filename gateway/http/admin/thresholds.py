@@ -1,0 +1,43 @@
+"""``GET`` / ``PUT /admin/routes/{route}/threshold``: a route's escalation threshold, read and
+changed live (shared by every replica through Redis when configured)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.http.exchange import Call, Reply, json_reply
+from gateway.http.frontdoor import Endpoint
+from gateway.http.parsing import json_object
+from gateway.kernel.errors import InvalidRequestError, NotFoundError
+from router.thresholds import ThresholdError, ThresholdStore
+
+
+def _store(call: Call) -> tuple[str, ThresholdStore]:
+    router, route = call.gateway.router, call.path_params["route"]
+    if router is None or route not in router.routes:
+        raise NotFoundError(f"No route {route[:200]!r}")
+    return route, router.thresholds
+
+
+async def get_threshold(call: Call) -> Reply:
+    route, store = _store(call)
+    low, high = store.ranges.get(route, (0.0, 1.0))
+    return json_reply({"route": route, "threshold": store.get(route), "range": [low, high],
+                       "shared": store.redis_url is not None})
+
+
+async def put_threshold(call: Call) -> Reply:
+    route, store = _store(call)
+    hint = 'Send {"threshold": <number>}.'
+    value: Any = json_object(await call.body(limit=4096), hint, "threshold").get("threshold")
+    try:
+        await store.set(route, value)
+    except ThresholdError as exc:
+        raise InvalidRequestError(str(exc), param="threshold") from exc
+    return await get_threshold(call)
+
+
+ENDPOINTS = [
+    Endpoint("/routes/{route}/threshold", "GET", get_threshold),
+    Endpoint("/routes/{route}/threshold", "PUT", put_threshold),
+]

@@ -1,0 +1,201 @@
+"""The one front door: every HTTP request of the gateway passes through :class:`FrontDoor`.
+
+It does, once for every path: the request id (``x-request-id`` on every answer), finding the
+route (404, or 405 with ``Allow``), authorization by the route's :data:`Access` (client keys,
+admin keys, or none), the body limit (:meth:`Call.body`), and error shaping — every error a
+client sees is OpenAI-shaped (:func:`gateway.kernel.errors.error_body`), never a traceback. Then
+it writes the route's :class:`Reply`. Routes are thin: parse, call the serving object or a
+service, answer.
+
+It is a small ASGI app rather than Starlette's stack: on the completion hot path Starlette's
+layers (error and exception middleware, ``Request``/``Response`` objects, the task group a
+streaming response opens) were a large share of the gateway's CPU per request
+(``benchmarks/overhead.py``; docs/architecture.md). The lifespan protocol starts and stops the
+gateway's services (:meth:`GatewayState.start` / :meth:`GatewayState.aclose`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from starlette.types import Receive, Scope, Send
+
+from gateway.http.auth import authenticate_admin
+from gateway.http.exchange import (
+    Call,
+    ClientGone,
+    Reply,
+    error_reply,
+    new_request_id,
+    send_body,
+    send_stream,
+)
+from gateway.http.state import GatewayState
+from gateway.kernel.errors import (
+    MethodNotAllowedError,
+    NotFoundError,
+    TiergateError,
+    internal_error,
+)
+
+log = logging.getLogger("tiergate.http")
+
+Access = Literal["client", "admin", "public"]
+"""Who may call a route: holders of a client key (open when none is configured), of an admin
+key (403 when none is configured), or anyone (health, metrics, the OpenAPI document)."""
+
+Handler = Callable[[Call], Awaitable[Reply]]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One route: a path (``{name}`` matches a segment, ``{name:path}`` the rest), a method and
+    its handler."""
+
+    path: str
+    method: str
+    handler: Handler
+    access: Access = "client"
+
+
+def mount(prefix: str, endpoints: Iterable[Endpoint], access: Access) -> list[Endpoint]:
+    """``endpoints`` under ``prefix``, all with ``access`` (the admin API's one mount)."""
+    return [replace(e, path=prefix + e.path, access=access) for e in endpoints]
+
+
+_PARAM = re.compile(r"\{(\w+)(:path)?\}")
+
+
+def _pattern(path: str) -> re.Pattern[str]:
+    parts, last = [], 0
+    for match in _PARAM.finditer(path):
+        parts.append(re.escape(path[last:match.start()]))
+        parts.append(f"(?P<{match[1]}>{'.+' if match[2] else '[^/]+'})")
+        last = match.end()
+    parts.append(re.escape(path[last:]))
+    return re.compile("".join(parts) + r"\Z")
+
+
+class RouteTable:
+    """Paths to endpoints by method: static paths by dictionary, the others by pattern."""
+
+    def __init__(self, endpoints: Iterable[Endpoint]) -> None:
+        self.static: dict[str, dict[str, Endpoint]] = {}
+        self.patterns: list[tuple[re.Pattern[str], dict[str, Endpoint]]] = []
+        by_path: dict[str, dict[str, Endpoint]] = {}
+        for endpoint in endpoints:
+            methods = by_path.setdefault(endpoint.path, {})
+            if endpoint.method in methods:
+                raise ValueError(f"two routes for {endpoint.method} {endpoint.path}")
+            methods[endpoint.method] = endpoint
+        for path, methods in by_path.items():
+            if _PARAM.search(path):
+                self.patterns.append((_pattern(path), methods))
+            else:
+                self.static[path] = methods
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        every = [*self.static.values(), *(methods for _, methods in self.patterns)]
+        return [e for methods in every for e in methods.values()]
+
+    def match(self, method: str, path: str) -> tuple[Endpoint, dict[str, str]]:
+        """The endpoint and path parameters, or :class:`NotFoundError` /
+        :class:`MethodNotAllowedError` (with the methods the path allows)."""
+        params: dict[str, str] = {}
+        methods = self.static.get(path)
+        if methods is None:
+            for pattern, candidates in self.patterns:
+                found = pattern.match(path)
+                if found is not None:
+                    methods, params = candidates, found.groupdict()
+                    break
+            else:
+                raise NotFoundError(f"Unknown path {path[:200]}")
+        endpoint = methods.get(method)
+        if endpoint is None:
+            if method == "HEAD" and "GET" in methods:
+                return methods["GET"], params
+            allow = sorted(methods)
+            raise MethodNotAllowedError(f"{method[:16]} is not allowed on {path[:200]}",
+                                        allow=allow)
+        return endpoint, params
+
+
+class FrontDoor:
+    """The gateway's ASGI application (``create_app`` builds it)."""
+
+    def __init__(self, gateway: GatewayState, routes: RouteTable) -> None:
+        self.gateway = gateway
+        self.routes = routes
+        self.max_body_bytes = gateway.settings.server.max_body_bytes
+        self._admin_keys = gateway.settings.auth.admin_keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        # websockets: not served (the server answers 403 to an unanswered upgrade)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = new_request_id()
+        started = False  # the answer's status line is out: errors become SSE events
+        try:
+            endpoint, params = self.routes.match(scope["method"], scope["path"])
+            call = Call(scope, receive, request_id, self.gateway, params,
+                        max_body_bytes=self.max_body_bytes)
+            if endpoint.access == "client":
+                call.caller = self.gateway.auth.authenticate(call.header(b"authorization"))
+            elif endpoint.access == "admin":
+                call.caller = authenticate_admin(self._admin_keys, call.header(b"authorization"))
+            reply = await endpoint.handler(call)
+            if reply.stream is None:
+                await send_body(send, reply, request_id)
+                return
+            started = True
+            await send_stream(send, receive, reply, request_id)
+        except ClientGone:
+            return
+        except TiergateError as exc:
+            if started:  # a stream's own errors are SSE events; this cannot be answered now
+                raise
+            await send_body(send, error_reply(exc), request_id)
+        except Exception:
+            log.exception("request %s failed", request_id)
+            if started:
+                raise
+            await send_body(send, error_reply(internal_error()), request_id)
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        """The gateway's services running (what the ASGI lifespan protocol does; for tests and
+        embedding without a server)."""
+        await self.gateway.start()
+        try:
+            yield
+        finally:
+            await self.gateway.aclose()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        try:
+            async with self.lifespan():
+                await send({"type": "lifespan.startup.complete"})
+                message = await receive()
+                assert message["type"] == "lifespan.shutdown"
+        except BaseException as exc:
+            log.exception("tiergate failed to start or stop")
+            kind = "shutdown" if message["type"] == "lifespan.shutdown" else "startup"
+            await send({"type": f"lifespan.{kind}.failed", "message": str(exc)})
+            if not isinstance(exc, Exception):
+                raise
+            return
+        await send({"type": "lifespan.shutdown.complete"})

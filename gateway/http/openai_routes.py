@@ -1,0 +1,62 @@
+"""The OpenAI surface: ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models``.
+
+Thin, like every route: read and parse the body, call the serving object, answer. Request ids,
+auth, body limits and errors are the front door's (:mod:`gateway.http.frontdoor`).
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from gateway import protocol
+from gateway.http.exchange import Call, Reply, json_reply
+from gateway.http.frontdoor import Endpoint
+from gateway.http.parsing import parse
+from gateway.listener import RequestContext
+
+
+async def _complete(call: Call, model: type[protocol.OpenAIRequest]) -> Reply:
+    parsed = parse(model, await call.body())
+    trace = {}
+    traceparent = call.header(b"traceparent")
+    if traceparent is not None:
+        trace["traceparent"] = traceparent
+        tracestate = call.header(b"tracestate")
+        if tracestate is not None:
+            trace["tracestate"] = tracestate
+    ctx = RequestContext(request_id=call.request_id, caller=call.caller, trace_headers=trace,
+                         operation=call.scope["path"])
+    served = await call.gateway.serving.create(parsed, ctx)
+    if served.stream is not None:
+        return Reply(headers=served.headers, stream=served.stream)
+    return Reply(orjson.dumps(served.body), headers=served.headers)
+
+
+async def chat_completions(call: Call) -> Reply:
+    return await _complete(call, protocol.ChatCompletionRequest)
+
+
+async def completions(call: Call) -> Reply:
+    return await _complete(call, protocol.CompletionRequest)
+
+
+async def list_models(call: Call) -> Reply:
+    gateway = call.gateway
+    return json_reply({"object": "list",
+                       "data": gateway.route_cards() + gateway.registry.cards()})
+
+
+async def retrieve_model(call: Call) -> Reply:
+    gateway, name = call.gateway, call.path_params["model"]
+    for card in gateway.route_cards():
+        if card["id"] == name:
+            return json_reply(card)
+    return json_reply(gateway.registry.card(name))
+
+
+ENDPOINTS = [
+    Endpoint("/v1/chat/completions", "POST", chat_completions),
+    Endpoint("/v1/completions", "POST", completions),
+    Endpoint("/v1/models", "GET", list_models),
+    Endpoint("/v1/models/{model:path}", "GET", retrieve_model),
+]

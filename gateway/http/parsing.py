@@ -1,0 +1,69 @@
+"""Request bodies → typed protocol models, or a 400 that names the offending parameter."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from gateway.kernel.errors import InvalidRequestError
+
+M = TypeVar("M", bound=BaseModel)
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "json-or-python"}
+
+
+def _param(loc: tuple[Any, ...]) -> str | None:
+    """A pydantic error location as OpenAI's ``param`` (``messages.0.role``), without the
+    union-member tags pydantic inserts (``str``, ``list[int]``, ``function-after[...]``)."""
+    parts = [str(p) for p in loc
+             if isinstance(p, int) or (str(p) not in _TYPE_TAGS and not any(c in str(p)
+                                                                         for c in "[-"))]
+    return ".".join(parts) or None
+
+
+def _describe(errors: list[Any]) -> tuple[str, str | None]:
+    param = _param(errors[0].get("loc", ()))
+    # A union reports one error per member: say what each would have needed.
+    messages = list(dict.fromkeys(str(e.get("msg", "invalid value")) for e in errors
+                                  if _param(e.get("loc", ())) == param))
+    message = "; or ".join(messages[:3])
+    return (f"{param}: {message}" if param else message), param
+
+
+def parse(model: type[M], body: bytes) -> M:
+    """A request body → its typed model, or a 400 that names the offending parameter."""
+    try:
+        return model.model_validate_json(body)  # one pass over the bytes, no dict in between
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] in ("json_invalid", "model_type"):
+            return _parse_slowly(model, body)
+        message, param = _describe(exc.errors(include_url=False, include_input=False))
+        raise InvalidRequestError(message, param=param) from exc
+
+
+def _parse_slowly(model: type[M], body: bytes) -> M:
+    """The error for a body that is not a JSON object, in words a client understands."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"The body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequestError("The body must be a JSON object.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        message, param = _describe(exc.errors(include_url=False, include_input=False))
+        raise InvalidRequestError(message, param=param) from exc
+
+
+def json_object(body: bytes, hint: str, param: str | None = None) -> dict[str, Any]:
+    """A small admin body that must be a JSON object (``hint`` says what to send)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(hint, param=param) from exc
+    if not isinstance(data, dict):
+        raise InvalidRequestError(hint, param=param)
+    return data

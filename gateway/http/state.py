@@ -1,0 +1,110 @@
+"""What a running gateway holds: the composition root. Built by the app factory (the front door
+keeps it as ``app.gateway``), started and stopped by the ASGI lifespan."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from canary.mirror import ShadowMirror
+from canary.monitor import CanaryMonitor
+from gateway.http.auth import KeyAuthenticator
+from gateway.http.openapi import openapi_document
+from gateway.models.registry import ModelRegistry
+from gateway.protocol import model_card
+from gateway.records.recorder import Recorder
+from gateway.serving import OpenAIServing
+from gateway.settings import Settings
+from gateway.telemetry.instruments import CIRCUIT_VALUES, Telemetry
+from router.loading import build_router
+from router.policy import Router
+from router.strategies import get_strategy
+
+log = logging.getLogger("tiergate.app")
+
+
+@dataclass(slots=True)
+class GatewayState:
+    settings: Settings
+    registry: ModelRegistry
+    serving: OpenAIServing
+    auth: KeyAuthenticator
+    openapi: dict[str, Any]
+    telemetry: Telemetry
+    canaries: CanaryMonitor
+    recorder: Recorder | None = None
+    router: Router | None = None
+    shadow: ShadowMirror | None = None
+
+    @classmethod
+    def build(cls, settings: Settings) -> GatewayState:
+        registry = ModelRegistry(settings)
+        telemetry = Telemetry(settings.telemetry)
+        telemetry.gauge("tiergate_in_flight",
+                        lambda: {n: b.in_flight for n, b in registry.backends.items()})
+        telemetry.gauge("tiergate_circuit_state",
+                        lambda: {n: CIRCUIT_VALUES[b.breaker.state.value]
+                                 for n, b in registry.backends.items()})
+        router = build_router(settings.routes, settings.redis_url) if settings.routes else None
+        serving = OpenAIServing(settings, registry, telemetry, router)
+        recorder = Recorder(settings.records) if settings.records.sink != "none" else None
+        if recorder is not None:
+            serving.add_listener(recorder)
+            telemetry.gauge("tiergate_record_queue_depth", lambda: {"": recorder.pending})
+        canaries = CanaryMonitor(settings, registry, serving.dispatcher, telemetry)
+        shadow = None
+        if settings.shadow.mirrors:
+            shadow = ShadowMirror(settings, registry, telemetry)
+            shadow.listeners.append(canaries.on_shadow_pair)
+            serving.add_listener(shadow)
+            queue = shadow.queue
+            telemetry.gauge("tiergate_shadow_queue_depth", lambda: {"": queue.qsize()})
+        return cls(
+            settings=settings,
+            registry=registry,
+            serving=serving,
+            auth=KeyAuthenticator(settings.auth.api_keys),
+            openapi=openapi_document(),
+            telemetry=telemetry,
+            recorder=recorder,
+            router=router,
+            shadow=shadow,
+            canaries=canaries,
+        )
+
+    async def start(self) -> None:
+        if self.recorder is not None:
+            await self.recorder.start()
+        await self.registry.start()
+        if self.router is not None:
+            await self.router.thresholds.start()
+        if self.shadow is not None:
+            await self.shadow.start()
+        await self.canaries.start()
+        log.info("tiergate serving models: %s", ", ".join(self.registry.backends) or "(none)")
+
+    async def aclose(self) -> None:
+        if self.shadow is not None:
+            await self.shadow.aclose()
+        await self.canaries.aclose()
+        if self.router is not None:
+            await self.router.thresholds.aclose()
+        await self.registry.aclose()
+        if self.recorder is not None:
+            await self.recorder.aclose()  # delivers what is left to the store
+        self.telemetry.shutdown()
+
+    def route_cards(self) -> list[dict[str, Any]]:
+        """Routes as ``/v1/models`` entries (``tiergate.kind = "route"``)."""
+        if self.router is None:
+            return []
+        cards = []
+        for name, route in self.router.routes.items():
+            info = {"kind": "route", "mode": route.mode, "small": route.small,
+                    "large": route.large, "threshold": self.router.thresholds.get(name),
+                    "verifier_id": route.verifier.id if route.verifier else None,
+                    "verifier_sha256": route.verifier.sha256 if route.verifier else None}
+            info.update(get_strategy(route.mode).describe(route))
+            cards.append(model_card(name, self.registry.created, info))
+        return cards

@@ -1,0 +1,6 @@
+"""The kernel: what every other part of tiergate is written against.
+
+Generation types (:mod:`.generation`), the backend interface (:mod:`.backend`), the model tuple
+(:mod:`.modeltuple`), digests (:mod:`.digests`) and the error tree (:mod:`.errors`). It imports
+nothing else of the project (``make lint`` checks it).
+"""

@@ -1,0 +1,205 @@
+"""Metrics and traces.
+
+Metrics: :mod:`gateway.telemetry.metrics` instruments (about a microsecond per request; see there
+why not OpenTelemetry's metric SDK), Prometheus text at ``/metrics``. Traces: the OpenTelemetry SDK
+— a server span per sampled request, a child span per backend attempt, the W3C ``traceparent`` sent
+to HTTP upstreams, OTLP/HTTP export when ``telemetry.otlp_endpoint`` is set. Sampling is
+parent-based: a client's sampled ``traceparent`` is always traced (and continued); otherwise a
+``trace_sample_ratio`` share of requests is. An unsampled request creates no span at all, and a
+client's unsampled ``traceparent`` is passed upstream unchanged. Each app owns its providers and
+registry: no global state, several gateways can live in one process.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from gateway.telemetry.metrics import Counter, Gauge, Histogram, MetricsRegistry
+from gateway.telemetry.settings import TelemetrySettings
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0, 60.0, 120.0)
+CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+Gauges = Callable[[], dict[str, float]]
+
+
+class Telemetry:
+    def __init__(self, settings: TelemetrySettings) -> None:
+        self.settings = settings
+        self.registry = MetricsRegistry()
+        self.requests = Counter("tiergate_requests_total",
+                                "Requests answered, by route, model and status",
+                                ("route", "model", "status"))
+        self.duration = Histogram("tiergate_request_duration_seconds",
+                                  "Whole request latency (a stream: until its last byte)",
+                                  ("route", "model", "status"), LATENCY_BUCKETS)
+        self.ttft = Histogram("tiergate_time_to_first_token_seconds",
+                              "Time from request arrival to the first token",
+                              ("route", "model"), LATENCY_BUCKETS)
+        self.tokens = Counter("tiergate_tokens_total",
+                              "Tokens in (prompt) and out (completion), by model",
+                              ("model", "direction"))
+        self.escalations = Counter("tiergate_escalations_total",
+                                   "Requests a route sent to its large model", ("route",))
+        self.shadow = Counter("tiergate_shadow_total",
+                              "Mirrored requests by live model, shadow target and outcome "
+                              "(identical, diverged, error, busy, dropped)",
+                              ("model", "target", "outcome"))
+        self.canary_alerts = Counter("tiergate_canary_alerts_total",
+                                     "Canary alerts by model, kind (drift, acknowledged) and "
+                                     "source (canary, shadow, tuple, operator)",
+                                     ("model", "kind", "source"))
+        self.gauges = {
+            "tiergate_canary_rollback": Gauge("tiergate_canary_rollback",
+                                              "1 while a model's traffic is rolled back to its "
+                                              "pinned version", "model"),
+            "tiergate_canary_leader": Gauge("tiergate_canary_leader",
+                                            "1 on the replica that runs scheduled canaries",
+                                            None),
+            "tiergate_in_flight": Gauge("tiergate_in_flight", "Requests in flight, by model",
+                                        "model"),
+            "tiergate_circuit_state": Gauge("tiergate_circuit_state",
+                                            "Circuit breaker: 0 closed, 1 half-open, 2 open",
+                                            "model"),
+            "tiergate_shadow_queue_depth": Gauge("tiergate_shadow_queue_depth",
+                                                 "Mirrored requests waiting for a shadow call",
+                                                 None),
+            "tiergate_record_queue_depth": Gauge("tiergate_record_queue_depth",
+                                                 "Decode records waiting for the sink", None),
+        }
+        metrics: list[Counter | Histogram | Gauge] = [
+            self.requests, self.duration, self.ttft, self.tokens, self.escalations, self.shadow,
+            self.canary_alerts,
+            *self.gauges.values()]
+        for metric in metrics:
+            self.registry.add(metric)
+        self._tracer: Any = None
+        self._tracer_provider: Any = None
+        if settings.tracing:
+            self._setup_tracing()
+
+    def _setup_tracing(self) -> None:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+
+        self._tracer_provider = TracerProvider(
+            resource=Resource.create({"service.name": self.settings.service_name}))
+        if self.settings.otlp_endpoint:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+            exporter = OTLPSpanExporter(
+                endpoint=self.settings.otlp_endpoint.rstrip("/") + "/v1/traces")
+            self._tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+        self._tracer = self._tracer_provider.get_tracer("tiergate")
+
+    def shutdown(self) -> None:
+        if self._tracer_provider is not None:
+            self._tracer_provider.shutdown()
+
+    # -- metrics -----------------------------------------------------------------------------
+
+    def gauge(self, name: str, source: Gauges) -> None:
+        """Report ``source()`` (label value → number) as the gauge ``name`` when scraped."""
+        self.gauges[name].source = source
+
+    def observe_request(self, route: str, model: str, status: int, duration_s: float,
+                        ttft_s: float | None, prompt_tokens: int,
+                        completion_tokens: int) -> None:
+        if not self.settings.metrics:
+            return
+        labels = (route, model, str(status))
+        self.requests.inc(labels)
+        self.duration.observe(labels, duration_s)
+        if ttft_s is not None:
+            self.ttft.observe((route, model), ttft_s)
+        if prompt_tokens:
+            self.tokens.inc((model, "in"), prompt_tokens)
+        if completion_tokens:
+            self.tokens.inc((model, "out"), completion_tokens)
+
+    def count_escalation(self, route: str) -> None:
+        if self.settings.metrics:
+            self.escalations.inc((route,))
+
+    def count_shadow(self, model: str, target: str, outcome: str) -> None:
+        if self.settings.metrics:
+            self.shadow.inc((model, target, outcome))
+
+    def count_canary_alert(self, model: str, kind: str, source: str) -> None:
+        if self.settings.metrics:
+            self.canary_alerts.inc((model, kind, source))
+
+    def prometheus_text(self) -> bytes:
+        return self.registry.render() if self.settings.metrics else b""
+
+    # -- traces ------------------------------------------------------------------------------
+
+    def start_request_span(self, name: str, trace_headers: dict[str, str], request_id: str,
+                           model: str) -> Any:
+        """The request's server span if this request is sampled (not yet current; see
+        :meth:`use`), else ``None``."""
+        if self._tracer is None:
+            return None
+        parent = trace_headers.get("traceparent")
+        if parent is not None:
+            if not parent.endswith("-01"):
+                return None  # the client's trace is not sampled: pass it on untouched
+        elif random.random() >= self.settings.trace_sample_ratio:
+            return None
+        from opentelemetry.propagate import extract
+        from opentelemetry.trace import SpanKind
+
+        context = extract(trace_headers) if parent is not None else None
+        return self._tracer.start_span(
+            name, context=context, kind=SpanKind.SERVER,
+            attributes={"tiergate.request_id": request_id, "tiergate.route": model})
+
+    def use(self, span: Any) -> AbstractContextManager[Any]:
+        """Make ``span`` current for the calls inside (their spans become its children)."""
+        if span is None:
+            return nullcontext()
+        from opentelemetry.trace import use_span
+
+        return use_span(span, end_on_exit=False)
+
+    def span(self, name: str, **attributes: Any) -> AbstractContextManager[Any]:
+        """A child of the current span — only inside a sampled request."""
+        if self._tracer is None or not _recording():
+            return nullcontext()
+        span: AbstractContextManager[Any] = self._tracer.start_as_current_span(
+            name, attributes=attributes)
+        return span
+
+    def end_span(self, span: Any, status: int, error: BaseException | None) -> None:
+        if span is None:
+            return
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR, str(error) if error else None))
+        span.end()
+
+
+def _recording() -> bool:
+    """Inside a sampled request? (Without the tracing SDK loaded, never.)"""
+    trace = sys.modules.get("opentelemetry.trace")
+    return trace is not None and bool(trace.get_current_span().is_recording())
+
+
+def trace_headers_for_upstream(client_headers: dict[str, str]) -> dict[str, str]:
+    """What to send upstream: the current span's ``traceparent`` inside a sampled request,
+    else the client's own trace headers unchanged (if it sent any)."""
+    if _recording():
+        from opentelemetry.propagate import inject
+
+        headers: dict[str, str] = {}
+        inject(headers)
+        return headers
+    return client_headers

@@ -1,0 +1,47 @@
+"""The ``[routes.NAME]`` settings section: a routed model name and how it chooses a tier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from gateway.kernel.settings import Section
+from router.strategies import ROUTING_MODES
+
+
+class RouteSettings(Section):
+    """A routed model name (e.g. ``auto``): which tier answers each request."""
+
+    mode: str
+    """A name in ``router.strategies.ROUTING_MODES``. Built in: ``fixed``: always ``tier``;
+    ``prompt``: a prompt verifier decides before generating; ``cascade``: the small model
+    answers, an answer verifier accepts it or escalates."""
+    small: str
+    """The small (cheap, quantized) tier: a configured model."""
+    large: str
+    """The large tier: a configured model."""
+    tier: Literal["small", "large"] = "small"
+    """``fixed`` routes: the tier that always answers."""
+    verifier: Path | None = None
+    """``prompt`` / ``cascade``: a verifier artifact directory (``tiergate verifier train``)."""
+    verifier_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """Pins the artifact: the sha256 of its model file (its manifest's ``sha256``)."""
+    threshold: float = 0.5
+    """Escalate when the verifier's score >= threshold (changed live by the admin API)."""
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, mode: str) -> str:
+        if mode not in ROUTING_MODES:
+            raise ValueError(f"unknown routing mode {mode!r}; known modes: "
+                             f"{', '.join(ROUTING_MODES)}")
+        return mode
+
+    @model_validator(mode="after")
+    def _verifier_needed(self) -> RouteSettings:
+        kind = ROUTING_MODES[self.mode].verifier_kind
+        if kind is not None and self.verifier is None:
+            raise ValueError(f"a {self.mode} route needs a 'verifier' (a {kind} verifier)")
+        return self
