@@ -32,7 +32,11 @@ processes used meanwhile. ``--rss`` adds a long run that checks tiergate's resid
 flat over 100k requests.
 
     .venv/bin/python benchmarks/overhead.py [--sequential 2000] [--seconds 10] [--records none]
-        [--rss] [--keep-awake]
+        [--rss] [--keep-awake] [--baseline DIR]
+
+``--baseline DIR`` serves a second tiergate from another checkout (``git worktree add DIR REV``)
+as a fourth target, ``baseline``, interleaved with the others: a change on the request path is
+judged against the build before it in the same run (its CPU per request and throughput).
 
 ``--keep-awake`` runs a busy loop per CPU at the lowest priority (``--spinner nice``: nice 19,
 the default; ``--spinner idle``: SCHED_IDLE). On a VM an idle vCPU sleeps, and waking it adds
@@ -433,6 +437,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--separate-client", action="store_true",
                         help="the load generator and the upstreams on CPU 0, the proxies on "
                              "the other CPUs (as if client and model were other machines)")
+    parser.add_argument("--baseline", type=Path,
+                        help="another checkout of tiergate, served as the target 'baseline'")
     parser.add_argument("--floor-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
@@ -471,6 +477,21 @@ def main() -> int:
                                 "--port", str(gw_port), "--workers", str(args.workers)],
                                gw_port, work / "gateway.log")
         servers.append(gateway)
+        targets = {"direct": Target(direct.url, direct.process.pid),
+                   "floor": Target(floor.url, floor.process.pid),
+                   "tiergate": Target(gateway.url, gateway.process.pid)}
+        if args.baseline is not None:
+            base_port = free_port()
+            (work / "baseline").mkdir()
+            base_config = tiergate_config(work / "baseline", upstream.url, args.pace_ms,
+                                          args.records)
+            baseline = start_server(
+                [python, "-m", "gateway", "serve", "--config", str(base_config),
+                 "--port", str(base_port), "--workers", str(args.workers)],
+                base_port, work / "baseline.log", cwd=args.baseline.resolve(),
+                env={"PYTHONPATH": str(args.baseline.resolve())})
+            servers.append(baseline)
+            targets["baseline"] = Target(baseline.url, baseline.process.pid)
         if args.separate_client:
             from benchmarks.paired import separate_client
 
@@ -483,10 +504,7 @@ def main() -> int:
               f"paced-{args.pace_ms}, {args.streams} unpaced", file=sys.stderr)
         ours = [server.process.pid for server in servers] + [s.pid for s in spinners]
         others0, began = others_cpu_s(ours), time.perf_counter()
-        results = asyncio.run(measure({
-            "direct": Target(direct.url, direct.process.pid),
-            "floor": Target(floor.url, floor.process.pid),
-            "tiergate": Target(gateway.url, gateway.process.pid)}, args))
+        results = asyncio.run(measure(targets, args))
         others = (others_cpu_s(ours) - others0) / (time.perf_counter() - began)
         print(f"other processes used {others:.2f} of {os.cpu_count()} CPUs during the run "
               "(above ~0.1 the wall-clock figures are contended; the CPU figures hold up); "
@@ -565,6 +583,20 @@ def report(r: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
           f"tiergate/floor {t['cpu_seq_ms'] / f['cpu_seq_ms']:.2f}x (JSON), "
           f"{t['cpu_sse_ms'] / f['cpu_sse_ms']:.2f}x (SSE), "
           f"{t['cpu_paced_ms'] / f['cpu_paced_ms']:.2f}x (paced SSE)")
+    if "baseline" in r:
+        b = r["baseline"]
+        print(f"\nthis build against the baseline ({args.baseline}), same run, interleaved:")
+        print(f"  CPU per request tiergate/baseline: {t['cpu_seq_ms'] / b['cpu_seq_ms']:.3f}x "
+              f"sequential, {t['cpu_conc_ms'] / b['cpu_conc_ms']:.3f}x @32, "
+              f"{t['cpu_sse_ms'] / b['cpu_sse_ms']:.3f}x SSE, "
+              f"{t['cpu_paced_ms'] / b['cpu_paced_ms']:.3f}x paced SSE")
+        print(f"  throughput tiergate/baseline: {t['rps'] / b['rps']:.3f}x; vs the floor "
+              f"{t['rps'] / f['rps']:.2f}x against {b['rps'] / f['rps']:.2f}x (wall), CPU "
+              f"{f['cpu_conc_ms'] / t['cpu_conc_ms']:.2f}x against "
+              f"{f['cpu_conc_ms'] / b['cpu_conc_ms']:.2f}x")
+        print(f"  seq p50 {t['seq_p50'] - b['seq_p50']:+.3f} ms, p99 "
+              f"{t['seq_p99'] - b['seq_p99']:+.3f} ms, ttfb p50 "
+              f"{t['ttfb_p50'] - b['ttfb_p50']:+.3f} ms (tiergate - baseline)")
 
 
 if __name__ == "__main__":
