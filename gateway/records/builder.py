@@ -51,9 +51,9 @@ if TYPE_CHECKING:
 
 _CLIENT_INPUT_FIELDS = {"messages", "prompt"}
 DRAFT = "draft"
+"""The key that marks a spool line's body as a draft (see the module docs)."""
 HEAD = "records"
 """The key of the record's head in ``RequestContext.prepared`` (the recorder's ``name``)."""
-"""The key that marks a spool line's body as a draft (see the module docs)."""
 
 
 def _logprobs(logprobs: list[TokenLogprob]) -> dict[str, Any]:
