@@ -8,6 +8,7 @@ place tiergate reads the environment. Every field is documented in ``docs/config
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -198,4 +199,9 @@ def load_settings(config: Path | None = None) -> Settings:
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid settings{f' in {path}' if path else ''}:\n{exc}") from exc
+        sources = [str(path)] if path is not None else []
+        env = sorted(k for k in os.environ if k.startswith("TIERGATE_") and k != "TIERGATE_CONFIG")
+        if env:  # the environment overrides the file: either may hold the bad value
+            sources.append("the environment (" + ", ".join(env) + ")")
+        where = f" from {' and '.join(sources)}" if sources else ""
+        raise ConfigError(f"invalid settings{where}:\n{exc}") from exc

@@ -1,4 +1,5 @@
-"""The ``tiergate`` command. Each subcommand loads the same :class:`~gateway.settings.Settings`."""
+"""The ``tiergate`` command. Each subcommand loads the same settings (``--config`` file and
+``TIERGATE_*`` environment variables)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,17 @@ Command = Callable[[argparse.Namespace, Settings], int]
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from gateway.http.server import serve
+    from pydantic import ValidationError
 
-    server = settings.server.model_copy(
-        update={k: v for k, v in (("host", args.host), ("port", args.port),
-                                  ("workers", args.workers)) if v is not None}
-    )
+    from gateway.http.server import serve
+    from gateway.settings import ServerSettings
+
+    given = {k: v for k, v in (("host", args.host), ("port", args.port),
+                               ("workers", args.workers)) if v is not None}
+    try:  # validated like the file's values (a port out of range is refused, not wrapped)
+        server = ServerSettings.model_validate({**settings.server.model_dump(), **given})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid serve options: {exc}") from exc
     serve(settings.model_copy(update={"server": server}))
     return 0
 
@@ -102,9 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway", parents=[common])
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int)
+    serve.add_argument("--host", help="interface to listen on (default: server.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int,
+                       help="TCP port, 0-65535 (default: server.port, 8000; 0: any free port)")
+    serve.add_argument("--workers", type=int,
+                       help="worker processes sharing the port (default: server.workers, 1)")
     serve.set_defaults(handler=_serve)
 
     models = sub.add_parser("models", help="show the configured model tuples",
@@ -157,6 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `tiergate records list | head`: the reader left, not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
