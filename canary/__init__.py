@@ -1,2 +1,2 @@
 """Canaries against pinned model versions: canary sets, pins, runs, drift tests, alerts,
-rollback, the gateway-side monitor and shadow mirroring, and verifier-data collection."""
+rollback, the gateway-side monitor and shadow mirroring."""

@@ -140,10 +140,10 @@ def run_collect_shadow(args: argparse.Namespace, settings: Settings, small: str,
                        large: str | None) -> int:
     from pydantic import ValidationError
 
-    from canary.collect import format_summary, shadow_rows
     from canary.shadow import ShadowLog
     from gateway.evals.graders import get_grader
     from gateway.records.sinks.base import parse_time
+    from gateway.verifier_data import format_summary, shadow_rows
     from verifiers.data import write_examples
 
     if large is None:
@@ -166,9 +166,9 @@ def run_collect_shadow(args: argparse.Namespace, settings: Settings, small: str,
 
 
 def run_collect(args: argparse.Namespace, settings: Settings) -> int:
-    from canary.collect import Collected, collect_taskset, format_summary
     from gateway.evals.tasksets import load_taskset
     from gateway.models.registry import ModelRegistry
+    from gateway.verifier_data import Collected, collect_taskset, format_summary
     from verifiers.data import write_examples
 
     small, large = _tiers(args, settings)

@@ -1,5 +1,10 @@
 """Verifier training data from served models: ``tiergate collect``.
 
+It sits above the canaries and the router and owned by neither: it runs the eval harness
+(:mod:`gateway.evals`) on both tiers, reads shadow pairs the canaries' mirror logged
+(:mod:`canary.shadow`), and builds rows exactly as the router reads a request
+(:mod:`router.policy`).
+
 A task set (:mod:`gateway.evals.tasksets`) is sent to the small model and, optionally, to the large
 one with the shared harness (:func:`gateway.evals.harness.run_taskset`: greedy, the item's token
 budget, logprobs kept); each pair of answers becomes one row of the verifier training format

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from canary.collect import Pair, pair_row
 from canary.shadow import ShadowLog, ShadowPair
 from gateway.cli.main import main
 from gateway.evals.graders import ExactGrader
@@ -23,6 +22,7 @@ from gateway.kernel.generation import (
     Usage,
 )
 from gateway.kernel.modeltuple import ModelTuple
+from gateway.verifier_data import Pair, pair_row
 from router.policy import verifier_input
 from verifiers.artifact import load_artifact
 from verifiers.data import read_examples
