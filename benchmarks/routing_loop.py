@@ -120,6 +120,7 @@ def routed_config(out_dir: Path, verifier: Path, threshold: float) -> Path:
     data = read_config_file(CONFIG)  # relative paths resolved against deploy/local
     data.setdefault("routes", {})[ROUTE] = {
         "mode": "cascade", "small": SMALL, "large": LARGE, "verifier": str(verifier.resolve()),
+        "verifier_sha256": json.loads((verifier / "manifest.json").read_text())["sha256"],
         "threshold": threshold}
     data.setdefault("records", {})["spool_dir"] = str((out_dir / "spool").resolve())
     data["records"]["sink"] = "none"

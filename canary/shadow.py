@@ -7,10 +7,12 @@ parameter, the effective seed), both answers with token ids and logprobs, and ho
 Pairs are appended to JSONL files, one per UTC day, in the shadow directory; they are evidence
 for drift (a pinned version decoding the same request with the same seed must give the same
 tokens) and, graded, training data for verifiers (``tiergate collect --from-shadow``).
+They hold live prompts and answers: files are created ``0600`` in a directory created ``0700``.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,6 +22,7 @@ from typing import Any
 import orjson
 
 from canary.runs import ShadowComparison, TokenComparison, compare_tokens
+from gateway.kernel.files import FILE_MODE, make_private_dir
 from gateway.kernel.generation import GenerationRequest, GenerationResult
 
 SCHEMA = "tiergate.shadow/1"
@@ -118,13 +121,15 @@ class ShadowLog:
         """Append pairs (one write per call; the caller batches). Runs in a worker thread."""
         if not pairs:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.directory)
         by_day: dict[str, list[bytes]] = {}
         for pair in pairs:
             day = time.strftime("%Y-%m-%d", time.gmtime(pair.at))
             by_day.setdefault(day, []).append(pair.to_json() + b"\n")
         for day, lines in by_day.items():
-            with (self.directory / f"{day}.jsonl").open("ab") as file:
+            fd = os.open(self.directory / f"{day}.jsonl",
+                         os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+            with os.fdopen(fd, "ab") as file:
                 file.write(b"".join(lines))
 
     def read(self, since: float | None = None) -> Iterator[ShadowPair]:

@@ -17,6 +17,8 @@ Layout of ``FileCanaryStore(dir)``, one directory per model (name percent-encode
     <dir>/<model>/state.json        drift state, standing alarm, alarm history
     <dir>/<model>/runs.jsonl        the latest ``history`` runs, newest last
     <dir>/<model>/.lock             the writers' lock
+
+Files are created ``0600`` and directories ``0700`` (:mod:`gateway.kernel.files`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from canary.drift import DriftState, StreamAlarm
 from canary.pins import Pin
 from canary.runs import CanaryRun
 from gateway.kernel.errors import ConfigError
+from gateway.kernel.files import FILE_MODE, make_private_dir
 
 ALARM_HISTORY = 20
 _M = TypeVar("_M", bound=BaseModel)
@@ -141,13 +144,13 @@ class CanaryStore(ABC):
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(payload)
             out.flush()
-            os.fchmod(out.fileno(), 0o644)
+            os.fchmod(out.fileno(), FILE_MODE)
             os.fsync(out.fileno())
         os.replace(temporary, path)
     except BaseException:
@@ -274,8 +277,8 @@ class FileCanaryStore(CanaryStore):
     @asynccontextmanager
     async def lock(self, model: str) -> AsyncIterator[None]:
         directory = self.model_dir(model)
-        directory.mkdir(parents=True, exist_ok=True)
-        handle = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        make_private_dir(directory)
+        handle = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             await asyncio.to_thread(fcntl.flock, handle, fcntl.LOCK_EX)
             yield

@@ -31,7 +31,7 @@ from gateway.models.dispatch import Dispatcher, aclose
 from gateway.models.registry import ModelRegistry
 from gateway.protocol import SSE_DONE, sse_event
 from gateway.settings import Settings
-from gateway.telemetry.instruments import Telemetry
+from gateway.telemetry.instruments import Telemetry, clip
 from router.decision import Decision
 from router.policy import Route, Router
 from router.strategies import get_strategy
@@ -252,7 +252,7 @@ class OpenAIServing:
             yield b"".join(held)
             held.clear()
         except TiergateError as exc:
-            log.warning("request %s: stream failed: %s", gen.request_id, exc.message)
+            log.warning("request %s: stream failed: %s", gen.request_id, clip(exc.message))
             status, error = exc.status, exc
             yield b"".join([*held, sse_event(exc.body())])
         except Exception as exc:

@@ -19,7 +19,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from canary.settings import CanarySettings, ShadowSettings
 from gateway.backends.settings import ModelSettings
 from gateway.kernel.errors import ConfigError
+from gateway.kernel.secrets import redact
 from gateway.kernel.settings import Section
+from gateway.protocol import LimitsSettings
 from gateway.records.settings import RecordsSettings
 from gateway.telemetry.settings import TelemetrySettings
 from router.settings import RouteSettings
@@ -41,6 +43,21 @@ class ServerSettings(Section):
     balancers' own idle timeouts (httpx and the OpenAI SDK: 5 s, aiohttp: 15 s, AWS ALB: 60 s),
     so the client, not the server, ends an idle connection: a server closing it the moment a
     client reuses it fails that request (uvicorn's default is 5 s, the SDK's expiry exactly)."""
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    """How long a request head (request line and headers) may take to arrive, from the
+    connection's start for its first request, from the request's first byte for later ones;
+    past it: 408 and close (a connection that sent nothing is closed). Stops slowloris."""
+    body_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    """How long a request body may take to arrive in full, from the end of its head; past it:
+    408 and close. Expiring while the gateway itself is not reading (a pipelined request
+    waiting its turn), it starts over. The default lets ``max_body_bytes`` arrive at 1.2 Mbit/s."""
+    max_header_count: int = Field(default=100, ge=1)
+    """Most header fields a request may carry; more: 431 and close."""
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    """Largest total size of a request's header names and values; more: 431 and close, without
+    reading the rest of the head."""
+    max_url_bytes: int = Field(default=8 * 1024, ge=256)
+    """Longest request target (path and query); longer: 414 and close."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
@@ -72,6 +89,8 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    """What one request body may hold (nesting, objects, messages, model-name length)."""
     records: RecordsSettings = Field(default_factory=RecordsSettings)
     canary: CanarySettings = Field(default_factory=CanarySettings)
     models: dict[str, ModelSettings] = Field(default_factory=dict)
@@ -204,4 +223,5 @@ def load_settings(config: Path | None = None) -> Settings:
         if env:  # the environment overrides the file: either may hold the bad value
             sources.append("the environment (" + ", ".join(env) + ")")
         where = f" from {' and '.join(sources)}" if sources else ""
-        raise ConfigError(f"invalid settings{where}:\n{exc}") from exc
+        # pydantic quotes the input: a URL's password must not reach the terminal or a log
+        raise ConfigError(redact(f"invalid settings{where}:\n{exc}")) from exc

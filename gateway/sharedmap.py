@@ -7,18 +7,44 @@ every replica's listener re-reads that key as the message arrives (well under a 
 Redis is unreachable a replica keeps the last values it knew and reconnects in the background,
 reloading the hash on reconnect. Without Redis, changes are in-process. Route thresholds
 (:mod:`router.thresholds`) and canary rollbacks (:mod:`canary.monitor`) use it.
+
+**A change that cannot reach Redis is refused, not applied here**
+(:class:`~gateway.kernel.errors.ServiceUnavailableError`, 503): replicas never disagree
+silently. A change is one script in Redis that writes and publishes only if it runs before a
+deadline on Redis's own clock, within the writer's wait (``write_timeout_s``): a Redis that is
+down fails at once, and a frozen one that wakes later drops the change instead of applying it
+after the writer answered 503. (A Redis that freezes after running the script but before its
+answer arrives leaves the outcome open — the 503 says so; every replica, this one included,
+follows what Redis holds once it answers.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
+
+from gateway.kernel.errors import ServiceUnavailableError
+from gateway.kernel.secrets import redact_error
 
 log = logging.getLogger("tiergate.sharedmap")
 
 V = TypeVar("V")
+
+WRITE_TIMEOUT_S = 2.0
+"""How long a change waits for Redis before it is refused (503)."""
+
+# KEYS[1] the hash; ARGV: deadline (Redis clock, microseconds), channel, key, op, value.
+_WRITE = """
+local now = redis.call('TIME')
+if tonumber(now[1]) * 1000000 + tonumber(now[2]) > tonumber(ARGV[1]) then return 0 end
+if ARGV[4] == 'set' then redis.call('HSET', KEYS[1], ARGV[3], ARGV[5])
+else redis.call('HDEL', KEYS[1], ARGV[3]) end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
 
 
 class SharedMap(Generic[V]):
@@ -26,8 +52,10 @@ class SharedMap(Generic[V]):
                  encode: Callable[[V], str], decode: Callable[[bytes], V],
                  defaults: dict[str, V] | None = None,
                  accept: Callable[[str], bool] = lambda key: True,
-                 on_change: Callable[[str, V | None], None] | None = None) -> None:
+                 on_change: Callable[[str, V | None], None] | None = None,
+                 write_timeout_s: float = WRITE_TIMEOUT_S) -> None:
         self.name = name
+        self.write_timeout_s = write_timeout_s
         self.defaults = dict(defaults or {})
         """What a key holds while the hash has no value for it (deleting restores it)."""
         self.values: dict[str, V] = dict(self.defaults)
@@ -56,22 +84,44 @@ class SharedMap(Generic[V]):
             self._on_change(key, value)
 
     async def set(self, key: str, value: V) -> None:
-        """Change ``key`` here and, with Redis, on every replica."""
-        self._apply(key, value)
+        """Change ``key`` on every replica (with Redis: only once Redis has it; else 503)."""
         if self._redis is not None:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self.hash, key, self._encode(value))
-                pipe.publish(self.channel, key)
-                await pipe.execute()
+            await self._write(key, "set", self._encode(value))
+        self._apply(key, value)
 
     async def delete(self, key: str) -> None:
-        """Remove ``key`` here and, with Redis, on every replica."""
-        self._apply(key, None)
+        """Remove ``key`` on every replica (with Redis: only once Redis has it; else 503)."""
         if self._redis is not None:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hdel(self.hash, key)
-                pipe.publish(self.channel, key)
-                await pipe.execute()
+            await self._write(key, "del", "")
+        self._apply(key, None)
+
+    async def _write(self, key: str, op: str, value: str) -> None:
+        """Write and publish ``key`` in Redis within ``write_timeout_s``, or raise 503."""
+        from redis.exceptions import RedisError
+
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.write_timeout_s):
+                seconds, micros = await self._redis.time()
+                # What is left of the wait, on Redis's clock: the script runs in time or not at
+                # all, and its time is before this wait ends.
+                left = self.write_timeout_s - (time.monotonic() - started)
+                deadline = seconds * 1_000_000 + micros + int(max(left, 0.0) * 1_000_000)
+                done = await self._redis.eval(_WRITE, 1, self.hash, deadline, self.channel, key,
+                                              op, value)
+        except TimeoutError as exc:
+            raise ServiceUnavailableError(
+                f"{self.name}: Redis did not answer within {self.write_timeout_s:g} s; the "
+                f"change to {key!r} is not applied here (if Redis took it after all, every "
+                "replica follows it once Redis answers)", retry_after=5) from exc
+        except RedisError as exc:
+            raise ServiceUnavailableError(
+                f"{self.name}: cannot reach Redis ({redact_error(exc)}); the change to {key!r} "
+                "is not applied on any replica", retry_after=5) from exc
+        if not done:
+            raise ServiceUnavailableError(
+                f"{self.name}: Redis was too slow; the change to {key!r} is not applied on any "
+                "replica", retry_after=5)
 
     async def start(self, listen: bool = True) -> None:
         """Connect to Redis (when configured) and, with ``listen``, follow other replicas'
@@ -142,7 +192,7 @@ class SharedMap(Generic[V]):
                     return
                 if self.connected:
                     log.warning("%s: lost Redis (%s); serving with the last values",
-                                self.name, exc)
+                                self.name, redact_error(exc))
                 self.connected = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

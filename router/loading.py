@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from gateway.kernel.errors import ConfigError
 from router.policy import Route, Router
 from router.settings import RouteSettings
 from router.strategies import ROUTING_MODES
 from router.thresholds import ThresholdStore
+
+log = logging.getLogger("tiergate.router")
 
 
 def build_router(routes: dict[str, RouteSettings], redis_url: str | None) -> Router:
@@ -29,7 +33,11 @@ def build_router(routes: dict[str, RouteSettings], redis_url: str | None) -> Rou
             except VerifierError as exc:
                 raise ConfigError(f"routes.{name}.verifier: {exc}") from exc
             pinned = settings.verifier_sha256
-            if pinned is not None and verifier.sha256 != pinned:
+            if pinned is None:
+                log.warning("routes.%s: verifier %s (sha256 %s) is not pinned "
+                            "(allow_unpinned_verifier): set verifier_sha256 to pin it",
+                            name, settings.verifier, verifier.sha256)
+            elif verifier.sha256 != pinned:
                 raise ConfigError(f"routes.{name}.verifier: {settings.verifier} holds verifier "
                                   f"{verifier.id} (sha256 {verifier.sha256}), not the pinned "
                                   f"verifier_sha256 {pinned}")

@@ -27,7 +27,10 @@ class RouteSettings(Section):
     verifier: Path | None = None
     """``prompt`` / ``cascade``: a verifier artifact directory (``tiergate verifier train``)."""
     verifier_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    """Pins the artifact: the sha256 of its model file (its manifest's ``sha256``)."""
+    """Pins the artifact: the sha256 of its model file (its manifest's ``sha256``). Required
+    with a verifier: an artifact swapped for another well-formed one must not load silently."""
+    allow_unpinned_verifier: bool = False
+    """Load the verifier without ``verifier_sha256`` (development only; warned at start)."""
     threshold: float = 0.5
     """Escalate when the verifier's score >= threshold (changed live by the admin API)."""
 
@@ -44,4 +47,9 @@ class RouteSettings(Section):
         kind = ROUTING_MODES[self.mode].verifier_kind
         if kind is not None and self.verifier is None:
             raise ValueError(f"a {self.mode} route needs a 'verifier' (a {kind} verifier)")
+        if kind is not None and self.verifier_sha256 is None \
+                and not self.allow_unpinned_verifier:
+            raise ValueError(f"a {self.mode} route needs 'verifier_sha256' (the 'sha256' in "
+                             "the artifact's manifest.json, printed by `tiergate verifier "
+                             "train`), or allow_unpinned_verifier = true")
         return self

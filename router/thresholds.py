@@ -4,7 +4,8 @@ The request path reads only a local dict (:meth:`ThresholdStore.get`), never the
 Redis outage cannot slow or block a request. Changes (:meth:`ThresholdStore.set`, from the admin
 API) go to Redis when it is configured and reach every replica well under a second (see
 :class:`gateway.sharedmap.SharedMap`: a hash + pub/sub, served from memory through outages).
-Without Redis, changes are in-process.
+A change Redis does not take is refused (:class:`~gateway.kernel.errors.ServiceUnavailableError`,
+503) and applied nowhere, this replica included. Without Redis, changes are in-process.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ class ThresholdStore:
             raise ThresholdError(f"route {route}'s threshold is a score in [{low:g}, {high:g}]")
 
     async def set(self, route: str, value: float) -> None:
-        """Change a route's threshold here and, with Redis, on every replica."""
+        """Change a route's threshold on every replica; with Redis configured, only once Redis
+        has it (else :class:`~gateway.kernel.errors.ServiceUnavailableError`, nothing
+        changed)."""
         self.validate(route, value)
         await self.shared.set(route, float(value))
 

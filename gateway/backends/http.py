@@ -3,7 +3,9 @@
 Pooled keep-alive connections (:mod:`gateway.backends.httpclient`: measured ~0.03 ms of CPU per
 call, aiohttp's client ~0.27 ms, httpx's several times that), connect / first-byte / total
 timeouts, streaming pass-through, and every upstream failure mapped to a
-:mod:`gateway.kernel.errors` type at this boundary.
+:mod:`gateway.kernel.errors` type at this boundary — its message redacted
+(:func:`gateway.kernel.secrets.redact`: a URL's credentials, the API key), as is the URL wherever
+it is shown (the model tuple's ``source``, ``/health``, records).
 """
 
 from __future__ import annotations
@@ -33,9 +35,15 @@ from gateway.kernel.errors import (
 )
 from gateway.kernel.generation import GenerationChunk, GenerationRequest, GenerationResult, Timing
 from gateway.kernel.modeltuple import ModelTuple, Quantization
+from gateway.kernel.secrets import redact, redact_error
 from gateway.telemetry.instruments import trace_headers_for_upstream
 
 log = logging.getLogger("tiergate.backends.http")
+
+PROBE_EVERY_S = 5.0
+"""How often ``health`` asks an upstream not reached yet for its models, at most."""
+PROBE_TIMEOUT_S = 2.0
+"""How long that question waits for its answer (in the background)."""
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -61,8 +69,10 @@ def _upstream_message(status: int, body: bytes) -> tuple[str, str | None]:
 
 
 def map_status(status: int, body: bytes, headers: Any) -> TiergateError:
-    """An upstream's error response → the error the client sees."""
+    """An upstream's error response → the error the client sees (credentials it repeats
+    masked)."""
     message, param = _upstream_message(status, body)
+    message = redact(message)
     retry_after = _retry_after(headers)
     if status in (400, 422):
         return InvalidRequestError(message, param=param, code="upstream_rejected_request")
@@ -85,11 +95,19 @@ class HTTPBackend(Backend):
         super().__init__(name)
         self.settings = settings
         self.base_url = settings.base_url.rstrip("/")
+        self.shown_url = redact(self.base_url)
+        """The upstream as errors, ``/health``, model tuples and records show it."""
         self.upstream_model = settings.upstream_model
         self._prefix = urlsplit(self.base_url).path
         self._pool: Pool | None = None
         self._tuple = self._build_tuple(engine="openai-compatible", version=None)
         self._identity_error: str | None = None
+        self.reached = False
+        """Whether the upstream answered since start (a model never reached is not "ok")."""
+        self.last_error: str | None = None
+        """Why the upstream could not be reached, last time (redacted)."""
+        self._probed_at = -PROBE_EVERY_S
+        self._probe: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -103,9 +121,14 @@ class HTTPBackend(Backend):
         try:
             await self.probe()
         except TiergateError as exc:  # an upstream that is down now may be up later
-            log.warning("model %s: upstream identity unknown for now: %s", self.name, exc.message)
+            log.warning("model %s: upstream identity unknown for now: %s", self.name,
+                        redact(exc.message))
 
     async def aclose(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.cancel()
+            await asyncio.gather(probe, return_exceptions=True)
         if self._pool is not None:
             await self._pool.aclose()
             self._pool = None
@@ -134,7 +157,7 @@ class HTTPBackend(Backend):
             adapter=s.adapter or inner.get("adapter"),
             quantization=quantization,
             validating_eval=s.validating_eval,
-            source=self.base_url,
+            source=self.shown_url,
         )
 
     async def probe(self) -> ModelTuple:
@@ -142,7 +165,7 @@ class HTTPBackend(Backend):
         data = await self._get_json(f"{self.base_url}/models")
         cards = data.get("data") if isinstance(data, dict) else None
         if not isinstance(cards, list) or not cards:
-            raise UpstreamError(f"{self.base_url}/models lists no models")
+            raise UpstreamError(f"{self.shown_url}/models lists no models")
         if self.upstream_model is None:
             self.upstream_model = str(cards[0].get("id"))
         card = next((c for c in cards if c.get("id") == self.upstream_model), None)
@@ -173,8 +196,31 @@ class HTTPBackend(Backend):
         return self._tuple
 
     async def health(self) -> dict[str, Any]:
-        return {"status": "degraded" if self._identity_error else "ok",
-                "upstream": self.base_url, "identity_error": self._identity_error}
+        """``ok``; ``unreachable`` while the upstream has not answered since start (asked again,
+        in the background, every :data:`PROBE_EVERY_S` at most); ``degraded`` when it serves
+        other weights than pinned. ``upstream`` and the errors are for admins (``/health`` shows
+        them to them only)."""
+        if not self.reached and self._pool is not None and self._probe is None \
+                and time.monotonic() - self._probed_at >= PROBE_EVERY_S:
+            self._probed_at = time.monotonic()
+            self._probe = asyncio.create_task(self._probe_again(), name=f"{self.name}-probe")
+        status = "degraded" if self._identity_error else "ok" if self.reached else "unreachable"
+        return {"status": status, "reachable": self.reached, "upstream": self.shown_url,
+                "identity_error": self._identity_error,
+                "error": None if self.reached else self.last_error}
+
+    async def _probe_again(self) -> None:
+        """Ask an upstream not reached yet for its models (in the background: a health check
+        never waits on an upstream)."""
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                await self.probe()
+        except TimeoutError:
+            self.last_error = f"{self.shown_url}/models: no answer in {PROBE_TIMEOUT_S:g} s"
+        except TiergateError:
+            pass  # last_error says why
+        finally:
+            self._probe = None
 
     # -- calls -------------------------------------------------------------------------------
 
@@ -188,13 +234,24 @@ class HTTPBackend(Backend):
                     resp.release()
                 if resp.status != 200:
                     raise map_status(resp.status, body, resp.headers)
-                return orjson.loads(body)
+                data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise UpstreamError(f"{url} did not return JSON") from exc
+            raise self._unreachable(UpstreamError(f"{redact(url)} did not return JSON")) from exc
         except TimeoutError as exc:
-            raise UpstreamTimeoutError(f"{url} timed out") from exc
+            raise self._unreachable(UpstreamTimeoutError(f"{redact(url)} timed out")) from exc
         except ClientError as exc:
-            raise ServiceUnavailableError(f"cannot reach {url}: {exc}", retry_after=1) from exc
+            raise self._unreachable(ServiceUnavailableError(
+                f"cannot reach {redact(url)}: {redact_error(exc)}", retry_after=1)) from exc
+        except TiergateError as exc:  # an error status (map_status)
+            self.last_error = exc.message
+            raise
+        self.reached, self.last_error = True, None
+        return data
+
+    def _unreachable(self, error: TiergateError) -> TiergateError:
+        """Note why the upstream could not be reached; ``error``."""
+        self.last_error = error.message
+        return error
 
     def _target(self, request: GenerationRequest) -> str:
         return f"{self._prefix}/chat/completions" if request.kind == "chat" else \
@@ -218,11 +275,13 @@ class HTTPBackend(Backend):
                 f"model {self.name}: no response within {self.settings.first_byte_timeout_s}s"
             ) from exc
         except ConnectError as exc:
-            raise ServiceUnavailableError(
-                f"model {self.name}: cannot connect to upstream: {exc.os_error or exc}",
-                retry_after=1) from exc
+            raise self._unreachable(ServiceUnavailableError(
+                f"model {self.name}: cannot connect to upstream: "
+                f"{redact_error(exc.os_error or exc)}", retry_after=1)) from exc
         except ClientError as exc:
-            raise UpstreamError(f"model {self.name}: upstream connection failed: {exc}") from exc
+            raise UpstreamError(
+                f"model {self.name}: upstream connection failed: {redact_error(exc)}") from exc
+        self.reached = True
         if resp.status != 200:
             try:
                 payload = await resp.read()
@@ -247,7 +306,8 @@ class HTTPBackend(Backend):
         except TimeoutError as exc:
             raise UpstreamTimeoutError(f"model {self.name}: upstream response timed out") from exc
         except ClientError as exc:
-            raise UpstreamError(f"model {self.name}: upstream response failed: {exc}") from exc
+            raise UpstreamError(
+                f"model {self.name}: upstream response failed: {redact_error(exc)}") from exc
         finally:
             resp.release()
         if not isinstance(data, dict):
@@ -258,7 +318,7 @@ class HTTPBackend(Backend):
             model=self._tuple, choices=choices, usage=usage,
             timing=Timing(started_at=started_at, first_token_s=None, total_s=total),
             prompt_token_ids=prompt_ids, extra=extra,
-            runtime={"upstream": self.base_url, "upstream_model": self.upstream_model},
+            runtime={"upstream": self.shown_url, "upstream_model": self.upstream_model},
             raw_body=wire,
         )
 
@@ -308,7 +368,8 @@ class HTTPBackend(Backend):
         except TimeoutError as exc:
             raise UpstreamTimeoutError(f"model {self.name}: upstream stream timed out") from exc
         except ClientError as exc:
-            raise UpstreamError(f"model {self.name}: upstream stream failed: {exc}") from exc
+            raise UpstreamError(
+                f"model {self.name}: upstream stream failed: {redact_error(exc)}") from exc
         finally:
             # Not read to the end (client gone, error): close the connection, which cancels the
             # upstream request, rather than returning a half-read connection to the pool.

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gateway.kernel.modeltuple import AdapterRef, EvalRef, Quantization
 from gateway.kernel.settings import Section
@@ -54,6 +55,19 @@ class HTTPModelSettings(ModelBaseSettings):
     """The whole call, streaming included."""
     max_connections: int = Field(default=256, ge=1)
     """Pooled keep-alive connections to this upstream."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, base_url: str) -> str:
+        try:
+            parts = urlsplit(base_url)
+            parts.port  # noqa: B018 -- raises on a port that is not a number in range
+        except ValueError as exc:
+            raise ValueError(f"not a URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname \
+                or any(c.isspace() for c in base_url):
+            raise ValueError("must be an http(s) URL such as http://vllm:8000/v1")
+        return base_url
 
 
 class EngineModelSettings(ModelBaseSettings):

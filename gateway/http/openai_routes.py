@@ -12,11 +12,12 @@ from gateway import protocol
 from gateway.http.exchange import Call, Reply, json_reply
 from gateway.http.frontdoor import Endpoint
 from gateway.http.parsing import parse
+from gateway.kernel.errors import ModelNotFoundError
 from gateway.listener import RequestContext
 
 
 async def _complete(call: Call, model: type[protocol.OpenAIRequest]) -> Reply:
-    parsed = parse(model, await call.body())
+    parsed = parse(model, await call.body(), call.gateway.settings.limits)
     trace = {}
     traceparent = call.header(b"traceparent")
     if traceparent is not None:
@@ -48,6 +49,9 @@ async def list_models(call: Call) -> Reply:
 
 async def retrieve_model(call: Call) -> Reply:
     gateway, name = call.gateway, call.path_params["model"]
+    if len(name) > gateway.settings.limits.max_model_name_chars:
+        raise ModelNotFoundError(f"The model '{name[:protocol.PARAM_CHARS]}…' does not exist",
+                                 param="model")
     for card in gateway.route_cards():
         if card["id"] == name:
             return json_reply(card)

@@ -1,15 +1,20 @@
-"""Request bodies → typed protocol models, or a 400 that names the offending parameter."""
+"""Request bodies → typed protocol models, or a 400 that names the offending parameter.
+
+A body is measured before it is parsed (:func:`gateway.http.shape.check_shape`), then validated
+in one pass over its bytes, then held to the limits validation does not know (settings)."""
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
+from gateway.http.shape import check_shape
 from gateway.kernel.errors import InvalidRequestError
+from gateway.protocol import DEFAULT_LIMITS, LimitsSettings, SamplingFields
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound=SamplingFields)
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "json-or-python"}
 
@@ -32,15 +37,21 @@ def _describe(errors: list[Any]) -> tuple[str, str | None]:
     return (f"{param}: {message}" if param else message), param
 
 
-def parse(model: type[M], body: bytes) -> M:
-    """A request body → its typed model, or a 400 that names the offending parameter."""
+def parse(model: type[M], body: bytes, limits: LimitsSettings = DEFAULT_LIMITS) -> M:
+    """A request body → its typed model within ``limits``, or a 400 that names the offending
+    parameter."""
+    check_shape(body, limits)
     try:
-        return model.model_validate_json(body)  # one pass over the bytes, no dict in between
+        parsed = model.model_validate_json(body)  # one pass over the bytes, no dict in between
     except ValidationError as exc:
-        if exc.errors()[0]["type"] in ("json_invalid", "model_type"):
-            return _parse_slowly(model, body)
-        message, param = _describe(exc.errors(include_url=False, include_input=False))
-        raise InvalidRequestError(message, param=param) from exc
+        errors = exc.errors(include_url=False, include_input=False)
+        if errors[0]["type"] in ("json_invalid", "model_type"):
+            parsed = _parse_slowly(model, body)
+        else:
+            message, param = _describe(errors)
+            raise InvalidRequestError(message, param=param) from exc
+    parsed.check_limits(limits)
+    return parsed
 
 
 def _parse_slowly(model: type[M], body: bytes) -> M:

@@ -1,17 +1,74 @@
-"""The gateway's own public routes: ``/health``, ``/metrics`` and ``/openapi.json``."""
+"""The gateway's own public routes: health, metrics and the OpenAPI document.
+
+- ``GET /livez`` — the process serves: always ``200`` (a liveness probe: restart when it fails);
+- ``GET /readyz`` — ``200`` when the gateway can serve, else ``503`` with the reasons (no model
+  reachable, every circuit open, the record spool failing or over its limit): a readiness probe;
+- ``GET /health`` — the same verdict (``200`` / ``503``) with each model's state. Upstream
+  details (URLs, errors) and the record store's state are shown only to a caller with an admin
+  key (``Authorization: Bearer <admin key>``); anyone else gets the public fields.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+from gateway.http.auth import authenticate_admin
 from gateway.http.exchange import Call, Reply, json_reply
 from gateway.http.frontdoor import Endpoint
+from gateway.kernel.errors import TiergateError
 
 PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
 
+PUBLIC_MODEL_FIELDS = frozenset({
+    "status", "reachable", "circuit", "in_flight", "max_in_flight", "decoding", "waiting",
+    "peak_decoding", "max_batch", "tokens_generated"})
+"""What anyone sees of a model's health; the rest (upstream URL, errors) is for admins."""
+
+
+def _is_admin(call: Call) -> bool:
+    """Whether the caller sent an admin key (a missing or wrong one: the public view)."""
+    authorization = call.header(b"authorization")
+    if authorization is None:
+        return False
+    try:
+        call.caller = authenticate_admin(call.gateway.settings.auth.admin_keys, authorization)
+    except TiergateError:
+        return False
+    return True
+
+
+def _public(health: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in health.items() if k in PUBLIC_MODEL_FIELDS}
+
+
+async def livez(call: Call) -> Reply:
+    return json_reply({"status": "ok"})
+
+
+async def readyz(call: Call) -> Reply:
+    reasons, models = await call.gateway.readiness()
+    body: dict[str, Any] = {"status": "unavailable" if reasons else "ready", "reasons": reasons}
+    if _is_admin(call):
+        body["models"] = models
+        if call.gateway.recorder is not None:
+            body["records"] = call.gateway.recorder.health()
+    return json_reply(body, status=503 if reasons else 200)
+
 
 async def health(call: Call) -> Reply:
-    models = await call.gateway.registry.health()
-    status = "ok" if all(m.get("status") == "ok" for m in models.values()) else "degraded"
-    return json_reply({"status": status, "models": models})
+    reasons, models = await call.gateway.readiness()
+    if reasons:
+        status = "unavailable"
+    else:
+        status = "ok" if all(m.get("status") == "ok" for m in models.values()) else "degraded"
+    body: dict[str, Any] = {"status": status, "ready": not reasons, "reasons": reasons}
+    if _is_admin(call):
+        body["models"] = models
+        if call.gateway.recorder is not None:
+            body["records"] = call.gateway.recorder.health()
+    else:
+        body["models"] = {name: _public(m) for name, m in models.items()}
+    return json_reply(body, status=503 if reasons else 200)
 
 
 async def metrics(call: Call) -> Reply:
@@ -23,6 +80,8 @@ async def openapi(call: Call) -> Reply:
 
 
 ENDPOINTS = [
+    Endpoint("/livez", "GET", livez, access="public"),
+    Endpoint("/readyz", "GET", readyz, access="public"),
     Endpoint("/health", "GET", health, access="public"),
     Endpoint("/metrics", "GET", metrics, access="public"),
     Endpoint("/openapi.json", "GET", openapi, access="public"),

@@ -1,5 +1,9 @@
 """What a running gateway holds: the composition root. Built by the app factory (the front door
-keeps it as ``app.gateway``), started and stopped by the ASGI lifespan."""
+keeps it as ``app.gateway``), started and stopped by the ASGI lifespan.
+
+Building it registers every credential of the settings with :mod:`gateway.kernel.secrets`
+(secret fields, the passwords of URLs), and starting it puts the redacting filter on the log
+handlers: what the gateway writes or answers never carries them."""
 
 from __future__ import annotations
 
@@ -7,11 +11,15 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, SecretStr
+
 from canary.mirror import ShadowMirror
 from canary.monitor import CanaryMonitor
 from gateway.http.auth import KeyAuthenticator
 from gateway.http.openapi import openapi_document
-from gateway.models.registry import ModelRegistry
+from gateway.kernel import secrets
+from gateway.kernel.errors import ServiceUnavailableError
+from gateway.models.registry import ModelRegistry, usable
 from gateway.protocol import model_card
 from gateway.records.recorder import Recorder
 from gateway.serving import OpenAIServing
@@ -39,8 +47,9 @@ class GatewayState:
 
     @classmethod
     def build(cls, settings: Settings) -> GatewayState:
+        register_secrets(settings)
         registry = ModelRegistry(settings)
-        telemetry = Telemetry(settings.telemetry)
+        telemetry = Telemetry(settings.telemetry, names=[*settings.models, *settings.routes])
         telemetry.gauge("tiergate_in_flight",
                         lambda: {n: b.in_flight for n, b in registry.backends.items()})
         telemetry.gauge("tiergate_circuit_state",
@@ -65,7 +74,7 @@ class GatewayState:
             registry=registry,
             serving=serving,
             auth=KeyAuthenticator(settings.auth.api_keys),
-            openapi=openapi_document(),
+            openapi=openapi_document(settings.limits),
             telemetry=telemetry,
             recorder=recorder,
             router=router,
@@ -74,6 +83,7 @@ class GatewayState:
         )
 
     async def start(self) -> None:
+        secrets.install()  # logging is configured by now (the server, or the host application)
         if self.recorder is not None:
             await self.recorder.start()
         await self.registry.start()
@@ -95,6 +105,25 @@ class GatewayState:
             await self.recorder.aclose()  # delivers what is left to the store
         self.telemetry.shutdown()
 
+    async def readiness(self) -> tuple[list[str], dict[str, Any]]:
+        """Why the gateway cannot serve now (empty: it can), and every model's health: no model
+        can answer (none reachable, or every circuit open), or the record spool is failing or
+        over its limit (the recorder refuses requests). A gateway configured without models
+        serves what it is configured for (the admin API): that is no reason."""
+        models = await self.registry.health()
+        reasons = []
+        if models and not any(usable(health) for health in models.values()):
+            if all(health.get("circuit") == "open" for health in models.values()):
+                reasons.append("every model's circuit breaker is open")
+            else:
+                reasons.append("no model is reachable")
+        if self.recorder is not None:
+            try:
+                self.recorder.admit()
+            except ServiceUnavailableError as exc:
+                reasons.append(exc.message)
+        return reasons, models
+
     def route_cards(self) -> list[dict[str, Any]]:
         """Routes as ``/v1/models`` entries (``tiergate.kind = "route"``)."""
         if self.router is None:
@@ -108,3 +137,22 @@ class GatewayState:
             info.update(get_strategy(route.mode).describe(route))
             cards.append(model_card(name, self.registry.created, info))
         return cards
+
+
+def register_secrets(value: Any) -> None:
+    """Register every credential in ``value`` (settings): secret fields, and the password of
+    every URL, wherever they are in it."""
+    if isinstance(value, SecretStr):
+        secrets.register(value.get_secret_value())
+    elif isinstance(value, str):
+        if "://" in value:
+            secrets.register_url(value)
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            register_secrets(getattr(value, name))
+    elif isinstance(value, dict):
+        for item in value.values():
+            register_secrets(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            register_secrets(item)

@@ -153,6 +153,11 @@ class ConfigError(Exception):
     """Settings are invalid. Raised at start-up, never sent to a client."""
 
 
+class UnsafePathError(ConfigError):
+    """A file or directory tiergate would trust belongs to another user, or others can write to
+    it (:func:`gateway.kernel.files.check_private_dir`). Never sent to a client."""
+
+
 def error_body(
     message: str, error_type: str, *, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:

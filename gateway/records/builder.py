@@ -194,6 +194,7 @@ def build_head(ctx: RequestContext, client_request: OpenAIRequest, gen: Generati
     serialized (canonical), redacted when ``redact``. The ``redacted`` paths are under
     ``"redacted"`` (a list the rest of the record extends)."""
     now_wall, now_mono = time.time(), time.perf_counter()
+    params = _client_params(client_request)
     inputs: dict[str, Any] = {
         "kind": gen.kind,
         "messages": gen.messages,
@@ -205,6 +206,8 @@ def build_head(ctx: RequestContext, client_request: OpenAIRequest, gen: Generati
     if redact:
         _cut(inputs, "messages", "input.messages", removed)
         _cut(inputs, "prompt", "input.prompt", removed)
+        inputs["passthrough"] = _redact_fields(gen.passthrough, "input.passthrough", removed)
+        params = _redact_fields(params, "client_params", removed)
     return {
         "schema_version": SCHEMA_VERSION,
         "record_id": ctx.request_id,
@@ -212,7 +215,7 @@ def build_head(ctx: RequestContext, client_request: OpenAIRequest, gen: Generati
         "received_at": now_wall - (now_mono - ctx.received),
         "caller": ctx.caller,
         "operation": ctx.operation,
-        "client_params": orjson.Fragment(canonical_json(_client_params(client_request))),
+        "client_params": orjson.Fragment(canonical_json(params)),
         "input": orjson.Fragment(canonical_json(inputs)),
         "redacted": removed,
     }
@@ -238,15 +241,17 @@ def encode_record(done: CompletedRequest, tuples: TupleCache, redact: bool = Fal
         r.raw_body is not None and b"\n" not in r.raw_body for r in done.results)
     calls = [_call(i, r, tuples, draft) for i, r in enumerate(done.results)]
     removed = list(head["redacted"])
+    sampling = _sampling(done.request.sampling)
     if redact:
         _redact_calls(calls, removed)
+        _cut(sampling, "stop", "sampling.stop", removed)
     record = {
         **head,
         "route": done.route,
         "stream": done.stream,
         "finished_at": done.finished_at,
         "status": done.status,
-        "sampling": _sampling(done.request.sampling),
+        "sampling": sampling,
         "seed": _seed(done),
         "decision": _decision(done),
         "calls": calls,
@@ -289,6 +294,73 @@ def _cut(holder: dict[str, Any], key: str, path: str, removed: list[str]) -> Non
         removed.append(path)
 
 
+# -- redaction: what stays in clear is listed; everything else a client sent is cut ---------------
+
+_CLEAR_PARAMS = frozenset({
+    "temperature", "top_p", "top_k", "min_p", "n", "seed", "stream", "max_tokens",
+    "max_completion_tokens", "min_tokens", "presence_penalty", "frequency_penalty",
+    "repetition_penalty", "length_penalty", "logprobs", "top_logprobs", "prompt_logprobs",
+    "stop_token_ids", "ignore_eos", "return_token_ids", "echo", "best_of", "use_beam_search",
+    "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens",
+    "add_generation_prompt", "continue_final_message", "add_special_tokens",
+    "truncate_prompt_tokens", "priority", "parallel_tool_calls", "store",
+})
+"""Client fields kept in clear under ``redact``: numbers and switches that carry no text (and
+are kept only while their value holds none). Any other field — ``messages``, ``prompt``,
+``suffix``, ``stop``, ``user``, ``tools``, ``tool_choice``, ``response_format``, ``metadata``,
+``documents`` and every field tiergate does not know — is replaced by its digest."""
+_CLEAR_STREAM_OPTIONS = frozenset({"include_usage", "continuous_usage_stats"})
+
+
+def _textless(value: Any) -> bool:
+    """A number, a switch, ``None``, or a list of those: nothing a client could write in."""
+    if value is None or isinstance(value, bool | int | float):
+        return True
+    return isinstance(value, list) and all(_textless(v) for v in value)
+
+
+def _clear(name: str, value: Any) -> bool:
+    if name == "model":  # the route asked for (also the record's ``route``): a configured name
+        return isinstance(value, str)
+    if name == "stream_options":
+        return isinstance(value, dict) and set(value) <= _CLEAR_STREAM_OPTIONS and all(
+            isinstance(v, bool) for v in value.values())
+    return name in _CLEAR_PARAMS and _textless(value)
+
+
+def _redact_fields(fields: dict[str, Any], path: str, removed: list[str]) -> dict[str, Any]:
+    """``fields`` (a client's) with every value not kept in clear replaced by its digest."""
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        if _clear(name, value) or value is None:
+            out[name] = value
+        else:
+            out[name] = _digest_of(value)
+            removed.append(f"{path}.{name}")
+    return out
+
+
+def _numbers_only(value: Any) -> bool:
+    """A value an upstream sent that holds no text (dict keys are the upstream's schema)."""
+    if isinstance(value, dict):
+        return all(_numbers_only(v) for v in value.values())
+    return _textless(value) or (isinstance(value, list)
+                                and all(_numbers_only(v) for v in value))
+
+
+def _redact_upstream(fields: dict[str, Any], path: str, removed: list[str]) -> dict[str, Any]:
+    """An upstream's extra fields with the values that hold text cut (a copy: the answer's own
+    dict may not be sent yet)."""
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        if _numbers_only(value):
+            out[name] = value
+        else:
+            out[name] = _digest_of(value)
+            removed.append(f"{path}.{name}")
+    return out
+
+
 def _redact_calls(calls: list[dict[str, Any]], removed: list[str]) -> None:
     """Replace prompt and output content by the sha256 of its canonical JSON, in place."""
     for call in calls:
@@ -299,3 +371,8 @@ def _redact_calls(calls: list[dict[str, Any]], removed: list[str]) -> None:
             where = f"calls.{i}.choices.{choice['index']}"
             for key in ("text", "token_ids", "logprobs", "extra"):
                 _cut(choice, key, f"{where}.{key}", removed)
+            if isinstance(choice.get("stop_reason"), str):  # the stop string that matched
+                _cut(choice, "stop_reason", f"{where}.stop_reason", removed)
+        call["extra"] = _redact_upstream(call["extra"], f"calls.{i}.extra", removed)
+        usage = call["usage"] = dict(call["usage"])
+        usage["extra"] = _redact_upstream(usage["extra"], f"calls.{i}.usage.extra", removed)

@@ -34,13 +34,14 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
+from gateway.kernel import secrets
 from gateway.kernel.errors import TiergateError
 from gateway.records.control import Command, DeliveryStatus, StartOptions
 from gateway.records.settings import RecordsSettings
 from gateway.records.sinks import create_sink, signer_for
 from gateway.records.sinks.base import RecordSink
 from gateway.records.spool import Segment, SpoolEntry, writer_pid
-from gateway.records.staging import Pump, staging_dir
+from gateway.records.staging import Pump, TrustedDir, staging_dir
 
 log = logging.getLogger("tiergate.records.delivery")
 
@@ -114,8 +115,7 @@ class Delivery:
         self.own: dict[str, Segment] = {}
         self.pumps: dict[str, Pump] = {}
         """Memory twins of the gateway's segments (:mod:`gateway.records.staging`)."""
-        self.staging = staging_dir(settings.spool_dir, settings.spool_memory_dir)
-        """Where twins are (also with ``spool_staging = "disk"``: a previous run's, to adopt)."""
+        self._staging = TrustedDir(staging_dir(settings.spool_dir, settings.spool_memory_dir))
         self.adopted: list[Segment] = []
         self.records = 0
         """Records of the gateway's own segments delivered."""
@@ -141,8 +141,9 @@ class Delivery:
 
     def adopt(self) -> None:
         """Lock and queue every segment whose writer is gone (not the gateway's own)."""
+        staging = self.staging
         with contextlib.suppress(OSError):  # twins whose writer died before making the segment
-            for twin in self.staging.glob("*.spool"):
+            for twin in staging.glob("*.spool") if staging is not None else []:
                 if not (self.settings.spool_dir / twin.name).exists() \
                         and not _alive(writer_pid(twin)):
                     with contextlib.suppress(FileNotFoundError):
@@ -175,7 +176,7 @@ class Delivery:
             os.close(fd)
             return None
         twin = self._twin(path.name)
-        if twin.exists():
+        if twin is not None and twin.exists():
             try:
                 pump = Pump(twin, path)
             except FileNotFoundError:
@@ -186,8 +187,15 @@ class Delivery:
                     os.fdatasync(fd)
         return Segment.of(path, fd)
 
-    def _twin(self, name: str) -> Path:
-        return self.staging / name
+    @property
+    def staging(self) -> Path | None:
+        """Where twins are (also with ``spool_staging = "disk"``: a previous run's, to adopt);
+        ``None``: there is none yet, or it is not private (refused: no twin is read from it)."""
+        return self._staging.get()
+
+    def _twin(self, name: str) -> Path | None:
+        staging = self.staging
+        return None if staging is None else staging / name
 
     def pump(self) -> None:
         """Copy what the memory twins of the gateway's segments gained to the disk segments;
@@ -218,7 +226,7 @@ class Delivery:
     def _pump_for(self, path: Path) -> Pump | None:
         """A pump for the gateway's segment ``path`` if it has a twin (made before it)."""
         twin = self._twin(path.name)
-        if not twin.exists():
+        if twin is None or not twin.exists():
             return None
         try:
             pump = self.pumps[path.name] = Pump(twin, path)
@@ -311,6 +319,7 @@ class Delivery:
         self.report()
 
     def failed(self, message: str) -> None:
+        message = secrets.redact(message)  # it goes to the log, and to clients in 503s
         if self.error != message:
             log.error("record store failed (records stay in the spool and are delivered "
                       "when it is back): %s", message)
@@ -444,6 +453,10 @@ async def _main(stdin: BinaryIO) -> None:
     options = StartOptions.decode(line)
     logging.basicConfig(level=options.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    secrets.install()
+    secrets.register_url(options.settings.redis_url)
+    if options.settings.signing_key is not None:
+        secrets.register(options.settings.signing_key.get_secret_value())
     delivery = Delivery(options.settings, options.writer, options.shutdown_timeout_s)
 
     def stop() -> None:

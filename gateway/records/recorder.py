@@ -27,9 +27,10 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.kernel.errors import ServiceUnavailableError
+from gateway.kernel.secrets import redact, redact_error
 from gateway.listener import CompletedRequest, RequestContext, RequestListener
 from gateway.records.builder import TupleCache, encode_record, prepare_head
 from gateway.records.control import Command, DeliveryStatus, StartOptions
@@ -196,16 +197,26 @@ class Recorder(RequestListener):
 
     def admit(self) -> None:
         """Refuse a new request (503) while records could not be kept: the spool is failing,
-        or it holds more undelivered records than ``spool_max_bytes``."""
+        or it holds more undelivered records than ``spool_max_bytes``. The client is told
+        which, not the store's error (its address is the operator's business: the log and
+        ``/health`` for admins have it)."""
         if self.spool.failed is not None:
             raise ServiceUnavailableError(
-                f"Requests are paused: decode records cannot be written ({self.spool.failed}).",
-                retry_after=5)
+                "Requests are paused: decode records cannot be written "
+                f"({self.spool.failed.strerror or 'spool error'}).", retry_after=5)
         backlog = self.backlog
         if backlog > self.settings.spool_max_bytes:
             raise ServiceUnavailableError(
                 f"Requests are paused: the record store is {backlog} bytes behind "
-                f"({self.sink_error or 'slow'}).", retry_after=5)
+                f"({'failing' if self.sink_error else 'slow'}).", retry_after=5)
+
+    def health(self) -> dict[str, Any]:
+        """The spool and the store as ``/health`` shows them to admins (errors redacted)."""
+        return {"backlog_bytes": self.backlog, "spool_max_bytes": self.settings.spool_max_bytes,
+                "pending_records": self.pending,
+                "spool_error": None if self.spool.failed is None else redact_error(
+                    self.spool.failed),
+                "store_error": None if self.sink_error is None else redact(self.sink_error)}
 
     def headers(self, request: GenerationRequest) -> dict[str, str]:
         return {"x-tiergate-record-id": request.request_id}

@@ -72,7 +72,7 @@ class RecordSampling(_Model):
     min_p: float | None = None
     max_tokens: int | None = None
     min_tokens: int | None = None
-    stop: list[str] = Field(default_factory=list)
+    stop: list[str] | Redacted = Field(default_factory=list)
     stop_token_ids: list[int] = Field(default_factory=list)
     seed: int | None = None
     presence_penalty: float = 0.0
@@ -123,7 +123,7 @@ class RecordChoice(_Model):
     index: int
     text: str | Redacted
     finish_reason: str | None
-    stop_reason: int | str | None = None
+    stop_reason: int | str | Redacted | None = None
     token_ids: list[int] | Redacted | None = None
     logprobs: RecordLogprobs | Redacted | None = None
     extra: dict[str, Any] | Redacted = Field(default_factory=dict)

@@ -55,13 +55,16 @@ class RecordsSettings(BaseModel):
     each record is written to ``spool_dir`` on the request path (also what ``spool_fsync =
     "always"`` does, and what happens when no shared memory can be had)."""
     spool_memory_dir: Path = Path("/dev/shm")
-    """The tmpfs where records are staged (a directory per spool is made in it)."""
+    """The tmpfs where records are staged (a directory per spool is made in it, ``0700``; one
+    another user could have prepared is refused, and the spool written directly)."""
     spool_max_bytes: int = Field(default=1 << 30, ge=1 << 16)
     """Undelivered records the spool may hold; beyond it new requests are refused with 503
     (backpressure) until the sink catches up."""
     redact: bool = False
-    """Replace prompts, rendered prompts, prompt/output token ids, output texts and logprobs by
-    the sha256 of what was removed. Redacted records cannot be replayed."""
+    """Replace every text the client sent (messages, prompt, and every parameter not listed as
+    clear: stop, user, tools, response_format, unknown fields...) and every output (texts, token
+    ids, logprobs, rendered prompts) by the sha256 of what was removed (docs/records.md).
+    Redacted records cannot be replayed."""
     retention_days: float | None = Field(default=None, gt=0)
     """Delete records older than this (``tiergate records prune``; the delivery process prunes
     hourly).

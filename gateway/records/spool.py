@@ -30,7 +30,8 @@ from pathlib import Path
 
 import orjson
 
-from gateway.kernel.errors import UpstreamError
+from gateway.kernel.errors import UnsafePathError, UpstreamError
+from gateway.kernel.files import FILE_MODE, check_private_dir, make_private_dir, writable_by_others
 from gateway.records.builder import finish_draft
 from gateway.records.schema import canonical_json
 from gateway.records.sinks.base import PendingRecord
@@ -143,7 +144,7 @@ class Segment:
         self.delivered = offset
         try:
             if self._marker_fd is None:
-                self._marker_fd = os.open(self.marker, os.O_WRONLY | os.O_CREAT, 0o644)
+                self._marker_fd = os.open(self.marker, os.O_WRONLY | os.O_CREAT, FILE_MODE)
             os.pwrite(self._marker_fd, b"%020d" % offset, 0)
         except OSError as exc:  # only an optimisation: the store deduplicates
             log.warning("spool %s: cannot write %s: %s", self.path, self.marker, exc)
@@ -206,10 +207,19 @@ class Spool:
         """Bytes this process appended, over all its segments."""
 
     def open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.directory)
+        if writable_by_others(self.directory):
+            log.warning("records: the spool %s is not the gateway user's or others can write "
+                        "to it: they could add records to it (make it the gateway user's, mode "
+                        "0700)", self.directory)
         if self.staging is not None:
             try:
-                self.staging.mkdir(parents=True, exist_ok=True)
+                make_private_dir(self.staging)
+                check_private_dir(self.staging)
+            except UnsafePathError as exc:
+                log.error("records: shared-memory staging refused: %s; records are written to "
+                          "%s directly", exc, self.directory)
+                self.staging = None
             except OSError as exc:
                 log.warning("records: no shared-memory staging in %s (%s): records are written "
                             "to %s directly", self.staging, exc, self.directory)
@@ -228,7 +238,7 @@ class Spool:
                             "this segment is written to disk directly", capacity,
                             self.staging, exc)
         temporary = self.directory / f"{name}.tmp"
-        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
         fcntl.flock(fd, fcntl.LOCK_EX)
         path = self.directory / f"{name}.spool"
         os.rename(temporary, path)  # visible to other processes only once locked

@@ -20,6 +20,11 @@ and the disk segment holds everything that had been fsynced.
 
 A line is whole when it ends in a newline and its crc32 matches: a reader may see the bytes of
 a copy in any order, and a twin's unwritten part is zeros (no line starts with one).
+
+The staging directory is the gateway user's, mode ``0700``, its twins ``0600``: one that another
+user could have prepared (not owned by the gateway's user, or writable by group or others: see
+:func:`gateway.kernel.files.check_private_dir`) is refused — the gateway writes its spool
+directly and its delivery process reads no twin from it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ import mmap
 import os
 import zlib
 from pathlib import Path
+
+from gateway.kernel.errors import UnsafePathError
+from gateway.kernel.files import FILE_MODE, check_private_dir
 
 log = logging.getLogger("tiergate.records.spool")
 
@@ -47,6 +55,28 @@ def staging_dir(spool_dir: Path, memory_dir: Path) -> Path:
     return memory_dir / f"tiergate-spool-{digest}"
 
 
+class TrustedDir:
+    """A staging directory as its reader sees it: used once it exists and is private (see the
+    module docs), never when it is refused (logged once)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._trusted: bool | None = None
+
+    def get(self) -> Path | None:
+        """The directory, or ``None``: it does not exist (yet), or it is refused."""
+        if self._trusted is None:
+            if not os.path.lexists(self.path):
+                return None
+            try:
+                check_private_dir(self.path)
+                self._trusted = True
+            except UnsafePathError as exc:
+                log.error("records: no records are read from the staging directory: %s", exc)
+                self._trusted = False
+        return self.path if self._trusted else None
+
+
 class MemorySegment:
     """The gateway's side of a memory twin: a mapping it copies lines into."""
 
@@ -54,7 +84,7 @@ class MemorySegment:
         self.path = path
         self.capacity = capacity
         self.size = 0
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             os.posix_fallocate(fd, 0, capacity)  # the pages exist: no SIGBUS on a full tmpfs
             self._map = mmap.mmap(fd, capacity, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)

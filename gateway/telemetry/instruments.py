@@ -8,13 +8,18 @@ parent-based: a client's sampled ``traceparent`` is always traced (and continued
 ``trace_sample_ratio`` share of requests is. An unsampled request creates no span at all, and a
 client's unsampled ``traceparent`` is passed upstream unchanged. Each app owns its providers and
 registry: no global state, several gateways can live in one process.
+
+Bounded: a label value or span attribute that a client's input names (the requested model) is
+one of the configured ``names`` (models and routes) or :data:`UNKNOWN` — a client sending 50,000
+made-up model names adds one series, not 50,000 — and text a client or upstream controls is
+clipped (:func:`clip`) before it reaches a span or a log line.
 """
 
 from __future__ import annotations
 
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -24,13 +29,25 @@ from gateway.telemetry.settings import TelemetrySettings
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0, 60.0, 120.0)
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+UNKNOWN = "unknown"
+"""The one label value of every model or route name that is not configured."""
+CLIP_CHARS = 200
+"""The most characters of client- or upstream-controlled text in a span status or log line."""
 
 Gauges = Callable[[], dict[str, float]]
 
 
+def clip(text: str, limit: int = CLIP_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (and marked so) for a log line or span."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 class Telemetry:
-    def __init__(self, settings: TelemetrySettings) -> None:
+    def __init__(self, settings: TelemetrySettings, names: Iterable[str] = ()) -> None:
         self.settings = settings
+        self.names = frozenset(names)
+        """The configured model and route names: the only values a request's ``route`` or
+        ``model`` label takes besides :data:`UNKNOWN`."""
         self.registry = MetricsRegistry()
         self.requests = Counter("tiergate_requests_total",
                                 "Requests answered, by route, model and status",
@@ -104,6 +121,10 @@ class Telemetry:
 
     # -- metrics -----------------------------------------------------------------------------
 
+    def label(self, name: str) -> str:
+        """A model or route name as a label value: itself if configured, else ``unknown``."""
+        return name if name in self.names else UNKNOWN
+
     def gauge(self, name: str, source: Gauges) -> None:
         """Report ``source()`` (label value → number) as the gauge ``name`` when scraped."""
         self.gauges[name].source = source
@@ -113,6 +134,7 @@ class Telemetry:
                         completion_tokens: int) -> None:
         if not self.settings.metrics:
             return
+        route, model = self.label(route), self.label(model)
         labels = (route, model, str(status))
         self.requests.inc(labels)
         self.duration.observe(labels, duration_s)
@@ -158,7 +180,7 @@ class Telemetry:
         context = extract(trace_headers) if parent is not None else None
         return self._tracer.start_span(
             name, context=context, kind=SpanKind.SERVER,
-            attributes={"tiergate.request_id": request_id, "tiergate.route": model})
+            attributes={"tiergate.request_id": request_id, "tiergate.route": self.label(model)})
 
     def use(self, span: Any) -> AbstractContextManager[Any]:
         """Make ``span`` current for the calls inside (their spans become its children)."""
@@ -183,7 +205,7 @@ class Telemetry:
 
         span.set_attribute("http.response.status_code", status)
         if status >= 500:
-            span.set_status(Status(StatusCode.ERROR, str(error) if error else None))
+            span.set_status(Status(StatusCode.ERROR, clip(str(error)) if error else None))
         span.end()
 
 

@@ -95,9 +95,9 @@ def test_sinks_by_name() -> None:
     ("[canary]\nfalse_alarm_rate = 0\n", "false_alarm_rate"),
     ("[canary]\nagreement_alternative = 0.001\n", "must exceed agreement_tolerance"),
     ("[canary.models.ghost]\nrollback = false\n", "canary.models.ghost: not a configured"),
-    ("[models.a]\nbackend = 'http'\nbase_url = 'x'\n[canary.models.a]\nrollback = true\n",
+    ("[models.a]\nbackend = 'http'\nbase_url = 'http://h/v1'\n[canary.models.a]\nrollback = true\n",
      "rollback needs 'pinned'"),
-    ("[models.a]\nbackend = 'http'\nbase_url = 'x'\n[canary.models.a]\npinned = 'a'\n",
+    ("[models.a]\nbackend = 'http'\nbase_url = 'http://h/v1'\n[canary.models.a]\npinned = 'a'\n",
      "is not another configured model"),
 ])
 def test_invalid_canary_settings(tmp_path: Path, text: str, needle: str) -> None:
@@ -111,7 +111,7 @@ def test_invalid_canary_settings(tmp_path: Path, text: str, needle: str) -> None
 def test_canary_set_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text("[canary]\ndefault_set = 'sets/a.jsonl'\n"
-                      "[models.a]\nbackend = 'http'\nbase_url = 'x'\n"
+                      "[models.a]\nbackend = 'http'\nbase_url = 'http://h/v1'\n"
                       "[canary.models.a]\ncanary_set = 'b.jsonl'\n")
     settings = load_settings(config)
     assert settings.canary.default_set == (tmp_path / "sets/a.jsonl").resolve()

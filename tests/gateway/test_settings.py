@@ -77,13 +77,67 @@ def test_every_field_is_documented() -> None:
     from pydantic import BaseModel
 
     from canary.settings import CanaryModelSettings, CanarySettings, ShadowMirror, ShadowSettings
+    from gateway.protocol import LimitsSettings
     from gateway.settings import AuthSettings, ServerSettings, Settings
+    from router.settings import RouteSettings
     from tests.conftest import REPO
 
     doc = (REPO / "docs" / "configuration.md").read_text()
     sections: list[type[BaseModel]] = [Settings, ServerSettings, AuthSettings,
                                        HTTPModelSettings, EngineModelSettings, CanarySettings,
-                                       CanaryModelSettings, ShadowSettings, ShadowMirror]
+                                       CanaryModelSettings, ShadowSettings, ShadowMirror,
+                                       LimitsSettings, RouteSettings]
     missing = [f"{cls.__name__}.{name}" for cls in sections for name in cls.model_fields
                if f"`{name}`" not in doc]
     assert not missing, f"fields missing from docs/configuration.md: {missing}"
+
+
+@pytest.mark.parametrize("base_url", ["vllm:8000/v1", "ftp://vllm/v1", "http:///v1",
+                                      "http://vllm:99999/v1", "http://vl lm/v1"])
+def test_base_url_must_be_an_http_url(tmp_path: Path, base_url: str) -> None:
+    config = tmp_path / "t.toml"
+    config.write_text(f"[models.a]\nbackend = 'http'\nbase_url = '{base_url}'\n")
+    with pytest.raises(ConfigError) as error:
+        load_settings(config)
+    assert "models.a.http.base_url" in str(error.value)
+    assert "http(s) URL" in str(error.value) or "not a URL" in str(error.value)
+
+
+def route_config(tmp_path: Path, route: str) -> Path:
+    from tests.router.test_strategies import REF_AUTO
+
+    config = tmp_path / "t.toml"
+    config.write_text(f"""
+[models.small]
+backend = "http"
+base_url = "http://small:8000/v1"
+[models.large]
+backend = "http"
+base_url = "https://large.example/v1"
+[routes.auto]
+mode = "cascade"
+small = "small"
+large = "large"
+verifier = "{REF_AUTO}"
+{route}
+""")
+    return config
+
+
+def test_a_scoring_route_needs_a_pinned_verifier(tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    from router.loading import build_router
+    from tests.router.test_routing import manifest_sha256
+    from tests.router.test_strategies import REF_AUTO
+
+    needs_pin = r"routes\.auto\n.*a cascade route needs 'verifier_sha256'"
+    with pytest.raises(ConfigError, match=needs_pin):
+        load_settings(route_config(tmp_path, ""))
+    pin = manifest_sha256(REF_AUTO)
+    pinned = load_settings(route_config(tmp_path, f'verifier_sha256 = "{pin}"'))
+    assert pinned.routes["auto"].verifier_sha256 == pin
+    build_router(pinned.routes, None)
+    assert "not pinned" not in caplog.text
+    unpinned = load_settings(route_config(tmp_path, "allow_unpinned_verifier = true"))
+    build_router(unpinned.routes, None)
+    assert "routes.auto: verifier" in caplog.text and "is not pinned" in caplog.text

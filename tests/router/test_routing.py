@@ -46,14 +46,22 @@ def verifier_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
+def manifest_sha256(artifact: Path) -> str:
+    """The pin of a trained artifact (its manifest's ``sha256``)."""
+    sha256: str = orjson.loads((artifact / "manifest.json").read_bytes())["sha256"]
+    return sha256
+
+
 def sections(upstream: ServerProcess, verifiers: dict[str, Path]) -> dict[str, dict[str, Any]]:
     return {
         "models.small": upstream_model(upstream, "echo"),
         "models.large": upstream_model(upstream, "echo"),
         "routes.auto": {"mode": "prompt", "small": "small", "large": "large",
-                        "verifier": str(verifiers["prompt"]), "threshold": 0.5},
+                        "verifier": str(verifiers["prompt"]), "threshold": 0.5,
+                        "verifier_sha256": manifest_sha256(verifiers["prompt"])},
         "routes.cascade": {"mode": "cascade", "small": "small", "large": "large",
-                           "verifier": str(verifiers["answer"]), "threshold": 0.5},
+                           "verifier": str(verifiers["answer"]), "threshold": 0.5,
+                           "verifier_sha256": manifest_sha256(verifiers["answer"])},
         "routes.always-large": {"mode": "fixed", "small": "small", "large": "large",
                                 "tier": "large"},
         "auth": {"admin_keys": [{"id": "sre", "sha256": hash_key(ADMIN)}]},

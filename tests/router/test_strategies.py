@@ -40,6 +40,7 @@ from router.strategies import (
 )
 from router.thresholds import ThresholdStore
 from tests.conftest import ServerProcess, upstream_model
+from tests.router.test_routing import manifest_sha256
 from verifiers.data import VerifierInput
 
 REF_AUTO = Path(__file__).resolve().parents[2] / "gateway" / "reference" / "verifiers" / "ref-auto"
@@ -137,7 +138,8 @@ def test_an_unknown_mode_is_refused_naming_the_known_ones() -> None:
 def test_a_mode_that_scores_needs_a_verifier_of_its_kind() -> None:
     with pytest.raises(pydantic.ValidationError, match="a prompt route needs a 'verifier'"):
         RouteSettings(mode="prompt", small="small", large="large")
-    wrong = RouteSettings(mode="prompt", small="small", large="large", verifier=REF_AUTO)
+    wrong = RouteSettings(mode="prompt", small="small", large="large", verifier=REF_AUTO,
+                          verifier_sha256=manifest_sha256(REF_AUTO))
     with pytest.raises(ConfigError, match="a prompt route needs a prompt verifier"):
         build_router({"auto": wrong}, None)
     fixed = RouteSettings(mode="fixed", small="small", large="large", verifier=REF_AUTO)

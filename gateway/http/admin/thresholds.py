@@ -1,5 +1,6 @@
 """``GET`` / ``PUT /admin/routes/{route}/threshold``: a route's escalation threshold, read and
-changed live (shared by every replica through Redis when configured)."""
+changed live (shared by every replica through Redis when configured). A change Redis does not
+take answers 503 (``service_unavailable``) and is applied on no replica, this one included."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ def _store(call: Call) -> tuple[str, ThresholdStore]:
 async def get_threshold(call: Call) -> Reply:
     route, store = _store(call)
     low, high = store.ranges.get(route, (0.0, 1.0))
+    shared = store.redis_url is not None
     return json_reply({"route": route, "threshold": store.get(route), "range": [low, high],
-                       "shared": store.redis_url is not None})
+                       "shared": shared, "connected": store.connected if shared else None})
 
 
 async def put_threshold(call: Call) -> Reply:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import orjson
 
 from gateway.kernel.errors import ServiceUnavailableError
+from gateway.kernel.secrets import redact, redact_error
 from gateway.records.chain import Checkpoint, Signer, StoredRecord, genesis_digest
 from gateway.records.sinks.base import (
     IndexedRecord,
@@ -65,6 +66,8 @@ class RedisSink(RecordSink):
 
     def __init__(self, url: str, prefix: str) -> None:
         self.url = url
+        self.shown_url = redact(url)
+        """The URL as errors and logs show it: its password masked."""
         self.prefix = prefix
         self._client: Any = None
 
@@ -78,7 +81,8 @@ class RedisSink(RecordSink):
         try:
             return await command
         except RedisError as exc:
-            raise ServiceUnavailableError(f"record store {self.url}: {exc}") from exc
+            raise ServiceUnavailableError(
+                f"record store {self.shown_url}: {redact_error(exc)}") from exc
 
     @property
     def client(self) -> Any:
@@ -99,11 +103,12 @@ class RedisSink(RecordSink):
             await self._client.setnx(key, STORE_VERSION)
             version = await self._client.get(key)
         except RedisError as exc:
-            raise ServiceUnavailableError(f"record store {self.url}: {exc}") from exc
+            raise ServiceUnavailableError(
+                f"record store {self.shown_url}: {redact_error(exc)}") from exc
         if version != STORE_VERSION.encode():
             raise ServiceUnavailableError(
-                f"record store {self.url} ({self.prefix}) has layout version {version!r}, this "
-                f"tiergate writes version {STORE_VERSION}: use another records.redis_stream")
+                f"record store {self.shown_url} ({self.prefix}) has layout version {version!r}, "
+                f"this tiergate writes version {STORE_VERSION}: use another records.redis_stream")
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
@@ -161,7 +166,8 @@ class RedisSink(RecordSink):
                     except WatchError:
                         continue
         except RedisError as exc:
-            raise ServiceUnavailableError(f"record store {self.url}: {exc}") from exc
+            raise ServiceUnavailableError(
+                f"record store {self.shown_url}: {redact_error(exc)}") from exc
 
     async def chains(self) -> list[str]:
         members = await self._do(self.client.smembers(self._key("chains")))

@@ -4,7 +4,8 @@ Appends run in ``BEGIN IMMEDIATE`` transactions (one writer at a time, across pr
 several gateway workers may share the file), committed with ``synchronous=FULL`` so a committed
 batch survives power loss before the spool forgets it. Reads use their own connection and never
 block the writer (WAL). Every call runs in a worker thread, off the event loop (except in the
-records delivery process, which has no other work for its loop).
+records delivery process, which has no other work for its loop). The file is created ``0600``
+in a directory created ``0700`` (SQLite gives its ``-wal`` and ``-shm`` files the file's mode).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 import orjson
 
 from gateway.kernel.errors import ServiceUnavailableError
+from gateway.kernel.files import create_private_file, make_private_dir
 from gateway.records.chain import Checkpoint, Signer, StoredRecord
 from gateway.records.sinks.base import (
     IndexedRecord,
@@ -104,7 +106,8 @@ class SQLiteSink(RecordSink):
     def _connect(self) -> sqlite3.Connection:
         if not self.create and not self.path.exists():
             raise ServiceUnavailableError(f"no record store at {self.path} (records.sqlite_path)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
+        create_private_file(self.path)  # SQLite would make it with the umask's mode (0644)
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
                                check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -139,7 +142,7 @@ class SQLiteSink(RecordSink):
             try:
                 self._conn = (await asyncio.to_thread(self._connect) if self.in_thread
                               else self._connect())
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
                 raise ServiceUnavailableError(f"record store {self.path}: {exc}") from exc
 
     async def aclose(self) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from gateway.cli.main import main
 from tests.conftest import GatewayFactory, ServerProcess, upstream_model, write_config
+from tests.router.test_routing import manifest_sha256
 from verifiers.training import train_artifact
 
 PIN = "12" * 32
@@ -46,9 +47,11 @@ def routed(gateway_factory: GatewayFactory, upstream: ServerProcess,
         "models.small": upstream_model(upstream, "echo", weights_sha256=PIN),
         "models.large": upstream_model(upstream, "echo", weights_sha256=PIN),
         "routes.auto": {"mode": "prompt", "small": "small", "large": "large",
-                        "verifier": verifiers["prompt"], "threshold": 0.5},
+                        "verifier": verifiers["prompt"], "threshold": 0.5,
+                        "verifier_sha256": manifest_sha256(Path(verifiers["prompt"]))},
         "routes.cascade": {"mode": "cascade", "small": "small", "large": "large",
-                           "verifier": verifiers["answer"], "threshold": 0.5},
+                           "verifier": verifiers["answer"], "threshold": 0.5,
+                           "verifier_sha256": manifest_sha256(Path(verifiers["answer"]))},
         "records": {"sqlite_path": str(base / "records.sqlite3"),
                     "spool_dir": str(base / "spool"), "flush_interval_s": 0.01},
         "base": {"dir": str(base)},

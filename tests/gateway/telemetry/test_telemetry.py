@@ -93,3 +93,21 @@ def test_grafana_dashboard_uses_only_exported_metrics(traced: ServerProcess) -> 
     series = {name + suffix for name in exported for suffix in ("", "_bucket", "_count", "_sum")}
     # The escalation and record-queue series exist once routing and records are in use.
     assert used - series <= {"tiergate_escalations_total", "tiergate_record_queue_depth"}
+
+
+def test_label_values_are_configured_names_or_unknown() -> None:
+    from gateway.telemetry.instruments import UNKNOWN, Telemetry, clip
+    from gateway.telemetry.settings import TelemetrySettings
+
+    telemetry = Telemetry(TelemetrySettings(tracing=False), names=["echo", "auto"])
+    telemetry.observe_request("auto", "echo", 200, 0.01, 0.005, 3, 4)
+    for i in range(1000):
+        telemetry.observe_request(f"made-up-{i}", f"made-up-{i}", 404, 0.001, None, 0, 0)
+    assert set(telemetry.requests.values) == {("auto", "echo", "200"),
+                                              (UNKNOWN, UNKNOWN, "404")}
+    assert telemetry.requests.values[(UNKNOWN, UNKNOWN, "404")] == 1000
+    assert len(telemetry.duration.series) == 2
+    text = telemetry.prometheus_text()
+    assert b"made-up" not in text and len(text) < 10_000
+    assert clip("x" * 10) == "x" * 10
+    assert clip("x" * 1_000_000) == "x" * 200 + "… (1000000 characters)"
