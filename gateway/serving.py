@@ -63,19 +63,6 @@ class Plan:
     prior: list[GenerationResult] = field(default_factory=list)
 
 
-def _model_headers(model: ModelTuple, request: GenerationRequest,
-                   decision: Decision | None = None) -> dict[str, str]:
-    headers = {"x-tiergate-model": model.header_value}
-    if decision is not None:
-        headers["x-tiergate-route"] = decision.route
-        headers["x-tiergate-escalated"] = "true" if decision.escalated else "false"
-        if decision.score is not None:
-            headers["x-tiergate-score"] = f"{decision.score:.6f}"
-    if request.sampling.seed is not None:
-        headers["x-tiergate-seed"] = str(request.sampling.seed)
-    return headers
-
-
 class OpenAIServing:
     """Chat completions and completions over the model registry."""
 
@@ -96,7 +83,14 @@ class OpenAIServing:
 
     def _headers(self, model: ModelTuple, gen: GenerationRequest,
                  decision: Decision | None) -> dict[str, str]:
-        headers = _model_headers(model, gen, decision)
+        headers = {"x-tiergate-model": model.header_value}
+        if decision is not None:
+            headers["x-tiergate-route"] = decision.route
+            headers["x-tiergate-escalated"] = "true" if decision.escalated else "false"
+            if decision.score is not None:
+                headers["x-tiergate-score"] = f"{decision.score:.6f}"
+        if gen.sampling.seed is not None:
+            headers["x-tiergate-seed"] = str(gen.sampling.seed)
         for listener in self.listeners.heading:
             headers.update(listener.headers(gen))
         return headers

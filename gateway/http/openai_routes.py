@@ -6,6 +6,8 @@ auth, body limits and errors are the front door's (:mod:`gateway.http.frontdoor`
 
 from __future__ import annotations
 
+from functools import partial
+
 import orjson
 
 from gateway import protocol
@@ -16,7 +18,9 @@ from gateway.kernel.errors import ModelNotFoundError
 from gateway.listener import RequestContext
 
 
-async def _complete(call: Call, model: type[protocol.OpenAIRequest]) -> Reply:
+async def complete(model: type[protocol.OpenAIRequest], call: Call) -> Reply:
+    """``/v1/chat/completions`` and ``/v1/completions`` (``model``: the request's protocol
+    model), bound per path with ``partial``: one coroutine per request."""
     parsed = parse(model, await call.body(), call.gateway.settings.limits)
     trace = {}
     traceparent = call.header(b"traceparent")
@@ -31,14 +35,6 @@ async def _complete(call: Call, model: type[protocol.OpenAIRequest]) -> Reply:
     if served.stream is not None:
         return Reply(headers=served.headers, stream=served.stream)
     return Reply(orjson.dumps(served.body), headers=served.headers)
-
-
-async def chat_completions(call: Call) -> Reply:
-    return await _complete(call, protocol.ChatCompletionRequest)
-
-
-async def completions(call: Call) -> Reply:
-    return await _complete(call, protocol.CompletionRequest)
 
 
 async def list_models(call: Call) -> Reply:
@@ -59,8 +55,8 @@ async def retrieve_model(call: Call) -> Reply:
 
 
 ENDPOINTS = [
-    Endpoint("/v1/chat/completions", "POST", chat_completions),
-    Endpoint("/v1/completions", "POST", completions),
+    Endpoint("/v1/chat/completions", "POST", partial(complete, protocol.ChatCompletionRequest)),
+    Endpoint("/v1/completions", "POST", partial(complete, protocol.CompletionRequest)),
     Endpoint("/v1/models", "GET", list_models),
     Endpoint("/v1/models/{model:path}", "GET", retrieve_model),
 ]
