@@ -590,6 +590,10 @@ def report(r: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
               f"sequential, {t['cpu_conc_ms'] / b['cpu_conc_ms']:.3f}x @32, "
               f"{t['cpu_sse_ms'] / b['cpu_sse_ms']:.3f}x SSE, "
               f"{t['cpu_paced_ms'] / b['cpu_paced_ms']:.3f}x paced SSE")
+        print(f"  sequential, worker alone: {t['cpu_seq_path_ms']:.3f} against "
+              f"{b['cpu_seq_path_ms']:.3f} ms; records delivery process: "
+              f"{t['cpu_seq_ms'] - t['cpu_seq_path_ms']:.3f} against "
+              f"{b['cpu_seq_ms'] - b['cpu_seq_path_ms']:.3f} ms")
         print(f"  throughput tiergate/baseline: {t['rps'] / b['rps']:.3f}x; vs the floor "
               f"{t['rps'] / f['rps']:.2f}x against {b['rps'] / f['rps']:.2f}x (wall), CPU "
               f"{f['cpu_conc_ms'] / t['cpu_conc_ms']:.2f}x against "

@@ -43,6 +43,10 @@ ROLLBACKS_CHANNEL = "tiergate:canary:rollbacks:changed"
 LEADER_KEY = "tiergate:canary:leader"
 
 
+STOP_WAIT_S = 5.0
+"""How long a stopping monitor waits for its background tasks."""
+
+
 def rollback_board(settings: CanaryDeployment) -> SharedMap[str]:
     """The rollbacks in force (model → the model serving its pinned version)."""
     return SharedMap("rollbacks", settings.redis_url, ROLLBACKS_HASH, ROLLBACKS_CHANNEL,
@@ -103,7 +107,11 @@ class CanaryMonitor:
     async def aclose(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:  # bounded: a Redis client call may swallow a cancellation and wait on
+            _, pending = await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
+            for task in pending:
+                log.warning("canaries: task %s did not stop within %.0f s", task.get_name(),
+                            STOP_WAIT_S)
         self._tasks = []
         await self._feed_evidence()
         await self.leader.release()

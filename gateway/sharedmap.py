@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 from gateway.kernel.errors import ServiceUnavailableError
@@ -145,13 +145,23 @@ class SharedMap(Generic[V]):
             # redis-py's get_message can swallow a cancellation and wait on: closing the
             # subscription's connection first ends that wait; the flag ends the loop.
             if self._pubsub is not None:
-                await self._pubsub.aclose()
+                await self._bounded(self._pubsub.aclose())
             self._listener.cancel()
             _, pending = await asyncio.wait([self._listener], timeout=2.0)
             if pending:
                 log.warning("%s: the Redis listener did not stop", self.name)
         if self._redis is not None:
-            await self._redis.aclose()
+            await self._bounded(self._redis.aclose())
+
+    async def _bounded(self, closing: Awaitable[object]) -> None:
+        """Close a Redis object without waiting on a connection Redis never answers."""
+        from redis.exceptions import RedisError
+
+        try:
+            async with asyncio.timeout(2.0):
+                await closing
+        except (TimeoutError, RedisError, OSError) as exc:
+            log.warning("%s: closing the Redis connection: %s", self.name, redact_error(exc))
 
     async def _load(self) -> None:
         stored = await self._redis.hgetall(self.hash)
