@@ -99,11 +99,6 @@ class RouteTable:
             else:
                 self.static[path] = methods
 
-    @property
-    def endpoints(self) -> list[Endpoint]:
-        every = [*self.static.values(), *(methods for _, methods in self.patterns)]
-        return [e for methods in every for e in methods.values()]
-
     def match(self, method: str, path: str) -> tuple[Endpoint, dict[str, str]]:
         """The endpoint and path parameters, or :class:`NotFoundError` /
         :class:`MethodNotAllowedError` (with the methods the path allows)."""

@@ -37,6 +37,16 @@ def _is_admin(call: Call) -> bool:
     return True
 
 
+def _add_admin_details(call: Call, body: dict[str, Any], models: dict[str, Any]) -> bool:
+    """Each model's whole health and the records' state, for an admin; whether it was one."""
+    if not _is_admin(call):
+        return False
+    body["models"] = models
+    if call.gateway.recorder is not None:
+        body["records"] = call.gateway.recorder.health()
+    return True
+
+
 def _public(health: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in health.items() if k in PUBLIC_MODEL_FIELDS}
 
@@ -48,10 +58,7 @@ async def livez(call: Call) -> Reply:
 async def readyz(call: Call) -> Reply:
     reasons, models = await call.gateway.readiness()
     body: dict[str, Any] = {"status": "unavailable" if reasons else "ready", "reasons": reasons}
-    if _is_admin(call):
-        body["models"] = models
-        if call.gateway.recorder is not None:
-            body["records"] = call.gateway.recorder.health()
+    _add_admin_details(call, body, models)
     return json_reply(body, status=503 if reasons else 200)
 
 
@@ -62,11 +69,7 @@ async def health(call: Call) -> Reply:
     else:
         status = "ok" if all(m.get("status") == "ok" for m in models.values()) else "degraded"
     body: dict[str, Any] = {"status": status, "ready": not reasons, "reasons": reasons}
-    if _is_admin(call):
-        body["models"] = models
-        if call.gateway.recorder is not None:
-            body["records"] = call.gateway.recorder.health()
-    else:
+    if not _add_admin_details(call, body, models):
         body["models"] = {name: _public(m) for name, m in models.items()}
     return json_reply(body, status=503 if reasons else 200)
 

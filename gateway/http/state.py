@@ -11,8 +11,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, SecretStr
-
 from canary.mirror import ShadowMirror
 from canary.monitor import CanaryMonitor
 from gateway.http.auth import KeyAuthenticator
@@ -47,7 +45,7 @@ class GatewayState:
 
     @classmethod
     def build(cls, settings: Settings) -> GatewayState:
-        register_secrets(settings)
+        secrets.register_settings(settings)
         registry = ModelRegistry(settings)
         telemetry = Telemetry(settings.telemetry, names=[*settings.models, *settings.routes])
         telemetry.gauge("tiergate_in_flight",
@@ -138,21 +136,3 @@ class GatewayState:
             cards.append(model_card(name, self.registry.created, info))
         return cards
 
-
-def register_secrets(value: Any) -> None:
-    """Register every credential in ``value`` (settings): secret fields, and the password of
-    every URL, wherever they are in it."""
-    if isinstance(value, SecretStr):
-        secrets.register(value.get_secret_value())
-    elif isinstance(value, str):
-        if "://" in value:
-            secrets.register_url(value)
-    elif isinstance(value, BaseModel):
-        for name in type(value).model_fields:
-            register_secrets(getattr(value, name))
-    elif isinstance(value, dict):
-        for item in value.values():
-            register_secrets(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            register_secrets(item)

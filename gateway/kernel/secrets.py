@@ -8,7 +8,8 @@
 - credentials in a query string (``?api_key=``, ``token``, ``password``, ``secret``, ``sig`` ...);
 - ``Bearer`` / ``Basic`` authorization values and API-key-shaped tokens (``sk-...``, ``tg-...``);
 - every value registered with :func:`register` — the settings' API keys, signing key and the
-  passwords of their URLs (``gateway.http.state`` registers them when it builds a gateway).
+  passwords of their URLs (:func:`register_settings` finds them in the settings; the gateway
+  and its records delivery process call it at start).
 
 It is used where foreign exceptions are mapped (``raise SomeTiergateError(redact(...)) from
 exc``), where URLs are shown (``/health``, model tuples), and by :class:`RedactingFilter`, which
@@ -20,7 +21,10 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
+
+from pydantic import BaseModel, SecretStr
 
 MASK = "***"
 _MIN_SECRET = 4
@@ -72,6 +76,25 @@ def register_url(url: str | None) -> None:
         register(unquote(password), password)
     elif username and len(username) >= _MIN_USER_TOKEN:
         register(unquote(username), username)
+
+
+def register_settings(value: Any) -> None:
+    """Register every credential in ``value`` (settings, or any section of them): secret fields,
+    and the password of every URL, wherever they are in it."""
+    if isinstance(value, SecretStr):
+        register(value.get_secret_value())
+    elif isinstance(value, str):
+        if "://" in value:
+            register_url(value)
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            register_settings(getattr(value, name))
+    elif isinstance(value, dict):
+        for item in value.values():
+            register_settings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            register_settings(item)
 
 
 def _userinfo(match: re.Match[str]) -> str:

@@ -454,9 +454,7 @@ async def _main(stdin: BinaryIO) -> None:
     logging.basicConfig(level=options.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     secrets.install()
-    secrets.register_url(options.settings.redis_url)
-    if options.settings.signing_key is not None:
-        secrets.register(options.settings.signing_key.get_secret_value())
+    secrets.register_settings(options.settings)
     delivery = Delivery(options.settings, options.writer, options.shutdown_timeout_s)
 
     def stop() -> None:

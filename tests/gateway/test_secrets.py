@@ -14,7 +14,6 @@ import pytest
 from pydantic import SecretStr
 
 from gateway.http.auth import hash_key
-from gateway.http.state import register_secrets
 from gateway.kernel import secrets
 from gateway.records.staging import staging_dir
 from gateway.settings import Settings
@@ -69,11 +68,11 @@ def test_every_secret_of_the_settings_is_registered(tmp_path: Path) -> None:
                     "signing_key": "signingKey-settings-3"},
         "canary": {"dir": str(tmp_path)},
         "redis_url": "redis://:sharedPW-settings-4@h/0"})
-    register_secrets(settings)
+    secrets.register_settings(settings)
     for planted in ("urlPW-settings-1", "keyInSettings-42", "recPW-settings-2",
                     "signingKey-settings-3", "sharedPW-settings-4"):
         assert planted not in secrets.redact(f"... {planted} ...")
-    register_secrets([SecretStr("in-a-list-secret")])
+    secrets.register_settings([SecretStr("in-a-list-secret")])
     assert secrets.redact("in-a-list-secret") == "***"
 
 
