@@ -11,7 +11,9 @@ size. And a request it cannot parse gets a plain-text 400. Here (``[server]`` se
   or of its first byte (later ones), the **body** within ``body_timeout_s`` of the head's end;
   past it: 408, or a silent close for a connection that sent nothing;
 - more than ``max_header_count`` headers, or more than ``max_header_bytes`` of names and values:
-  431, checked as each header completes and, for one that never does, as the head's bytes arrive;
+  431; the count is checked as each header completes, the bytes as the head's reads arrive
+  (``max_head_bytes`` over all reads after its first) and exactly once it is complete (only when
+  its reads could hold that many);
 - a request target longer than ``max_url_bytes``: 414;
 - anything llhttp refuses (Content-Length with Transfer-Encoding, a negative length, control
   characters, ...): 400.
@@ -21,8 +23,8 @@ Every refusal is an OpenAI-shaped JSON error (:mod:`gateway.kernel.errors`) sent
 ``LINGER_S`` (so the client reads the answer instead of a reset) and closes. A response already
 under way on the connection (HTTP pipelining) is cut instead of answered into.
 
-Cost on the request path: a counter and a size sum per header, a few attribute writes per
-request, and a timer only for a head or body that does not arrive in the read it started in.
+Cost on the request path: a length check per header, a few attribute writes per request, and
+a timer only for a head or body that does not arrive in the read it started in.
 """
 
 from __future__ import annotations
@@ -105,8 +107,10 @@ class GatewayHttpProtocol(CoalescingHttpToolsProtocol):
         self._max_header_count = limits.max_header_count
         self._phase = _IDLE
         self._messages = 0  # requests begun on this connection
+        self._max_header_bytes = limits.max_header_bytes
         self._head_bytes = 0  # bytes of the current head read after its first read
-        self._header_room = 0  # bytes of header names and values the current head may add
+        self._read_bytes = 0  # bytes of the read being parsed
+        self._head_first_read = 0  # bytes of the read the current head began in
         self._timer: asyncio.TimerHandle | None = None  # head, body or linger deadline
 
     # The connection
@@ -127,6 +131,7 @@ class GatewayHttpProtocol(CoalescingHttpToolsProtocol):
             return  # refused: what still arrives is discarded
         self._unset_keepalive_if_required()
         begun = self._messages
+        self._read_bytes = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -167,11 +172,26 @@ class GatewayHttpProtocol(CoalescingHttpToolsProtocol):
     # Parser callbacks
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        """uvicorn's, inlined (once per request), and the head's accounting reset."""
+        self.url = b""
+        self.expect_100_continue = False
+        headers: list[tuple[bytes, bytes]] = []
+        self.headers = headers
+        self.scope = {  # type: ignore[typeddict-item]
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,  # type: ignore[typeddict-item]
+            "root_path": self.root_path,
+            "headers": headers,
+            "state": self.app_state.copy(),
+        }
         self._phase = _HEAD
         self._messages += 1
         self._head_bytes = 0
-        self._header_room = self.limits.max_header_bytes
+        self._head_first_read = self._read_bytes
 
     def on_url(self, url: bytes) -> None:
         url = self.url + url
@@ -181,10 +201,10 @@ class GatewayHttpProtocol(CoalescingHttpToolsProtocol):
         self.url = url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """uvicorn's, inlined (the per-header path), after checking the head's limits."""
-        room = self._header_room = self._header_room - len(name) - len(value)
+        """uvicorn's, inlined (the per-header path), after checking the count of headers (the
+        bytes are checked as the head's reads arrive and once it is complete)."""
         headers = self.headers
-        if room < 0 or len(headers) >= self._max_header_count:
+        if len(headers) >= self._max_header_count:
             raise _too_large_head()
         name = name.lower()
         value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace (RFC 9110 5.5)
@@ -195,6 +215,12 @@ class GatewayHttpProtocol(CoalescingHttpToolsProtocol):
     def on_headers_complete(self) -> None:
         if self._timer is not None:
             self._cancel_timer()
+        # Every read this head spans, an upper bound of its size: most heads come in one read
+        # far below the limit, and their headers need no sum.
+        limit = self._max_header_bytes
+        if self._head_first_read + self._head_bytes + self._read_bytes > limit and \
+                sum(len(name) + len(value) for name, value in self.headers) > limit:
+            raise _too_large_head()
         super().on_headers_complete()
         self._phase = _BODY
 

@@ -58,6 +58,10 @@ def serve(settings: Settings) -> None:
         "port": server.port,
         "loop": "uvloop",
         "http": protocol_factory(EdgeLimits.from_settings(server)),
+        "interface": "asgi3",
+        # The gateway reads neither the client's address nor the scheme, so uvicorn's
+        # X-Forwarded-* rewriting would be one more ASGI layer per request for nothing.
+        "proxy_headers": False,
         "log_level": server.log_level,
         "access_log": False,
         "timeout_graceful_shutdown": int(server.graceful_shutdown_s) or None,

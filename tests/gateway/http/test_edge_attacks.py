@@ -216,6 +216,37 @@ async def test_many_headers_are_refused_431(edge: ServerProcess) -> None:
     assert rss_kb(edge) - before < 16 * 1024
 
 
+async def test_header_bytes_are_limited_exactly_whatever_the_reads(
+        edge: ServerProcess) -> None:
+    """``max_header_bytes`` (32 KiB of names and values) holds for a head that comes in one read
+    (checked once it is complete) as for one in many: 431 just past it, served just below."""
+    def head(value_bytes: int) -> bytes:  # four headers of names and values summing to it
+        each = value_bytes // 4 - len(b"x-big-0")
+        fields = b"".join(b"x-big-%d: %s\r\n" % (i, b"v" * each) for i in range(4))
+        return CHAT + fields + b"content-type: application/json\r\n"
+
+    body = b'{"model":"echo","messages":[{"role":"user","content":"hi"}]}'
+    limit = 32 * 1024 - 200  # room for the request's own host/content-* fields
+    below = head(limit) + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body
+    past = head(32 * 1024 + 64) + b"content-length: 2\r\n\r\n{}"
+    whole, = await oversized_heads(edge, [past])
+    assert_openai_error(*whole, 431)
+
+    async def trickled(data: bytes) -> tuple[int, dict[str, str], bytes]:
+        reader, writer = await connect(edge)
+        for start in range(0, len(data), 4096):  # many reads of one head
+            await send(writer, data[start:start + 4096])
+        result = await guarded(answer(reader))
+        writer.close()
+        return result
+
+    assert_openai_error(*await trickled(past), 431)
+    status, _, served = (await oversized_heads(edge, [below]))[0]
+    assert status == 200, served
+    status, _, served = await trickled(below)
+    assert status == 200, served
+
+
 MALFORMED = {
     "content-length and transfer-encoding":
         CHAT + b"content-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
