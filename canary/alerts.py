@@ -1,7 +1,8 @@
 """Drift alerts and where they go: sinks chosen by name from :data:`ALERT_SINKS`.
 
 An :class:`Alert` is raised when a pinned model's drift state turns to ``drift`` (and when an
-operator acknowledges it). Sinks:
+operator acknowledges it), and by the gateway's tuple registry when a model's last evaluation
+grows older than its re-evaluation period (``stale``). Sinks:
 
 - ``log``: a ``WARNING`` line on the ``tiergate.canary`` logger (always safe);
 - ``metric``: a callable the gateway registers (it counts alerts in its own metrics); without
@@ -24,7 +25,7 @@ from typing import Any, Literal, Protocol
 
 log = logging.getLogger("tiergate.canary")
 
-AlertKind = Literal["drift", "acknowledged"]
+AlertKind = Literal["drift", "acknowledged", "stale"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,7 @@ class Alert:
     run_id: str | None = None
     source: str = "canary"
     """``canary`` (a canary run), ``shadow`` (mirrored traffic), ``tuple`` (the served model
-    tuple differs from the pinned one), ``operator`` (an ack)."""
+    tuple differs from the pinned one), ``operator`` (an ack), ``registry`` (a stale tuple)."""
     rollback_to: str | None = None
     """The pinned version traffic now goes to, when rollback is on."""
     acknowledged_by: str | None = None
@@ -62,7 +63,7 @@ class LogSink(AlertSink):
     name = "log"
 
     async def send(self, alert: Alert) -> None:
-        level = logging.WARNING if alert.kind == "drift" else logging.INFO
+        level = logging.WARNING if alert.kind in ("drift", "stale") else logging.INFO
         log.log(level, "canary %s: %s: %s", alert.kind, alert.model, alert.summary)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from canary.alerts import Alert
@@ -86,6 +87,8 @@ class CanaryMonitor:
         self.leader = LeaderLock(settings.redis_url, LEADER_KEY, self.config.leader_ttl_s)
         self._evidence: dict[str, list[ShadowComparison]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.run_listeners: list[Callable[[str, CanaryRun], Awaitable[None]]] = []
+        """Called after every run (the gateway's tuple registry: a passing run re-evaluates)."""
         telemetry.gauge("tiergate_canary_rollback",
                         lambda: {m: 1.0 if m in self.rollbacks.values else 0.0
                                  for m in settings.models})
@@ -173,6 +176,11 @@ class CanaryMonitor:
         run = await self.service.run(model, self.registry.get(model))
         log.info("canary run of %s: %s", model, run.status)
         await self._apply(model)
+        for listener in self.run_listeners:
+            try:
+                await listener(model, run)
+            except Exception:
+                log.exception("canary run listener failed")
         return run
 
     # -- shadow evidence ---------------------------------------------------------------------

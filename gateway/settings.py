@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from canary.settings import CanarySettings, ShadowSettings
 from gateway.backends.settings import ModelSettings
+from gateway.governance.settings import GovernanceSettings
 from gateway.kernel.errors import ConfigError
 from gateway.kernel.secrets import redact
 from gateway.kernel.settings import Section
@@ -93,6 +94,8 @@ class Settings(BaseSettings):
     """What one request body may hold (nesting, objects, messages, model-name length)."""
     records: RecordsSettings = Field(default_factory=RecordsSettings)
     canary: CanarySettings = Field(default_factory=CanarySettings)
+    governance: GovernanceSettings = Field(default_factory=GovernanceSettings)
+    """The tuple registry and its gates: what an ungated model gets, tolerances, cadence."""
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     """Served models by the name clients use."""
     routes: dict[str, RouteSettings] = Field(default_factory=dict)
@@ -124,6 +127,15 @@ class Settings(BaseSettings):
             if unknown:
                 raise ValueError(f"models.{name}.fallbacks: not other configured models: "
                                  f"{unknown}")
+        return self
+
+    @model_validator(mode="after")
+    def _teachers_exist(self) -> Settings:
+        for name, model in self.models.items():
+            if model.teacher is not None and (model.teacher not in self.models
+                                              or model.teacher == name):
+                raise ValueError(f"models.{name}.teacher: {model.teacher!r} is not another "
+                                 "configured model")
         return self
 
     @model_validator(mode="after")
@@ -188,10 +200,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Relative model, adapter, verifier and canary-set paths in a file are relative to it."""
+    """Relative model, adapter, eval, verifier and canary-set paths in a file are relative to it."""
     for model in (data.get("models") or {}).values():
         if isinstance(model, dict):
-            for key in ("path", "adapter_path", "chat_template"):
+            for key in ("path", "adapter_path", "chat_template", "eval", "general_eval"):
                 if isinstance(model.get(key), str) and not Path(model[key]).is_absolute():
                     model[key] = str((base / model[key]).resolve())
     for route in (data.get("routes") or {}).values():

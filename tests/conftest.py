@@ -117,6 +117,27 @@ def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ungated_models_served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The test suite's models (the scriptable upstream, ad-hoc engines) carry no validating
+    eval: every gateway and CLI here serves them with a warning (``governance.ungated =
+    "warn"``) and keeps the registry history in the session's temporary folder. The gate tests
+    (tests/gateway/governance) set ``refuse``, the default, explicitly."""
+    history = tmp_path_factory.mktemp("governance") / "registry.sqlite3"
+    saved = {k: os.environ.get(k) for k in GOVERNANCE_ENV}
+    os.environ.update({"TIERGATE_GOVERNANCE__UNGATED": "warn",
+                       "TIERGATE_GOVERNANCE__HISTORY_PATH": str(history)})
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+GOVERNANCE_ENV = ("TIERGATE_GOVERNANCE__UNGATED", "TIERGATE_GOVERNANCE__HISTORY_PATH")
+
+
 @pytest.fixture(scope="session")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The scriptable OpenAI-compatible upstream (see gateway.testing.upstream)."""

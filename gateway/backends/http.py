@@ -156,7 +156,6 @@ class HTTPBackend(Backend):
             base_weights_sha256=s.weights_sha256 or inner.get("base_weights_sha256"),
             adapter=s.adapter or inner.get("adapter"),
             quantization=quantization,
-            validating_eval=s.validating_eval,
             source=self.shown_url,
         )
 

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from gateway.kernel.modeltuple import AdapterRef, EvalRef, Quantization
+from gateway.kernel.modeltuple import AdapterRef, Quantization
 from gateway.kernel.settings import Section
 
 
@@ -22,8 +22,28 @@ class ModelBaseSettings(Section):
     adapter: AdapterRef | None = None
     quantization: Quantization | None = None
     """Pinned quantization; ``None`` takes what the backend reports."""
-    validating_eval: EvalRef | None = None
-    """The eval that validated this tuple (written by ``tiergate eval``)."""
+    owner: str | None = None
+    """Who answers for this tuple (a team, an on-call alias): shown by the registry."""
+    eval: Path | None = None
+    """The eval that validates this tuple: the file ``tiergate eval --out`` wrote (relative
+    paths: to the config file). The registry's gates check it before the tuple serves."""
+    eval_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """Pinned sha256 of the ``eval`` file: a changed file refuses the gate."""
+    general_eval: Path | None = None
+    """An adapter's second eval: general capability against its base (the task must rise, the
+    capability must hold)."""
+    teacher: str | None = None
+    """A distilled student's teacher (a configured model): its eval must compare with it."""
+    teacher_sha256: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
+    """The teacher's tuple digest, as recorded when the student was distilled."""
+    slice_tolerances: dict[str, float] = Field(default_factory=dict)
+    """Per slice: how far below its baseline this tuple may score (else
+    ``governance.slice_tolerance``); decided before the eval runs."""
+    reevaluate_days: float | None = Field(default=None, gt=0)
+    """This tuple's re-evaluation period (else ``governance.reevaluate_days``)."""
+    gate_override: str | None = None
+    """Serve this tuple even if a gate fails; the reason is logged at every start and shown by
+    the registry. For an exception, not a habit."""
     retries: int = Field(default=1, ge=0, le=10)
     """Extra attempts on this model when it fails before anything reached the client."""
     retry_backoff_s: float = Field(default=0.05, ge=0)

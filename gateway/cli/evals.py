@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -94,8 +95,9 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
                 backend = registry.get(name)
                 started = time.perf_counter()
                 runs = await run_taskset(backend, items, args.concurrency, progress=progress)
-                report = summarize(name, backend.describe().digest(), str(args.task_set),
-                                   taskset_sha, runs, time.perf_counter() - started)
+                model = backend.describe()
+                report = summarize(name, model.digest(), str(args.task_set), taskset_sha, runs,
+                                   time.perf_counter() - started, model.model_dump(mode="json"))
                 reports.append((report, runs))
             if len(reports) == 2:
                 reports[0][0].agreement = agreement(reports[0][1], reports[1][1])
@@ -108,14 +110,16 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     if sys.stderr.isatty():
         print(file=sys.stderr)
     print(format_report(report, baseline))
-    slices = ", ".join(f'"{k}" = {v.accuracy:.4f}' for k, v in report.slices.items())
-    print(f"\npin it: validating_eval = {{ id = \"{report.id}\", "
-          f"score = {report.overall.accuracy:.4f}, slices = {{ {slices} }} }}")
-    if args.out is not None:
-        payload = {"report": report.to_json(),
-                   "baseline": baseline.to_json() if baseline else None}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2))
+    if args.out is None:
+        print("\nto validate this tuple with it, run again with --out FILE and pin the file in "
+              "the model's settings (docs/governance.md)")
+        return 0
+    payload = {"report": report.to_json(), "baseline": baseline.to_json() if baseline else None}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    data = orjson.dumps(payload, option=orjson.OPT_INDENT_2)
+    args.out.write_bytes(data)
+    print(f"\npin it in [models.{args.model}]: eval = \"{args.out}\"\n"
+          f"    eval_sha256 = \"{hashlib.sha256(data).hexdigest()}\"")
     return 0
 
 

@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_records_commands(sub, common)
 
+    from gateway.cli.registry import add_commands as add_registry_commands
+
+    add_registry_commands(sub, common)
+
     keys = sub.add_parser("keys", help="make or hash client API keys", parents=[common])
     keys.add_argument("action", choices=["new", "hash"])
     keys.add_argument("key", nargs="?")

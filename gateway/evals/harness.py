@@ -15,6 +15,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.evals.tasksets import TaskItem, by_slice
@@ -146,6 +147,11 @@ class EvalReport:
     wall_s: float
     agreement: dict[str, float] = field(default_factory=dict)
     """Per slice: share of items whose token ids equal a baseline model's (``--baseline``)."""
+    created: str = ""
+    """When the eval ran (ISO 8601, UTC): the date the registry counts re-evaluation from."""
+    model_tuple: dict[str, Any] = field(default_factory=dict)
+    """The evaluated tuple as JSON (:class:`~gateway.kernel.modeltuple.ModelTuple`): the gates
+    compare its parts (base weights, quantization, adapter) with the baseline's."""
 
     @property
     def id(self) -> str:
@@ -165,12 +171,15 @@ def peak_rss_mb() -> float:
 
 
 def summarize(model: str, tuple_digest: str, taskset: str, taskset_sha256: str,
-              runs: Sequence[ItemRun], wall_s: float) -> EvalReport:
+              runs: Sequence[ItemRun], wall_s: float,
+              model_tuple: dict[str, Any] | None = None) -> EvalReport:
     slices = {name: _slice_summary([r for r in runs if r.item.slice == name])
               for name in by_slice([r.item for r in runs])}
+    created = datetime.now(UTC).isoformat(timespec="seconds")
     return EvalReport(model=model, tuple_digest=tuple_digest, taskset=taskset,
                       taskset_sha256=taskset_sha256, overall=_slice_summary(runs),
-                      slices=slices, peak_rss_mb=peak_rss_mb(), wall_s=wall_s)
+                      slices=slices, peak_rss_mb=peak_rss_mb(), wall_s=wall_s, created=created,
+                      model_tuple=model_tuple or {})
 
 
 def agreement(runs: Sequence[ItemRun], baseline: Sequence[ItemRun]) -> dict[str, float]:

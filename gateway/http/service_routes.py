@@ -3,7 +3,8 @@
 - ``GET /livez`` — the process serves: always ``200`` (a liveness probe: restart when it fails);
 - ``GET /readyz`` — ``200`` when the gateway can serve, else ``503`` with the reasons (no model
   reachable, every circuit open, the record spool failing or over its limit): a readiness probe;
-- ``GET /health`` — the same verdict (``200`` / ``503``) with each model's state. Upstream
+- ``GET /health`` — the same verdict (``200`` / ``503``) with each model's state and the tuple
+  registry's stale and refused models (:mod:`gateway.governance`). Upstream
   details (URLs, errors) and the record store's state are shown only to a caller with an admin
   key (``Authorization: Bearer <admin key>``); anyone else gets the public fields.
 """
@@ -44,6 +45,7 @@ def _add_admin_details(call: Call, body: dict[str, Any], models: dict[str, Any])
     body["models"] = models
     if call.gateway.recorder is not None:
         body["records"] = call.gateway.recorder.health()
+    body["governance"] = call.gateway.tuples.summary()
     return True
 
 
@@ -71,6 +73,8 @@ async def health(call: Call) -> Reply:
     body: dict[str, Any] = {"status": status, "ready": not reasons, "reasons": reasons}
     if not _add_admin_details(call, body, models):
         body["models"] = {name: _public(m) for name, m in models.items()}
+        summary = call.gateway.tuples.summary()
+        body["governance"] = {"stale": summary["stale"], "refused": summary["refused"]}
     return json_reply(body, status=503 if reasons else 200)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from canary.mirror import ShadowMirror
 from canary.monitor import CanaryMonitor
+from gateway.governance.registry import TupleRegistry
 from gateway.http.auth import KeyAuthenticator
 from gateway.http.openapi import openapi_document
 from gateway.kernel import secrets
@@ -39,6 +40,7 @@ class GatewayState:
     openapi: dict[str, Any]
     telemetry: Telemetry
     canaries: CanaryMonitor
+    tuples: TupleRegistry
     recorder: Recorder | None = None
     router: Router | None = None
     shadow: ShadowMirror | None = None
@@ -60,6 +62,8 @@ class GatewayState:
             serving.add_listener(recorder)
             telemetry.gauge("tiergate_record_queue_depth", lambda: {"": recorder.pending})
         canaries = CanaryMonitor(settings, registry, serving.dispatcher, telemetry)
+        tuples = TupleRegistry(settings, registry, telemetry)
+        canaries.run_listeners.append(tuples.on_canary_run)
         shadow = None
         if settings.shadow.mirrors:
             shadow = ShadowMirror(settings, registry, telemetry)
@@ -78,6 +82,7 @@ class GatewayState:
             router=router,
             shadow=shadow,
             canaries=canaries,
+            tuples=tuples,
         )
 
     async def start(self) -> None:
@@ -85,6 +90,7 @@ class GatewayState:
         if self.recorder is not None:
             await self.recorder.start()
         await self.registry.start()
+        await self.tuples.start()  # the gates: before anything is served
         if self.router is not None:
             await self.router.thresholds.start()
         if self.shadow is not None:
@@ -98,6 +104,7 @@ class GatewayState:
         await self.canaries.aclose()
         if self.router is not None:
             await self.router.thresholds.aclose()
+        await self.tuples.aclose()
         await self.registry.aclose()
         if self.recorder is not None:
             await self.recorder.aclose()  # delivers what is left to the store

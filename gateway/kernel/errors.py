@@ -20,6 +20,8 @@ Hierarchy (status, OpenAI ``type``)::
     ├── RateLimitError                 429 rate_limit_error (+ Retry-After)
     ├── UpstreamError                  502 upstream_error (the model server failed / spoke nonsense)
     ├── ServiceUnavailableError        503 service_unavailable (+ Retry-After; circuit open)
+    │   └── ModelNotValidatedError     503 service_unavailable (code model_not_validated: the
+    │                                      tuple did not pass its governance gates)
     ├── UpstreamTimeoutError           504 timeout_error
     └── ModelIntegrityError            500 model_integrity_error (weights do not match the pin)
 
@@ -133,6 +135,13 @@ class ServiceUnavailableError(TiergateError):
     status = 503
     error_type = "service_unavailable"
     default_code = "service_unavailable"
+
+
+class ModelNotValidatedError(ServiceUnavailableError):
+    """The model's tuple did not pass its gates (:mod:`gateway.governance`): it does not serve
+    until a start where it does (or an operator's ``gate_override``)."""
+
+    default_code = "model_not_validated"
 
 
 class UpstreamTimeoutError(TiergateError):

@@ -38,13 +38,18 @@ class Quantization(BaseModel):
 
 
 class EvalRef(BaseModel):
-    """The evaluation that validated this tuple (see ``tiergate eval``)."""
+    """The evaluation that validated this tuple (the file ``tiergate eval --out`` writes, named
+    by the model's ``eval`` setting and checked by the registry's gates)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str
     score: float | None = None
     slices: dict[str, float] = Field(default_factory=dict)
+    created: str | None = None
+    """When the eval ran (ISO 8601, UTC)."""
+    sha256: str | None = None
+    """sha256 of the eval file."""
 
 
 class ModelTuple(BaseModel):
@@ -67,6 +72,8 @@ class ModelTuple(BaseModel):
     validating_eval: EvalRef | None = None
     source: str | None = None
     """Where it is served from: a directory, or an upstream base URL."""
+    teacher_digest: str | None = None
+    """A distilled student's teacher: that tuple's digest (provenance, not identity)."""
 
     def identity(self) -> dict[str, Any]:
         """The fields that make two tuples the same model (the name and where it lives do not)."""

@@ -2,10 +2,11 @@
 
 A call goes to the model's backend; if it fails with a backend failure (down, timed out, 5xx,
 garbage; see :data:`gateway.models.resilience.BACKEND_FAILURES`) it is retried up to ``retries``
-times with a doubling backoff, then each of the model's ``fallbacks`` is tried the same way. An open
-circuit is not retried: the next model is tried at once. A client error (4xx) or an overload
-(429) ends the call at once. For streams, "before anything is committed" means until the first
-chunk arrived: after that, a failure is an SSE error event (see :mod:`gateway.serving`).
+times with a doubling backoff, then each of the model's ``fallbacks`` is tried the same way. An
+open circuit, or a model refused by its gates, is not retried: the next model is tried at once.
+A client error (4xx) or an overload (429) ends the call at once. For streams, "before anything
+is committed" means until the first chunk arrived: after that, a failure is an SSE error event
+(see :mod:`gateway.serving`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from gateway.models.resilience import BACKEND_FAILURES
 from gateway.telemetry.instruments import Telemetry
 
 log = logging.getLogger("tiergate.dispatch")
+
+NOT_RETRIED = frozenset({"circuit_open", "model_not_validated"})
+"""Failures that retrying the same model cannot change: the next model is tried at once."""
 
 
 @dataclass(slots=True)
@@ -68,9 +72,11 @@ class Dispatcher:
                         return await call(self.registry.get(model))
                 except BACKEND_FAILURES as exc:
                     last = exc
+                    if exc.code in NOT_RETRIED:
+                        break
                     log.warning("request %s: model %s attempt %d failed: %s",
                                 request.request_id, model, attempt + 1, exc.message)
-                    if exc.code == "circuit_open" or attempt == settings.retries:
+                    if attempt == settings.retries:
                         break
                     await asyncio.sleep(delay)
                     delay *= 2

@@ -99,8 +99,9 @@ class ModelRegistry:
 
     async def health(self) -> dict[str, dict[str, Any]]:
         """Every model's health: ``status`` (``ok``, ``degraded``, ``unreachable`` — not
-        answered since start —, ``not started``), ``circuit``, the in-flight count, and what
-        its backend adds (an HTTP upstream's redacted URL and last error: for admins)."""
+        answered since start —, ``not started``, ``refused`` by its gates), ``circuit``, the
+        in-flight count, and what its backend adds (an HTTP upstream's redacted URL and last
+        error: for admins)."""
         results = await asyncio.gather(*(b.health() for b in self.backends.values()))
         for health in results:
             if health.get("reachable") is False:  # the breaker's "degraded" says less
@@ -108,11 +109,11 @@ class ModelRegistry:
         return dict(zip(self.backends, results, strict=True))
 
 
-UNUSABLE = frozenset({"unreachable", "not started"})
+UNUSABLE = frozenset({"unreachable", "not started", "refused"})
 
 
 def usable(health: Mapping[str, Any]) -> bool:
     """Whether a model, as :meth:`ModelRegistry.health` shows it, can answer now: reached,
-    started, the weights it was pinned to, its circuit not open."""
+    started, gated, the weights it was pinned to, its circuit not open."""
     return (health.get("status") not in UNUSABLE and health.get("circuit") != "open"
             and not health.get("identity_error"))

@@ -21,13 +21,14 @@ from typing import Any
 
 from gateway.kernel.backend import Backend
 from gateway.kernel.errors import (
+    ModelNotValidatedError,
     RateLimitError,
     ServiceUnavailableError,
     UpstreamError,
     UpstreamTimeoutError,
 )
 from gateway.kernel.generation import GenerationChunk, GenerationRequest, GenerationResult
-from gateway.kernel.modeltuple import ModelTuple
+from gateway.kernel.modeltuple import EvalRef, ModelTuple
 
 BACKEND_FAILURES = (UpstreamError, ServiceUnavailableError, UpstreamTimeoutError)
 """Errors that say the backend is unwell (as opposed to the request being wrong)."""
@@ -98,6 +99,11 @@ class GuardedBackend(Backend):
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         self.breaker = CircuitBreaker(breaker_failures, breaker_reset_s)
+        self.refusal: str | None = None
+        """Why this model does not serve (its tuple failed its gates), or ``None``."""
+        self.validating_eval: EvalRef | None = None
+        """The eval its gates accepted (:mod:`gateway.governance`), shown in its tuple."""
+        self._described: tuple[ModelTuple, EvalRef | None, ModelTuple] | None = None
 
     async def start(self) -> None:
         await self.inner.start()
@@ -106,17 +112,30 @@ class GuardedBackend(Backend):
         await self.inner.aclose()
 
     def describe(self) -> ModelTuple:
-        return self.inner.describe()
+        """The backend's tuple, with the validating eval the registry attached."""
+        inner = self.inner.describe()
+        evaluation = self.validating_eval
+        if evaluation is None:
+            return inner
+        cached = self._described
+        if cached is None or cached[0] is not inner or cached[1] is not evaluation:
+            cached = self._described = (inner, evaluation, inner.model_copy(
+                update={"validating_eval": evaluation}))
+        return cached[2]
 
     async def health(self) -> dict[str, Any]:
         health = await self.inner.health()
         state = self.breaker.state
         if state is not CircuitState.CLOSED:
             health["status"] = "degraded"
+        if self.refusal is not None:
+            health["status"], health["refusal"] = "refused", self.refusal
         return {**health, "circuit": state.value, "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight}
 
     def _enter(self) -> None:
+        if self.refusal is not None:
+            raise ModelNotValidatedError(self.refusal)
         if self.in_flight >= self.max_in_flight:
             raise RateLimitError(
                 f"model {self.name} is at its limit of {self.max_in_flight} requests in flight",

@@ -68,8 +68,8 @@ class Telemetry:
                               "(identical, diverged, error, busy, dropped)",
                               ("model", "target", "outcome"))
         self.canary_alerts = Counter("tiergate_canary_alerts_total",
-                                     "Canary alerts by model, kind (drift, acknowledged) and "
-                                     "source (canary, shadow, tuple, operator)",
+                                     "Canary alerts by model, kind (drift, acknowledged, stale) "
+                                     "and source (canary, shadow, tuple, operator, registry)",
                                      ("model", "kind", "source"))
         self.gauges = {
             "tiergate_canary_rollback": Gauge("tiergate_canary_rollback",
@@ -88,6 +88,17 @@ class Telemetry:
                                                  None),
             "tiergate_record_queue_depth": Gauge("tiergate_record_queue_depth",
                                                  "Decode records waiting for the sink", None),
+            "tiergate_tuple_gate_status": Gauge("tiergate_tuple_gate_status",
+                                                "A model's gates: 0 gated, 1 overridden, "
+                                                "2 served with a warning, 3 refused", "model"),
+            "tiergate_tuple_stale": Gauge("tiergate_tuple_stale",
+                                          "1 while a model's last evaluation is older than its "
+                                          "re-evaluation period", "model"),
+            "tiergate_governance_coverage": Gauge("tiergate_governance_coverage",
+                                                  "Shares: served tuples gated with a current "
+                                                  "eval (tuples), requests they answered "
+                                                  "(traffic), tuples with an owner (owners)",
+                                                  "of"),
         }
         metrics: list[Counter | Histogram | Gauge] = [
             self.requests, self.duration, self.ttft, self.tokens, self.escalations, self.shadow,
@@ -144,6 +155,13 @@ class Telemetry:
             self.tokens.inc((model, "in"), prompt_tokens)
         if completion_tokens:
             self.tokens.inc((model, "out"), completion_tokens)
+
+    def requests_by_model(self) -> dict[str, float]:
+        """Requests answered since start, summed by model."""
+        totals: dict[str, float] = {}
+        for (_, model, _), count in list(self.requests.values.items()):
+            totals[model] = totals.get(model, 0.0) + count
+        return totals
 
     def count_escalation(self, route: str) -> None:
         if self.settings.metrics:

@@ -105,7 +105,6 @@ class EngineBackend(Backend):
             base_weights_sha256=weights,
             adapter=adapter,
             quantization=quantization,
-            validating_eval=s.validating_eval,
             source=str(self.path),
         )
 

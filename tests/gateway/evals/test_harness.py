@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -64,8 +65,12 @@ def test_eval_command_prints_slices_and_writes_report(tmp_path: Path,
     lines = result.stdout.splitlines()
     assert any(line.startswith("math") and "50.0%" in line for line in lines)
     assert any(line.startswith("ALL") for line in lines)
-    assert "validating_eval = { id = \"eval-" in result.stdout
+    sha256 = hashlib.sha256(out.read_bytes()).hexdigest()
+    assert f'eval = "{out}"' in result.stdout and f'eval_sha256 = "{sha256}"' in result.stdout
     report = orjson.loads(out.read_bytes())
+    assert report["report"]["model_tuple"]["name"] == "echo"
+    assert report["baseline"]["model_tuple"]["name"] == "twin"
+    assert report["report"]["created"].endswith("+00:00")
     assert report["report"]["slices"]["greet"]["accuracy"] == 1.0
     assert report["report"]["agreement"]["all"] == 1.0
     assert len(load_taskset(taskset)) == 3

@@ -1,0 +1,272 @@
+"""The registry of served tuples, as a running gateway keeps it.
+
+At start every model is **admitted**: its eval files are read (:mod:`.evidence`), the gates run
+on the tuple it actually serves (:mod:`.gates`), and the outcome is one of
+
+- ``gated``: every gate passed;
+- ``overridden``: a gate failed and the model's ``gate_override`` says why it serves anyway
+  (a WARNING line with the reason at every start);
+- ``warned``: a gate failed and ``governance.ungated = "warn"`` (a WARNING line);
+- ``refused``: a gate failed: the model does not serve (503 ``model_not_validated``; a route or
+  fallback moves on to the next model) until a start where it passes.
+
+Then the registry tracks **staleness**: a tuple whose last evaluation — its eval file, or a
+scheduled canary run that passed on it — is older than its re-evaluation period is stale (a
+metric, an alert through the canary alert sinks, a ``/health`` detail). Every start, heartbeat
+and evaluation goes to the history (:mod:`.history`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from canary.alerts import Alert, AlertSettings, build_sinks, deliver
+from canary.runs import CanaryRun
+from gateway.backends.settings import ModelSettings
+from gateway.governance.evidence import EvalEvidence, EvidenceError
+from gateway.governance.gates import GateInput, GateResult, run_gates
+from gateway.governance.history import ServingHistory
+from gateway.governance.settings import GovernanceSettings
+from gateway.models.registry import ModelRegistry
+from gateway.telemetry.instruments import Telemetry
+
+log = logging.getLogger("tiergate.governance")
+
+Status = Literal["gated", "overridden", "warned", "refused"]
+STATUS_VALUES: Mapping[Status, float] = {"gated": 0, "overridden": 1, "warned": 2, "refused": 3}
+DAY_S = 86_400.0
+
+
+class GovernanceDeployment(Protocol):
+    """What the registry reads of the settings (:class:`gateway.settings.Settings` is one)."""
+
+    @property
+    def governance(self) -> GovernanceSettings: ...
+    @property
+    def models(self) -> Mapping[str, ModelSettings]: ...
+    @property
+    def canary(self) -> AlertSettings: ...
+
+
+@dataclass(slots=True)
+class TupleEntry:
+    """One served model as the registry sees it."""
+
+    name: str
+    digest: str
+    status: Status
+    gates: list[GateResult]
+    owner: str | None
+    eval_id: str | None
+    override: str | None
+    reevaluate_days: float
+    evaluated_at: float | None = None
+    """When it was last evaluated (eval file or passing canary run), epoch seconds."""
+    evaluated_by: str | None = None
+    history_row: int | None = field(default=None, repr=False)
+
+    def stale(self, now: float) -> bool:
+        """Served, and not evaluated within its period (or never: served on an override or a
+        warning). A refused tuple does not serve: it is not stale, it is refused."""
+        if self.status == "refused":
+            return False
+        return self.evaluated_at is None or \
+            now - self.evaluated_at > self.reevaluate_days * DAY_S
+
+    def to_json(self, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        return {"name": self.name, "digest": self.digest, "status": self.status,
+                "gates": [g.to_json() for g in self.gates], "owner": self.owner,
+                "eval_id": self.eval_id, "override": self.override,
+                "evaluated_at": self.evaluated_at, "evaluated_by": self.evaluated_by,
+                "reevaluate_days": self.reevaluate_days, "stale": self.stale(now)}
+
+
+class TupleRegistry:
+    """Admits the gateway's models, keeps their entries and history, watches staleness."""
+
+    def __init__(self, settings: GovernanceDeployment, models: ModelRegistry,
+                 telemetry: Telemetry) -> None:
+        self.settings = settings
+        self.config = settings.governance
+        self.models = models
+        self.telemetry = telemetry
+        self.entries: dict[str, TupleEntry] = {}
+        self.history = (ServingHistory(self.config.history_path)
+                        if self.config.history_path is not None else None)
+        self.replica = f"{socket.gethostname()}:{os.getpid()}"
+        self._alerted_stale: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._sinks = build_sinks(settings.canary, self._count_alert)
+        telemetry.gauge("tiergate_tuple_gate_status",
+                        lambda: {n: STATUS_VALUES[e.status] for n, e in self.entries.items()})
+        telemetry.gauge("tiergate_tuple_stale",
+                        lambda: {n: float(e.stale(time.time())) for n, e in self.entries.items()})
+        telemetry.gauge("tiergate_governance_coverage", self.coverage)
+
+    def _count_alert(self, alert: Alert) -> None:
+        self.telemetry.count_canary_alert(alert.model, alert.kind, alert.source)
+
+    # -- admission ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for name in self.models.backends:
+            await self.admit(name)
+        await self.check()
+        self._task = asyncio.create_task(self._check_periodically(), name="governance-check")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        rows = [e.history_row for e in self.entries.values() if e.history_row is not None]
+        if self.history is not None and rows:
+            await asyncio.to_thread(self.history.seen, rows)
+
+    def gate_input(self, name: str) -> GateInput:
+        settings = self.settings.models[name]
+        problems: dict[str, str] = {}
+        evidence = general = None
+        if settings.eval is not None:
+            try:
+                evidence = EvalEvidence.load(settings.eval, settings.eval_sha256)
+            except EvidenceError as exc:
+                problems["eval"] = str(exc)
+        if settings.general_eval is not None:
+            try:
+                general = EvalEvidence.load(settings.general_eval)
+            except EvidenceError as exc:
+                problems["general_eval"] = str(exc)
+        teacher = None
+        if settings.teacher is not None and settings.teacher in self.models.backends:
+            teacher = self.models.get(settings.teacher).describe()
+        return GateInput(self.models.get(name).describe(), settings, evidence, general, teacher,
+                         self.config.slice_tolerance, problems)
+
+    async def admit(self, name: str) -> TupleEntry:
+        """Run the gates on ``name``'s served tuple and apply the outcome."""
+        settings = self.settings.models[name]
+        gate_input = self.gate_input(name)
+        results = run_gates(gate_input)
+        failed = [r for r in results if not r.passed]
+        status: Status = "gated"
+        if failed:
+            status = ("overridden" if settings.gate_override else
+                      "warned" if self.config.ungated == "warn" else "refused")
+        backend = self.models.get(name)
+        evidence = gate_input.evidence
+        backend.validating_eval = evidence.ref() if evidence is not None else None
+        why = "; ".join(f"{r.gate}: {r.detail}" for r in failed)
+        if status == "refused":
+            backend.refusal = (f"model {name} is not served: it did not pass its gates ({why})")
+            log.error("model %s refused: %s", name, why)
+        else:
+            backend.refusal = None
+            if status == "overridden":
+                log.warning("model %s serves despite failed gates (%s): override: %s", name, why,
+                            settings.gate_override)
+            elif status == "warned":
+                log.warning("model %s serves ungated (governance.ungated = warn): %s", name, why)
+        model = gate_input.model
+        entry = TupleEntry(name, model.digest(), status, results, settings.owner,
+                           evidence.report.id if evidence is not None else None,
+                           settings.gate_override,
+                           settings.reevaluate_days or self.config.reevaluate_days)
+        if evidence is not None and evidence.report.tuple_digest == entry.digest \
+                and evidence.evaluated_at is not None:
+            entry.evaluated_at, entry.evaluated_by = evidence.evaluated_at.timestamp(), "eval"
+        if self.history is not None:
+            entry.history_row = await asyncio.to_thread(
+                self.history.started, name, model.model_dump(mode="json"), entry.digest,
+                self.replica, status, [r.to_json() for r in results], settings.owner,
+                entry.eval_id, settings.gate_override)
+            if entry.evaluated_by == "eval" and entry.evaluated_at is not None:
+                await asyncio.to_thread(self.history.evaluated, entry.digest, entry.evaluated_at,
+                                        "eval", entry.eval_id or "")
+            last = await asyncio.to_thread(self.history.last_evaluated, entry.digest)
+            if last is not None and (entry.evaluated_at is None or last[0] > entry.evaluated_at):
+                entry.evaluated_at, entry.evaluated_by = last
+        self.entries[name] = entry
+        return entry
+
+    def refused(self) -> list[str]:
+        return [n for n, e in self.entries.items() if e.status == "refused"]
+
+    # -- staleness ---------------------------------------------------------------------------
+
+    async def _check_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.check_interval_s)
+            try:
+                await self.check()
+            except Exception:
+                log.exception("governance check failed")
+
+    async def check(self, now: float | None = None) -> list[str]:
+        """Re-gate a tuple whose identity changed, alert on tuples newly stale; the stale."""
+        now = time.time() if now is None else now
+        for name, entry in list(self.entries.items()):
+            if self.models.get(name).describe().digest() != entry.digest:
+                log.warning("model %s now serves another tuple: gating it again", name)
+                await self.admit(name)
+        stale = [n for n, e in self.entries.items() if e.stale(now)]
+        for name in stale:
+            if name not in self._alerted_stale:
+                entry = self.entries[name]
+                when = (time.strftime("%Y-%m-%d", time.gmtime(entry.evaluated_at))
+                        if entry.evaluated_at is not None else "never")
+                await deliver(Alert(
+                    kind="stale", model=name, raised_at=now, source="registry",
+                    summary=f"model {name} ({entry.digest[:19]}) was last evaluated {when}; its "
+                            f"period is {entry.reevaluate_days:g} days: re-evaluate it "
+                            "(tiergate eval, or a scheduled canary run)"), self._sinks)
+        self._alerted_stale = set(stale)
+        rows = [e.history_row for e in self.entries.values() if e.history_row is not None]
+        if self.history is not None and rows:
+            await asyncio.to_thread(self.history.seen, rows, now)
+        return stale
+
+    async def on_canary_run(self, model: str, run: CanaryRun) -> None:
+        """A scheduled canary run that passed on the tuple now served re-evaluates it."""
+        entry = self.entries.get(model)
+        if entry is None or run.status != "ok" or run.served_digest != entry.digest:
+            return
+        at = run.started_at + run.wall_s
+        entry.evaluated_at, entry.evaluated_by = at, "canary"
+        self._alerted_stale.discard(model)
+        if self.history is not None:
+            await asyncio.to_thread(self.history.evaluated, entry.digest, at, "canary",
+                                    f"{run.id}: pass rate {run.overall.pass_rate:.4f}")
+
+    # -- the team's numbers ------------------------------------------------------------------
+
+    def coverage(self, now: float | None = None) -> dict[str, float]:
+        """Shares of served tuples with a current eval (``tuples``), of requests answered by
+        them since start (``traffic``), and of tuples with an owner (``owners``)."""
+        now = time.time() if now is None else now
+        entries = self.entries.values()
+        if not entries:
+            return {}
+        current = {e.name for e in entries if e.status == "gated" and not e.stale(now)}
+        served = self.telemetry.requests_by_model()
+        total = sum(served.values())
+        return {"tuples": len(current) / len(self.entries),
+                "traffic": (sum(v for m, v in served.items() if m in current) / total
+                            if total else 0.0),
+                "owners": sum(e.owner is not None for e in entries) / len(self.entries)}
+
+    def summary(self, now: float | None = None) -> dict[str, Any]:
+        """The registry as ``/admin/registry`` and ``/health`` show it."""
+        now = time.time() if now is None else now
+        return {"models": [e.to_json(now) for e in self.entries.values()],
+                "coverage": self.coverage(now),
+                "stale": [n for n, e in self.entries.items() if e.stale(now)],
+                "refused": self.refused()}
