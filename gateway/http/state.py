@@ -24,7 +24,7 @@ from gateway.http.auth import KeyAuthenticator
 from gateway.http.openapi import openapi_document
 from gateway.kernel import secrets
 from gateway.kernel.errors import ServiceUnavailableError
-from gateway.models.registry import ModelRegistry, usable
+from gateway.models.registry import ModelRegistry, check_sources, usable
 from gateway.protocol import model_card
 from gateway.records.recorder import Recorder
 from gateway.serving import OpenAIServing
@@ -54,8 +54,8 @@ class GatewayState:
     @classmethod
     def build(cls, settings: Settings) -> GatewayState:
         secrets.register_settings(settings)
+        check_sources(settings)
         registry = ModelRegistry(settings)
-        registry.check_sources()
         telemetry = Telemetry(settings.telemetry, names=[*settings.models, *settings.routes])
         telemetry.gauge("tiergate_in_flight",
                         lambda: {n: b.in_flight for n, b in registry.backends.items()})

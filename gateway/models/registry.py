@@ -52,6 +52,21 @@ def resolve_packaged(settings: RegistrySettings) -> dict[str, ModelSettings]:
     return resolved
 
 
+def check_sources(settings: RegistrySettings) -> None:
+    """Raise :class:`ConfigError` (one line) for an engine model whose ``path`` does not exist,
+    or whose packaged weights are neither converted nor installed: before a server binds its
+    port, not minutes later in the background."""
+    from gateway.backends.engine.packaged import check_installed
+
+    for name, model in settings.models.items():
+        if not isinstance(model, EngineModelSettings):
+            continue
+        if model.packaged is not None:
+            check_installed(model.packaged, settings.models_dir)
+        elif model.path is not None and not model.path.exists():
+            raise ConfigError(f"model {name}: path {model.path} does not exist")
+
+
 class ModelRegistry:
     def __init__(self, settings: RegistrySettings) -> None:
         self.settings = settings
@@ -70,20 +85,6 @@ class ModelRegistry:
             model = self.settings.models[name]
             if isinstance(model, EngineModelSettings) and model.packaged is not None:
                 await asyncio.to_thread(prepare, model.packaged, self.settings.models_dir)
-
-    def check_sources(self) -> None:
-        """Raise :class:`ConfigError` (one line) for an engine model whose ``path`` does not
-        exist, or whose packaged weights are neither converted nor installed: before a server
-        binds its port, not minutes later in the background."""
-        from gateway.backends.engine.packaged import check_installed
-
-        for name, model in self.settings.models.items():
-            if not isinstance(model, EngineModelSettings):
-                continue
-            if model.packaged is not None:
-                check_installed(model.packaged, self.settings.models_dir)
-            elif model.path is not None and not model.path.exists():
-                raise ConfigError(f"model {name}: path {model.path} does not exist")
 
     def load_order(self) -> list[str]:
         """The models in the order :meth:`load` loads them: as configured, ``deferred`` last."""

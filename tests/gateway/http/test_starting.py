@@ -23,8 +23,16 @@ import pytest
 from gateway.http.app import create_app
 from gateway.records.staging import staging_dir
 from gateway.settings import Settings
-from tests.conftest import ServerProcess, free_port, start_server, upstream_model, write_config
+from tests.conftest import (
+    REPO,
+    ServerProcess,
+    free_port,
+    start_server,
+    upstream_model,
+    write_config,
+)
 
+REFERENCE = REPO / "gateway" / "reference" / "models"
 CHAT = {"max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -130,6 +138,7 @@ def test_the_port_is_bound_while_a_model_loads(upstream: ServerProcess, held: He
         assert cards["echo"]["status"] == "ready" and cards["held"]["status"] == "loading"
         health = httpx.get(gateway.url + "/health").json()
         assert health["models"]["held"]["status"] == "loading"
+        assert health["models"]["held"]["step"] == "loading"
 
         refused = httpx.post(gateway.url + "/v1/chat/completions", json={**CHAT, "model": "held"})
         assert refused.status_code == 503
@@ -239,3 +248,33 @@ async def test_a_start_that_fails_stops_what_it_started(
         "tiergate failed to start or stop: [Errno 28] No space left on device"]
     assert errors[0].exc_info is None
     assert leftovers(tmp_path) == []
+
+
+async def test_a_model_that_fails_to_load_leaves_the_others_serving(
+        upstream: ServerProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Loading in the background (as a server does): an engine whose weights do not match
+    their pin fails alone — one ERROR line, ``503 model_failed`` for it, not ready — while the
+    other model serves."""
+    app = create_app(Settings.model_validate({
+        "models": {"echo": upstream_model(upstream, "echo"),
+                   "bad": {"backend": "engine", "path": str(REFERENCE / "ref-small"),
+                           "weights_sha256": "0" * 64}},
+        "records": {"sink": "none"}, "canary": {"dir": str(tmp_path / "canary")},
+        "telemetry": {"tracing": False}}))
+    async with app.lifespan(wait_for_models=False), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gateway") as http:
+        assert app.gateway.loading is not None
+        await app.gateway.loading  # every model loaded or failed
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["reasons"] == ["models that failed to load: bad (see the log)"]
+        cards = {c["id"]: c["tiergate"]["status"] for c in (await http.get("/v1/models"))
+                 .json()["data"]}
+        assert cards == {"echo": "ready", "bad": "failed"}
+        refused = await http.post("/v1/chat/completions", json={**CHAT, "model": "bad"})
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "model_failed"
+        served = await http.post("/v1/chat/completions", json={**CHAT, "model": "echo"})
+        assert served.status_code == 200
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith("model bad failed to load: ")
