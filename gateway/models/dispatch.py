@@ -70,8 +70,9 @@ class Dispatcher:
                         return await call(self.registry.get(model))
                 except BACKEND_FAILURES as exc:
                     first, last = first or exc, exc
-                    log.warning("request %s: model %s attempt %d failed: %s",
-                                request.request_id, model, attempt + 1, exc.message)
+                    if exc.code != "model_loading":  # expected while a gateway starts
+                        log.warning("request %s: model %s attempt %d failed: %s",
+                                    request.request_id, model, attempt + 1, exc.message)
                     if exc.code in NOT_LOADED or attempt == settings.retries:
                         break
                     await asyncio.sleep(delay)

@@ -134,13 +134,16 @@ class ModelRegistry:
         models_dir = self.settings.models_dir
         if is_prepared(packaged, models_dir):
             return
-        backend.loading = "converting the packaged weights (once)"
+        backend.loading = "converting the packaged weights, once"
         log.info("model %s: converting the packaged %s into %s once (minutes on a small CPU; "
                  "the other models serve meanwhile)", name, packaged, models_dir)
         path = os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)
+        # A session of its own: Ctrl-C or a group SIGTERM stops the gateway, which stops it
+        # (a half-done conversion is discarded; the next start begins it again).
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.backends.engine.packaged", packaged, str(models_dir),
-            stdin=asyncio.subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": path})
+            stdin=asyncio.subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": path},
+            start_new_session=True)
         try:
             code = await process.wait()
         except asyncio.CancelledError:
