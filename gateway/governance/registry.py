@@ -110,6 +110,7 @@ class TupleRegistry:
         telemetry.gauge("tiergate_tuple_stale",
                         lambda: {n: float(e.stale(time.time())) for n, e in self.entries.items()})
         telemetry.gauge("tiergate_governance_coverage", self.coverage)
+        models.loaded_hooks.append(self.admit)  # a model loaded in the background: before it serves
 
     def _count_alert(self, alert: Alert) -> None:
         self.telemetry.count_canary_alert(alert.model, alert.kind, alert.source)
@@ -117,8 +118,10 @@ class TupleRegistry:
     # -- admission ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        for name in self.models.backends:
-            await self.admit(name)
+        """Admit the models already started (the others as they load), watch staleness."""
+        for name, backend in self.models.backends.items():
+            if backend.started and name not in self.entries:
+                await self.admit(name)
         await self.check()
         self._task = asyncio.create_task(self._check_periodically(), name="governance-check")
 
@@ -183,19 +186,26 @@ class TupleRegistry:
         if evidence is not None and evidence.report.tuple_digest == entry.digest \
                 and evidence.evaluated_at is not None:
             entry.evaluated_at, entry.evaluated_by = evidence.evaluated_at.timestamp(), "eval"
-        if self.history is not None:
-            entry.history_row = await asyncio.to_thread(
-                self.history.started, name, model.model_dump(mode="json"), entry.digest,
-                self.replica, status, [r.to_json() for r in results], settings.owner,
-                entry.eval_id, settings.gate_override)
-            if entry.evaluated_by == "eval" and entry.evaluated_at is not None:
-                await asyncio.to_thread(self.history.evaluated, entry.digest, entry.evaluated_at,
-                                        "eval", entry.eval_id or "")
-            last = await asyncio.to_thread(self.history.last_evaluated, entry.digest)
-            if last is not None and (entry.evaluated_at is None or last[0] > entry.evaluated_at):
-                entry.evaluated_at, entry.evaluated_by = last
         self.entries[name] = entry
+        if self.history is not None:
+            try:
+                await self._record_start(entry, model.model_dump(mode="json"))
+            except Exception:  # the history is for later: it never stops a model serving
+                log.exception("registry history: the start of %s was not recorded", name)
+        await self._alert_if_stale(name, time.time())
         return entry
+
+    async def _record_start(self, entry: TupleEntry, model: dict[str, Any]) -> None:
+        assert self.history is not None
+        entry.history_row = await asyncio.to_thread(
+            self.history.started, entry.name, model, entry.digest, self.replica, entry.status,
+            [r.to_json() for r in entry.gates], entry.owner, entry.eval_id, entry.override)
+        if entry.evaluated_by == "eval" and entry.evaluated_at is not None:
+            await asyncio.to_thread(self.history.evaluated, entry.digest, entry.evaluated_at,
+                                    "eval", entry.eval_id or "")
+        last = await asyncio.to_thread(self.history.last_evaluated, entry.digest)
+        if last is not None and (entry.evaluated_at is None or last[0] > entry.evaluated_at):
+            entry.evaluated_at, entry.evaluated_by = last
 
     def refused(self) -> list[str]:
         return [n for n, e in self.entries.items() if e.status == "refused"]
@@ -218,21 +228,27 @@ class TupleRegistry:
                 log.warning("model %s now serves another tuple: gating it again", name)
                 await self.admit(name)
         stale = [n for n, e in self.entries.items() if e.stale(now)]
+        self._alerted_stale &= set(stale)  # fresh again: a later turn to stale alerts again
         for name in stale:
-            if name not in self._alerted_stale:
-                entry = self.entries[name]
-                when = (time.strftime("%Y-%m-%d", time.gmtime(entry.evaluated_at))
-                        if entry.evaluated_at is not None else "never")
-                await deliver(Alert(
-                    kind="stale", model=name, raised_at=now, source="registry",
-                    summary=f"model {name} ({entry.digest[:19]}) was last evaluated {when}; its "
-                            f"period is {entry.reevaluate_days:g} days: re-evaluate it "
-                            "(tiergate eval, or a scheduled canary run)"), self._sinks)
-        self._alerted_stale = set(stale)
+            await self._alert_if_stale(name, now)
         rows = [e.history_row for e in self.entries.values() if e.history_row is not None]
         if self.history is not None and rows:
             await asyncio.to_thread(self.history.seen, rows, now)
         return stale
+
+    async def _alert_if_stale(self, name: str, now: float) -> None:
+        """One ``stale`` alert when ``name`` turns stale (through the canary alert sinks)."""
+        entry = self.entries[name]
+        if not entry.stale(now) or name in self._alerted_stale:
+            return
+        self._alerted_stale.add(name)
+        when = (time.strftime("%Y-%m-%d", time.gmtime(entry.evaluated_at))
+                if entry.evaluated_at is not None else "never")
+        await deliver(Alert(
+            kind="stale", model=name, raised_at=now, source="registry",
+            summary=f"model {name} ({entry.digest[:19]}) was last evaluated {when}; its period "
+                    f"is {entry.reevaluate_days:g} days: re-evaluate it (tiergate eval, or a "
+                    "scheduled canary run)"), self._sinks)
 
     async def on_canary_run(self, model: str, run: CanaryRun) -> None:
         """A scheduled canary run that passed on the tuple now served re-evaluates it."""

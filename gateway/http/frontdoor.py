@@ -169,10 +169,11 @@ class FrontDoor:
             await send_body(send, error_reply(internal_error()), request_id)
 
     @asynccontextmanager
-    async def lifespan(self) -> AsyncIterator[None]:
-        """The gateway's services running (what the ASGI lifespan protocol does; for tests and
-        embedding without a server)."""
-        await self.gateway.start()
+    async def lifespan(self, wait_for_models: bool = True) -> AsyncIterator[None]:
+        """The gateway's services running (for tests and embedding without a server: every
+        model loaded first; the ASGI lifespan protocol loads them in the background, so that
+        the server binds its port at once)."""
+        await self.gateway.start(wait_for_models)
         try:
             yield
         finally:
@@ -182,12 +183,15 @@ class FrontDoor:
         message = await receive()
         assert message["type"] == "lifespan.startup"
         try:
-            async with self.lifespan():
+            async with self.lifespan(wait_for_models=False):
                 await send({"type": "lifespan.startup.complete"})
                 message = await receive()
                 assert message["type"] == "lifespan.shutdown"
         except BaseException as exc:
-            log.exception("tiergate failed to start or stop")
+            if isinstance(exc, (TiergateError, OSError)):  # a known cause: one line
+                log.error("tiergate failed to start or stop: %s", exc)
+            else:
+                log.exception("tiergate failed to start or stop")
             kind = "shutdown" if message["type"] == "lifespan.shutdown" else "startup"
             await send({"type": f"lifespan.{kind}.failed", "message": str(exc)})
             if not isinstance(exc, Exception):

@@ -68,6 +68,9 @@ def serve(settings: Settings) -> None:
         "timeout_keep_alive": server.keep_alive_s,
     }
     if server.workers > 1:
+        from gateway.models.registry import check_sources
+
+        check_sources(settings)  # here once, in one line, rather than in every worker
         # Worker processes build their own app from the same file and environment.
         if settings.config_file is not None:
             os.environ["TIERGATE_CONFIG"] = str(settings.config_file)

@@ -1,8 +1,9 @@
 """The gateway's own public routes: health, metrics and the OpenAPI document.
 
 - ``GET /livez`` — the process serves: always ``200`` (a liveness probe: restart when it fails);
-- ``GET /readyz`` — ``200`` when the gateway can serve, else ``503`` with the reasons (no model
-  reachable, every circuit open, the record spool failing or over its limit): a readiness probe;
+- ``GET /readyz`` — ``200`` when the gateway can serve, else ``503`` with the reasons (models
+  that are not ``deferred`` loading or failed to load, no model reachable, every circuit open,
+  the record spool failing or over its limit): a readiness probe;
 - ``GET /health`` — the same verdict (``200`` / ``503``) with each model's state and the tuple
   registry's stale and refused models (:mod:`gateway.governance`). Upstream
   details (URLs, errors) and the record store's state are shown only to a caller with an admin
@@ -21,8 +22,8 @@ from gateway.kernel.errors import TiergateError
 PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
 
 PUBLIC_MODEL_FIELDS = frozenset({
-    "status", "reachable", "circuit", "in_flight", "max_in_flight", "decoding", "waiting",
-    "peak_decoding", "max_batch", "tokens_generated"})
+    "status", "step", "reachable", "circuit", "in_flight", "max_in_flight", "decoding",
+    "waiting", "peak_decoding", "max_batch", "tokens_generated"})
 """What anyone sees of a model's health; the rest (upstream URL, errors) is for admins."""
 
 

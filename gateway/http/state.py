@@ -1,12 +1,19 @@
 """What a running gateway holds: the composition root. Built by the app factory (the front door
 keeps it as ``app.gateway``), started and stopped by the ASGI lifespan.
 
+A server's start returns once the services run and the models' loading has begun in the
+background (:meth:`ModelRegistry.load`): the port is bound at once, ``/readyz`` answers 503 with
+the reasons until every model that is not ``deferred`` is loaded. A start that fails stops what
+it had started (the records spool and its delivery process included).
+
 Building it registers every credential of the settings with :mod:`gateway.kernel.secrets`
 (secret fields, the passwords of URLs), and starting it puts the redacting filter on the log
 handlers: what the gateway writes or answers never carries them."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +25,7 @@ from gateway.http.auth import KeyAuthenticator
 from gateway.http.openapi import openapi_document
 from gateway.kernel import secrets
 from gateway.kernel.errors import ServiceUnavailableError
-from gateway.models.registry import ModelRegistry, usable
+from gateway.models.registry import ModelRegistry, check_sources, usable
 from gateway.protocol import model_card
 from gateway.records.recorder import Recorder
 from gateway.serving import OpenAIServing
@@ -44,10 +51,12 @@ class GatewayState:
     recorder: Recorder | None = None
     router: Router | None = None
     shadow: ShadowMirror | None = None
+    loading: asyncio.Task[None] | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> GatewayState:
         secrets.register_settings(settings)
+        check_sources(settings)
         registry = ModelRegistry(settings)
         telemetry = Telemetry(settings.telemetry, names=[*settings.models, *settings.routes])
         telemetry.gauge("tiergate_in_flight",
@@ -85,20 +94,39 @@ class GatewayState:
             tuples=tuples,
         )
 
-    async def start(self) -> None:
+    async def start(self, wait_for_models: bool = True) -> None:
+        """Start the services and the models: all loaded before it returns, or (a server,
+        ``wait_for_models=False``) loading in the background. On failure what was started is
+        stopped again before the error propagates."""
         secrets.install()  # logging is configured by now (the server, or the host application)
-        if self.recorder is not None:
-            await self.recorder.start()
-        await self.registry.start()
-        await self.tuples.start()  # the gates: before anything is served
-        if self.router is not None:
-            await self.router.thresholds.start()
-        if self.shadow is not None:
-            await self.shadow.start()
-        await self.canaries.start()
-        log.info("tiergate serving models: %s", ", ".join(self.registry.backends) or "(none)")
+        try:
+            if self.recorder is not None:
+                await self.recorder.start()
+            if wait_for_models:
+                await self.registry.start()
+            else:  # each model passes its gates as it loads (ModelRegistry.loaded_hooks)
+                self.loading = asyncio.create_task(self.registry.load(), name="tiergate-models")
+            await self.tuples.start()  # the gates of the models started: before they serve
+            if self.router is not None:
+                await self.router.thresholds.start()
+            if self.shadow is not None:
+                await self.shadow.start()
+            await self.canaries.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.aclose()
+            raise
+        if wait_for_models:
+            log.info("tiergate serving models: %s", ", ".join(self.registry.backends) or "(none)")
+        else:
+            log.info("tiergate loading models: %s",
+                     ", ".join(self.registry.load_order()) or "(none)")
 
     async def aclose(self) -> None:
+        loading, self.loading = self.loading, None
+        if loading is not None:
+            loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
         if self.shadow is not None:
             await self.shadow.aclose()
         await self.canaries.aclose()
@@ -111,13 +139,23 @@ class GatewayState:
         self.telemetry.shutdown()
 
     async def readiness(self) -> tuple[list[str], dict[str, Any]]:
-        """Why the gateway cannot serve now (empty: it can), and every model's health: no model
-        can answer (none reachable, or every circuit open), or the record spool is failing or
-        over its limit (the recorder refuses requests). A gateway configured without models
-        serves what it is configured for (the admin API): that is no reason."""
+        """Why the gateway cannot serve now (empty: it can), and every model's health: a model
+        that is not ``deferred`` is still loading or failed to load, no model can answer (none
+        reachable, or every circuit open), or the record spool is failing or over its limit
+        (the recorder refuses requests). A gateway configured without models serves what it is
+        configured for (the admin API): that is no reason."""
         models = await self.registry.health()
         reasons = []
-        if models and not any(usable(health) for health in models.values()):
+        settings = self.settings.models
+        waiting = [n for n, h in models.items()
+                   if h["status"] == "loading" and not settings[n].deferred]
+        failed = [n for n, h in models.items()
+                  if h["status"] == "failed" and not settings[n].deferred]
+        if waiting:
+            reasons.append(f"models loading: {', '.join(waiting)}")
+        if failed:
+            reasons.append(f"models that failed to load: {', '.join(failed)} (see the log)")
+        if models and not waiting and not any(usable(health) for health in models.values()):
             if all(health.get("circuit") == "open" for health in models.values()):
                 reasons.append("every model's circuit breaker is open")
             else:

@@ -3,10 +3,10 @@
 A call goes to the model's backend; if it fails with a backend failure (down, timed out, 5xx,
 garbage; see :data:`gateway.models.resilience.BACKEND_FAILURES`) it is retried up to ``retries``
 times with a doubling backoff, then each of the model's ``fallbacks`` is tried the same way. An
-open circuit, or a model refused by its gates, is not retried: the next model is tried at once.
-A client error (4xx) or an overload (429) ends the call at once. For streams, "before anything
-is committed" means until the first chunk arrived: after that, a failure is an SSE error event
-(see :mod:`gateway.serving`).
+open circuit, a model still loading (or failed to load), or one refused by its gates is not
+retried: the next model is tried at once. A client error (4xx) or an overload (429) ends the
+call at once. For streams, "before anything is committed" means until the first chunk arrived:
+after that, a failure is an SSE error event (see :mod:`gateway.serving`).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from gateway.kernel.backend import Backend
 from gateway.kernel.errors import TiergateError
 from gateway.kernel.generation import GenerationChunk, GenerationRequest, GenerationResult
 from gateway.models.registry import ModelRegistry
-from gateway.models.resilience import BACKEND_FAILURES
+from gateway.models.resilience import BACKEND_FAILURES, NOT_LOADED
 from gateway.telemetry.instruments import Telemetry
 
 log = logging.getLogger("tiergate.dispatch")
 
-NOT_RETRIED = frozenset({"circuit_open", "model_not_validated"})
-"""Failures that retrying the same model cannot change: the next model is tried at once."""
+QUIET = frozenset({"model_loading", "model_not_validated"})
+"""Refusals not logged per request (the start logs them)."""
 
 
 @dataclass(slots=True)
@@ -61,6 +61,7 @@ class Dispatcher:
         self, name: str, request: GenerationRequest,
         call: Callable[[Backend], Awaitable[T]],
     ) -> T:
+        first: TiergateError | None = None
         last: TiergateError | None = None
         for model in self.chain(name):
             settings = self.registry.settings_of(model)
@@ -71,17 +72,17 @@ class Dispatcher:
                             "tiergate.model": model, "tiergate.attempt": attempt + 1}):
                         return await call(self.registry.get(model))
                 except BACKEND_FAILURES as exc:
-                    last = exc
-                    if exc.code in NOT_RETRIED:
-                        break
-                    log.warning("request %s: model %s attempt %d failed: %s",
-                                request.request_id, model, attempt + 1, exc.message)
-                    if attempt == settings.retries:
+                    first, last = first or exc, exc
+                    if exc.code not in QUIET:  # loading: expected at start; refused: said once
+                        log.warning("request %s: model %s attempt %d failed: %s",
+                                    request.request_id, model, attempt + 1, exc.message)
+                    if exc.code in NOT_LOADED or attempt == settings.retries:
                         break
                     await asyncio.sleep(delay)
                     delay *= 2
-        assert last is not None
-        raise last
+        assert first is not None and last is not None
+        # every model refused before a call (loading, say): the client hears of the one it named
+        raise first if last.code in NOT_LOADED and first.code in NOT_LOADED else last
 
     async def generate(self, name: str, request: GenerationRequest) -> GenerationResult:
         async def call(backend: Backend) -> GenerationResult:

@@ -1,22 +1,35 @@
-"""The model registry: every configured model's backend and pinned tuple, by name."""
+"""The model registry: every configured model's backend and pinned tuple, by name.
+
+Two ways to start the models: :meth:`ModelRegistry.start` loads them and returns when all are
+loaded (a failure fails it: the CLI, tests, embedding), :meth:`ModelRegistry.load` is what a
+serving gateway runs in the background once its port is bound — models become ready one by one
+(``deferred`` ones last), each in ``loading`` state meanwhile (calls get ``503 model_loading``),
+a failure is logged and leaves that model ``failed`` while the others serve. Packaged models are
+converted first, in a process of their own (``python -m gateway.backends.engine.packaged``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from gateway import __version__
 from gateway.backends import create_backend
 from gateway.backends.settings import EngineModelSettings, ModelSettings
-from gateway.kernel.errors import ModelNotFoundError
+from gateway.kernel.errors import ConfigError, ModelNotFoundError, TiergateError
+from gateway.kernel.secrets import redact
 from gateway.models.resilience import GuardedBackend
 from gateway.protocol import model_card
 
 log = logging.getLogger("tiergate.registry")
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class RegistrySettings(Protocol):
@@ -39,6 +52,21 @@ def resolve_packaged(settings: RegistrySettings) -> dict[str, ModelSettings]:
     return resolved
 
 
+def check_sources(settings: RegistrySettings) -> None:
+    """Raise :class:`ConfigError` (one line) for an engine model whose ``path`` does not exist,
+    or whose packaged weights are neither converted nor installed: before a server binds its
+    port, not minutes later in the background."""
+    from gateway.backends.engine.packaged import check_installed
+
+    for name, model in settings.models.items():
+        if not isinstance(model, EngineModelSettings):
+            continue
+        if model.packaged is not None:
+            check_installed(model.packaged, settings.models_dir)
+        elif model.path is not None and not model.path.exists():
+            raise ConfigError(f"model {name}: path {model.path} does not exist")
+
+
 class ModelRegistry:
     def __init__(self, settings: RegistrySettings) -> None:
         self.settings = settings
@@ -48,6 +76,9 @@ class ModelRegistry:
             for name, model in resolve_packaged(settings).items()
         }
         self.created = int(time.time())
+        self.loaded_hooks: list[Callable[[str], Awaitable[object]]] = []
+        """Run for a model loaded in the background, before it serves (the tuple registry's
+        gates)."""
 
     async def prepare(self, names: Collection[str]) -> None:
         """Convert the packaged models that are not converted yet (once; slow the first time)."""
@@ -57,6 +88,78 @@ class ModelRegistry:
             model = self.settings.models[name]
             if isinstance(model, EngineModelSettings) and model.packaged is not None:
                 await asyncio.to_thread(prepare, model.packaged, self.settings.models_dir)
+
+    def load_order(self) -> list[str]:
+        """The models in the order :meth:`load` loads them: as configured, ``deferred`` last."""
+        return sorted(self.backends, key=lambda name: self.settings.models[name].deferred)
+
+    async def load(self) -> None:
+        """Load every model in the background (see the module doc); never raises but for
+        cancellation (the gateway stopping). HTTP upstreams start at once, engines one after
+        the other in :meth:`load_order`."""
+        order = self.load_order()
+        for name in order:
+            self.backends[name].loading = "waiting for the models before it"
+        engines = [n for n in order if isinstance(self.settings.models[n], EngineModelSettings)]
+
+        async def load_engines() -> None:
+            for name in engines:  # one after the other: see start()
+                await self._load_one(name)
+
+        await asyncio.gather(load_engines(),
+                             *(self._load_one(n) for n in order if n not in engines))
+
+    async def _load_one(self, name: str) -> None:
+        backend = self.backends[name]
+        model = self.settings.models[name]
+        started = time.monotonic()
+        try:
+            if isinstance(model, EngineModelSettings) and model.packaged is not None:
+                await self._convert(name, model.packaged, backend)
+            backend.loading = "loading"
+            await backend.start()
+            backend.loading = "checking its gates"
+            for hook in self.loaded_hooks:
+                await hook(name)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # kept on the model; the others serve
+            message = redact(exc.message if isinstance(exc, TiergateError) else
+                             f"{type(exc).__name__}: {exc}")
+            backend.load_error = message
+            log.error("model %s failed to load: %s", name, message)
+        else:
+            log.info("model %s is ready (%.0f s)", name, time.monotonic() - started)
+        finally:
+            backend.loading = None
+
+    async def _convert(self, name: str, packaged: str, backend: GuardedBackend) -> None:
+        """Convert ``packaged`` in a process of its own unless done (its steps go to stderr)."""
+        from gateway.backends.engine.packaged import is_prepared
+
+        models_dir = self.settings.models_dir
+        if is_prepared(packaged, models_dir):
+            return
+        backend.loading = "converting the packaged weights, once"
+        log.info("model %s: converting the packaged %s into %s once (minutes on a small CPU; "
+                 "the other models serve meanwhile)", name, packaged, models_dir)
+        path = os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)
+        # A session of its own: Ctrl-C or a group SIGTERM stops the gateway, which stops it
+        # (a half-done conversion is discarded; the next start begins it again).
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.backends.engine.packaged", packaged, str(models_dir),
+            stdin=asyncio.subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": path},
+            start_new_session=True)
+        try:
+            code = await process.wait()
+        except asyncio.CancelledError:
+            if process.returncode is None:
+                process.terminate()
+                await process.wait()
+            raise
+        if code != 0:
+            raise ConfigError(f"converting {packaged} failed (exit status {code}; its log is "
+                              "above)")
 
     async def start(self, names: Collection[str] | None = None) -> None:
         """Start the backends (all, or ``names``) concurrently; one that fails fails the start."""
@@ -88,9 +191,11 @@ class ModelRegistry:
         return backend
 
     def card(self, name: str) -> dict[str, Any]:
-        """The ``/v1/models`` entry: OpenAI's fields, and the model tuple under ``tiergate``."""
-        model = self.get(name).describe()
-        info = {"kind": "model", "tiergate_version": __version__,
+        """The ``/v1/models`` entry: OpenAI's fields, and under ``tiergate`` the model tuple and
+        ``status`` (``ready``, ``loading``, ``failed`` to load, ``not loaded``)."""
+        backend = self.get(name)
+        model = backend.describe()
+        info = {"kind": "model", "status": backend.load_status, "tiergate_version": __version__,
                 **model.model_dump(mode="json"), "digest": model.digest()}
         return model_card(name, self.created, info)
 
@@ -99,9 +204,9 @@ class ModelRegistry:
 
     async def health(self) -> dict[str, dict[str, Any]]:
         """Every model's health: ``status`` (``ok``, ``degraded``, ``unreachable`` — not
-        answered since start —, ``not started``, ``refused`` by its gates), ``circuit``, the
-        in-flight count, and what its backend adds (an HTTP upstream's redacted URL and last
-        error: for admins)."""
+        answered since start —, ``not started``, ``loading`` with its ``step``, ``failed``
+        with its ``error``, ``refused`` by its gates), ``circuit``, the in-flight count, and
+        what its backend adds (an HTTP upstream's redacted URL and last error: for admins)."""
         results = await asyncio.gather(*(b.health() for b in self.backends.values()))
         for health in results:
             if health.get("reachable") is False:  # the breaker's "degraded" says less
@@ -109,7 +214,7 @@ class ModelRegistry:
         return dict(zip(self.backends, results, strict=True))
 
 
-UNUSABLE = frozenset({"unreachable", "not started", "refused"})
+UNUSABLE = frozenset({"unreachable", "not started", "loading", "failed", "refused"})
 
 
 def usable(health: Mapping[str, Any]) -> bool:

@@ -7,7 +7,10 @@
 - **circuit breaker**: ``breaker_failures`` consecutive failures (the upstream is down, times out or
   answers 5xx/garbage) open the circuit: calls fail fast with ``503`` for ``breaker_reset_s``;
   then one probe call is let through (half-open): success closes the circuit, failure opens it
-  again. A client's own error (``4xx``) is not a backend failure.
+  again. A client's own error (``4xx``) is not a backend failure;
+- **loading**: while the registry loads the model in the background (:meth:`ModelRegistry.load`)
+  a call is refused at once with ``503`` ``model_loading`` and ``Retry-After``; a model that
+  failed to load, with ``503`` ``model_failed``. Neither is a call, nor a breaker failure.
 
 Retries and fallbacks across backends live in :mod:`gateway.models.dispatch`.
 """
@@ -32,6 +35,12 @@ from gateway.kernel.modeltuple import EvalRef, ModelTuple
 
 BACKEND_FAILURES = (UpstreamError, ServiceUnavailableError, UpstreamTimeoutError)
 """Errors that say the backend is unwell (as opposed to the request being wrong)."""
+
+NOT_LOADED = frozenset({"circuit_open", "model_loading", "model_failed", "model_not_validated"})
+"""Codes of the 503s refused before any call (retrying the same model at once is pointless)."""
+
+LOADING_RETRY_AFTER_S = 10.0
+"""``Retry-After`` of a call to a model that is loading (a load takes seconds to minutes)."""
 
 
 class CircuitState(Enum):
@@ -99,6 +108,11 @@ class GuardedBackend(Backend):
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         self.breaker = CircuitBreaker(breaker_failures, breaker_reset_s)
+        self.loading: str | None = None
+        """What loading the model is doing now (``None``: not loading in the background)."""
+        self.load_error: str | None = None
+        """Why loading it in the background failed (for the log and admins)."""
+        self.started = False
         self.refusal: str | None = None
         """Why this model does not serve (its tuple failed its gates), or ``None``."""
         self.validating_eval: EvalRef | None = None
@@ -107,9 +121,20 @@ class GuardedBackend(Backend):
 
     async def start(self) -> None:
         await self.inner.start()
+        self.started = True
 
     async def aclose(self) -> None:
+        self.started = False
         await self.inner.aclose()
+
+    @property
+    def load_status(self) -> str:
+        """``loading``, ``failed`` (to load), ``ready`` or ``not loaded``."""
+        if self.loading is not None:
+            return "loading"
+        if self.load_error is not None:
+            return "failed"
+        return "ready" if self.started else "not loaded"
 
     def describe(self) -> ModelTuple:
         """The backend's tuple, with the validating eval the registry attached."""
@@ -124,7 +149,12 @@ class GuardedBackend(Backend):
         return cached[2]
 
     async def health(self) -> dict[str, Any]:
-        health = await self.inner.health()
+        if self.loading is not None:
+            health: dict[str, Any] = {"status": "loading", "step": self.loading}
+        elif self.load_error is not None:
+            health = {"status": "failed", "error": self.load_error}
+        else:
+            health = await self.inner.health()
         state = self.breaker.state
         if state is not CircuitState.CLOSED:
             health["status"] = "degraded"
@@ -134,6 +164,14 @@ class GuardedBackend(Backend):
                 "max_in_flight": self.max_in_flight}
 
     def _enter(self) -> None:
+        if self.loading is not None:
+            raise ServiceUnavailableError(
+                f"model {self.name} is loading ({self.loading}); try again shortly",
+                code="model_loading", retry_after=LOADING_RETRY_AFTER_S)
+        if self.load_error is not None:
+            raise ServiceUnavailableError(
+                f"model {self.name} failed to load; the gateway's log says why",
+                code="model_failed")
         if self.refusal is not None:
             raise ModelNotValidatedError(self.refusal)
         if self.in_flight >= self.max_in_flight:

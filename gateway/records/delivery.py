@@ -4,7 +4,9 @@ Each gateway process starts one (:class:`gateway.records.recorder.Recorder`) and
 two pipes. Its stdin carries one JSON line of start-up options, then commands: ``w`` (records are
 waiting: deliver now), ``s`` (the gateway is stopping: deliver what is left within the shutdown
 deadline, then exit); end of file means the gateway died, and it exits at once (the next process
-on the spool adopts what is left). Its stdout carries JSON status lines: how many bytes of each of
+on the spool adopts what is left). Signals do not stop it: SIGINT and SIGTERM reach the whole
+process group, the gateway with it, and the gateway decides when delivery stops (SIGTERM makes it
+deliver what is spooled at once). Its stdout carries JSON status lines: how many bytes of each of
 the gateway's segments the store has, the records delivered, the bytes of adopted segments still
 to deliver, and the store's error if it is failing. A line goes out at once when the store fails
 or comes back or a segment is removed; progress at most once a second unless the gateway asked
@@ -457,11 +459,14 @@ async def _main(stdin: BinaryIO) -> None:
     secrets.register_settings(options.settings)
     delivery = Delivery(options.settings, options.writer, options.shutdown_timeout_s)
 
-    def stop() -> None:
-        delivery.stopping = True
+    def deliver_now() -> None:
+        delivery.asked = delivery.store_now = True
         delivery.wake.set()
 
-    loop.add_signal_handler(signal.SIGTERM, stop)
+    # SIGTERM reaches the whole process group (`timeout`, systemd, a shell's kill of a job): the
+    # gateway stops too and says when delivery stops (``s``, after its last record); until then
+    # this process delivers what is spooled at once rather than stopping under it.
+    loop.add_signal_handler(signal.SIGTERM, deliver_now)
     commands = asyncio.create_task(delivery.read_commands(reader))
     try:
         await delivery.run()
@@ -470,8 +475,10 @@ async def _main(stdin: BinaryIO) -> None:
 
 
 def main() -> None:
-    # Ctrl-C reaches the whole process group: the gateway decides when delivery stops.
+    # Ctrl-C and SIGTERM reach the whole process group: the gateway decides when delivery stops
+    # (SIGTERM is handled once the loop runs; until then it is ignored, not fatal).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with open(0, "rb", buffering=0, closefd=False) as stdin:
         asyncio.run(_main(stdin))
 

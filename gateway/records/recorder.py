@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -121,8 +122,11 @@ class Recorder(RequestListener):
             code = await process.wait()
             if self._stopping:
                 return
-            log.error("the records delivery process exited (status %s): starting it again in "
-                      "%.0f s; records wait in the spool meanwhile", code, RESTART_DELAY_S)
+            # SIGTERM (before it could handle it) comes with the gateway's own, as a rule: a
+            # group's stop (`timeout`, systemd), which aclose() completes.
+            log.log(logging.WARNING if code == -signal.SIGTERM else logging.ERROR,
+                    "the records delivery process exited (status %s): starting it again in "
+                    "%.0f s; records wait in the spool meanwhile", code, RESTART_DELAY_S)
             self._delivered_before = self.delivered
             while True:
                 await asyncio.sleep(RESTART_DELAY_S)
@@ -168,6 +172,16 @@ class Recorder(RequestListener):
                 await self._watcher
             self._watcher = None
         await self._stop(self._process)  # one a restart started while we were stopping
+        if self._process is not None and self._process.returncode != 0:
+            # it died (a signal, a crash) instead of delivering what is left: one more does
+            log.info("records: starting a delivery process to deliver what is spooled")
+            try:
+                await self._spawn()
+            except OSError as exc:
+                log.error("cannot start the records delivery process (records stay in the "
+                          "spool for the next start): %s", exc)
+            else:
+                await self._stop(self._process)
         self.spool.close()
         reader, self._reader = self._reader, None
         if reader is not None:
@@ -184,6 +198,10 @@ class Recorder(RequestListener):
                       "the spool)")
             process.kill()
             await process.wait()
+            return
+        if process.returncode != 0:
+            log.warning("the records delivery process stopped with status %s",
+                        process.returncode)
 
     async def reader(self) -> RecordSink:
         """A store opened on the calling (server) loop, for the admin API."""

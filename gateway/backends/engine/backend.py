@@ -144,14 +144,14 @@ class EngineBackend(Backend):
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        # transformers resolves its classes lazily, and two threads resolving them at once can
-        # fail ("cannot import name AutoModelForCausalLM"): resolve them here, on the loop's
-        # thread, before several engines load in worker threads (once per process, at start).
-        from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
-
         from gateway.backends.engine.decoder import Decoder
         from gateway.backends.engine.loader import load_model
 
+        # transformers resolves its classes lazily, and two threads resolving them at once can
+        # fail ("cannot import name AutoModelForCausalLM"): they are resolved first, in a worker
+        # thread (seconds, the first time: never on the event loop, which serves meanwhile);
+        # the registry starts engines one after the other.
+        await asyncio.to_thread(_resolve_transformers)
         loaded = await asyncio.to_thread(load_model, self.settings)
         if loaded.device.type == "cuda":
             self._cuda_determinism()
@@ -289,3 +289,7 @@ class EngineBackend(Backend):
             else accumulator.first_token_s + (accumulator.started - started)),
             total_s=time.perf_counter() - started)
         return result
+
+
+def _resolve_transformers() -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401

