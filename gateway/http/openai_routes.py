@@ -1,4 +1,5 @@
-"""The OpenAI surface: ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models``.
+"""The OpenAI surface: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/responses`` and
+``/v1/models``.
 
 Thin, like every route: read and parse the body, call the serving object, answer. Request ids,
 auth, body limits and errors are the front door's (:mod:`gateway.http.frontdoor`).
@@ -19,8 +20,8 @@ from gateway.listener import RequestContext
 
 
 async def complete(model: type[protocol.OpenAIRequest], call: Call) -> Reply:
-    """``/v1/chat/completions`` and ``/v1/completions`` (``model``: the request's protocol
-    model), bound per path with ``partial``: one coroutine per request."""
+    """``/v1/chat/completions``, ``/v1/completions`` and ``/v1/responses`` (``model``: the
+    request's protocol model), bound per path with ``partial``: one coroutine per request."""
     parsed = parse(model, await call.body(), call.gateway.settings.limits)
     trace = {}
     traceparent = call.header(b"traceparent")
@@ -57,6 +58,7 @@ async def retrieve_model(call: Call) -> Reply:
 ENDPOINTS = [
     Endpoint("/v1/chat/completions", "POST", partial(complete, protocol.ChatCompletionRequest)),
     Endpoint("/v1/completions", "POST", partial(complete, protocol.CompletionRequest)),
+    Endpoint("/v1/responses", "POST", partial(complete, protocol.ResponsesRequest)),
     Endpoint("/v1/models", "GET", list_models),
     Endpoint("/v1/models/{model:path}", "GET", retrieve_model),
 ]
