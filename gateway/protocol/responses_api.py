@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
 from pydantic import Field, model_validator
@@ -40,7 +40,7 @@ LOGPROBS_INCLUDE = "message.output_text.logprobs"
 class ResponsesRequest(SamplingFields):
     """``POST /v1/responses``. Unknown fields are kept and passed on, as for chat."""
 
-    input: str | FreeList = Field(min_length=1)
+    input: Annotated[str, Field(min_length=1)] | Annotated[FreeList, Field(min_length=1)]
     instructions: str | None = None
     max_output_tokens: TokenBudget | None = None
     top_logprobs: TopLogprobs | None = None

@@ -196,3 +196,22 @@ def test_an_escalated_cascade_reports_and_counts_both_calls(routed: ServerProces
     accepted = ask(routed, "cascade", "easy sum number 11")
     assert accepted.headers["x-tiergate-escalated"] == "false"
     assert accepted.json()["usage"] == ask(routed, "small", "easy sum number 11").json()["usage"]
+
+
+def test_responses_are_routed_like_chat(routed: ServerProcess) -> None:
+    def respond(route: str, prompt: str) -> httpx.Response:
+        return httpx.post(routed.url + "/v1/responses", timeout=30,
+                          json={"model": route, "input": prompt})
+
+    alone = respond("always-large", "hard puzzle number 12").json()["usage"]
+    for prompt, tier in (("easy sum number 12", "small"), ("hard puzzle number 12", "large")):
+        response = respond("cascade", prompt)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-tiergate-route"] == "cascade"
+        assert response.headers["x-tiergate-model"].startswith(f"{tier}@")
+        body = response.json()
+        assert body["model"] == tier and body["output"][0]["content"][0]["text"] == \
+            f"echo: {prompt}"
+        assert body["output"][0]["content"][0]["logprobs"] == []  # the cascade's own
+    assert body["usage"]["input_tokens"] == 2 * alone["input_tokens"]
+    assert body["usage"]["output_tokens"] == 2 * alone["output_tokens"]
