@@ -195,6 +195,29 @@ class OpenAIServing:
         return Served(headers=self._headers(result.model, gen, plan.decision),
                       body=body)
 
+    async def embed(self, req: protocol.EmbeddingsRequest, ctx: RequestContext) -> Served:
+        """``/v1/embeddings``: one model (a route chooses between generating tiers), its
+        fallbacks and retries as for generation; not recorded."""
+        span = self.telemetry.start_request_span(f"POST {ctx.operation}", ctx.trace_headers,
+                                                 ctx.request_id, req.model)
+        try:
+            with self.telemetry.use(span):
+                if self._route(req.model) is not None:
+                    raise InvalidRequestError(f"{req.model} is a route: name an embedding "
+                                              "model", param="model")
+                request = req.to_embedding_request(ctx.request_id)
+                request.trace_headers = ctx.trace_headers
+                result = await self.dispatcher.embed(req.model, request)
+        except TiergateError as exc:
+            self._finish(span, ctx, req.model, req.model, exc.status, None, None, exc)
+            raise
+        except BaseException as exc:
+            self._finish(span, ctx, req.model, req.model, 500, None, None, exc)
+            raise
+        body = protocol.embedding_list(result, result.model.name, req.encoding_format)
+        self._finish(span, ctx, req.model, result.model.name, 200, None, result.usage)
+        return Served(headers={"x-tiergate-model": result.model.header_value}, body=body)
+
     def _finish(self, span: Any, ctx: RequestContext, route: str, model: str, status: int,
                 ttft_s: float | None, usage: Usage | None,
                 error: BaseException | None = None) -> None:

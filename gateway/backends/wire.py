@@ -192,3 +192,19 @@ def parse_chunk(data: Any, chat: bool) -> list[GenerationChunk]:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UpstreamError(f"upstream sent a malformed stream chunk: {exc!r}") from exc
+
+
+def parse_embeddings(data: Any, count: int
+                     ) -> tuple[list[list[float] | str], Usage, dict[str, Any]]:
+    """An upstream's embeddings list: one embedding per input, in input order, its usage and
+    extra top-level fields."""
+    try:
+        items = sorted(data["data"], key=lambda item: int(item.get("index", 0)))
+        embeddings: list[list[float] | str] = [item["embedding"] for item in items]
+        if len(embeddings) != count or not all(isinstance(e, list | str) for e in embeddings):
+            raise ValueError(f"{len(embeddings)} embeddings for {count} inputs")
+        usage = parse_usage(data.get("usage"))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UpstreamError(f"upstream sent a malformed embeddings list: {exc!r}") from exc
+    extra = {k: v for k, v in data.items() if k not in ("object", "data", "model", "usage")}
+    return embeddings, usage, extra

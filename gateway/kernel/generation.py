@@ -240,3 +240,26 @@ class StreamAccumulator:
             rendered_prompt=self.rendered_prompt,
             runtime=self.runtime,
         )
+
+
+@dataclass(slots=True)
+class EmbeddingRequest:
+    """One embeddings request to one model: a batch of texts, or of token-id lists."""
+
+    request_id: str
+    input: list[str] | list[list[int]]
+    passthrough: dict[str, Any] = field(default_factory=dict)
+    """Fields the backend passes on (HTTP: ``encoding_format``, ``dimensions``, ``user``,
+    unknown ones) or refuses (in-process: what it cannot honour)."""
+    trace_headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class EmbeddingResult:
+    model: ModelTuple
+    embeddings: list[list[float] | str]
+    """One per input, in order: floats, or an upstream's base64 string (little-endian
+    float32), as the backend produced them."""
+    usage: Usage
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Top-level response fields from an upstream that tiergate passes on."""

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from gateway import __version__
 from gateway.backends import create_backend
-from gateway.backends.settings import EngineModelSettings, ModelSettings
+from gateway.backends.settings import EmbeddingModelSettings, EngineModelSettings, ModelSettings
 from gateway.kernel.errors import ModelNotFoundError
 from gateway.models.resilience import GuardedBackend
 from gateway.protocol import model_card
@@ -62,7 +62,8 @@ class ModelRegistry:
         """Start the backends (all, or ``names``) concurrently; one that fails fails the start."""
         chosen = list(self.backends) if names is None else [self.get(n).name for n in names]
         await self.prepare(chosen)
-        engines = [n for n in chosen if isinstance(self.settings.models[n], EngineModelSettings)]
+        engines = [n for n in chosen if isinstance(self.settings.models[n],
+                                                   EngineModelSettings | EmbeddingModelSettings)]
 
         async def load_engines() -> None:
             # One after the other: transformers' model loading is not thread-safe (it patches

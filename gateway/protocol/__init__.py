@@ -5,9 +5,10 @@ Requests follow OpenAI's chat and completions APIs plus vLLM's extensions
 unchanged); :mod:`.limits` is what one body may hold (the ``[limits]`` section); responses are
 built as plain dicts in exactly OpenAI's shape (:mod:`.responses`). The Responses API
 (``/v1/responses``) has its own module (:mod:`.responses_api`): its request translated to chat,
-its ``response`` object and stream events.
+its ``response`` object and stream events; the embeddings API has :mod:`.embeddings`.
 """
 
+from gateway.protocol.embeddings import EmbeddingsRequest, embedding_list
 from gateway.protocol.limits import DEFAULT_LIMITS, PARAM_CHARS, LimitsSettings, check_json
 from gateway.protocol.requests import (
     ChatCompletionRequest,
@@ -37,7 +38,8 @@ OpenAIRequest = ChatCompletionRequest | CompletionRequest | ResponsesRequest
 
 __all__ = [
     "DEFAULT_LIMITS", "PARAM_CHARS", "SSE_DONE", "ChatCompletionRequest", "ChatMessage",
-    "ChunkBuilder", "CompletionRequest", "LimitsSettings", "OpenAIRequest", "ResponseStream",
-    "ResponsesRequest", "SamplingFields", "StreamOptions", "StreamShape", "chat_completion",
-    "check_json", "completion", "model_card", "response_object", "responses_param", "sse_event",
+    "ChunkBuilder", "CompletionRequest", "EmbeddingsRequest", "LimitsSettings", "OpenAIRequest",
+    "ResponseStream", "ResponsesRequest", "SamplingFields", "StreamOptions", "StreamShape",
+    "chat_completion", "check_json", "completion", "embedding_list", "model_card",
+    "response_object", "responses_param", "sse_event",
 ]

@@ -21,7 +21,8 @@ kind of broken one:
                    ``refusal: null``, ``annotations: []`` and a field of its own
 =================  ==============================================================================
 
-It is also an OTLP/HTTP trace receiver (``POST /v1/traces``) for telemetry tests.
+``/v1/embeddings`` answers every model with vectors that say what they embed. It is also an
+OTLP/HTTP trace receiver (``POST /v1/traces``) for telemetry tests.
 
 Every request it served is counted at ``GET /stats`` (``{"requests": N, "open_streams": K}``), so
 tests can check that cancelled requests really ended upstream.
@@ -33,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import struct
 import time
 from typing import Any
 
@@ -97,7 +100,28 @@ class FakeUpstream:
         app.router.add_post("/v1/traces", self.traces)
         app.router.add_post("/v1/chat/completions", self.robust_complete)
         app.router.add_post("/v1/completions", self.robust_complete)
+        app.router.add_post("/v1/embeddings", self.embeddings)
         return app
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """Embeddings that say what they embed: ``[characters (or ids), position, 0.5]``, as
+        floats or base64 (``encoding_format``)."""
+        self.requests += 1
+        body = orjson.loads(await request.read())
+        self.last_body = body
+        inputs = body["input"]
+        if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
+            inputs = [inputs]
+        data = []
+        for index, item in enumerate(inputs):
+            vector = [float(len(item)), float(index), 0.5]
+            value: Any = vector
+            if body.get("encoding_format") == "base64":
+                value = base64.b64encode(struct.pack("<3f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": value})
+        tokens = sum(len(str(item).split()) for item in inputs)
+        return web.json_response({"object": "list", "data": data, "model": body.get("model"),
+                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     async def models(self, request: web.Request) -> web.Response:
         cards = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in MODELS]

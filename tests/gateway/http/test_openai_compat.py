@@ -250,3 +250,74 @@ def test_responses_refusals(client: openai.OpenAI) -> None:
         with pytest.raises(openai.BadRequestError) as caught:
             client.responses.create(**{"input": "x", **fields})
         assert caught.value.param == param, caught.value.message
+
+
+# -- /v1/embeddings -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def embedder(gateway_factory: GatewayFactory, upstream: ServerProcess) -> ServerProcess:
+    pytest.importorskip("all_minilm_l6_v2", reason="the MiniLM weights package (make embeddings)")
+    return gateway_factory({
+        "models.remote": upstream_model(upstream, "echo"),
+        "models.minilm": {"backend": "embedding", "model": "all-minilm-l6-v2",
+                          "weights_sha256": MINILM_WEIGHTS},
+    })
+
+
+MINILM_WEIGHTS = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+
+def test_embeddings_pass_through_an_upstream(embedder: ServerProcess,
+                                             upstream: ServerProcess) -> None:
+    client = openai.OpenAI(base_url=embedder.url + "/v1", api_key="unused", max_retries=0)
+    floats = client.embeddings.create(model="remote", input=["ab", "cde"],
+                                      encoding_format="float", dimensions=3)
+    assert [d.embedding for d in floats.data] == [[2.0, 0.0, 0.5], [3.0, 1.0, 0.5]]
+    assert last_upstream_body(upstream)["dimensions"] == 3
+    assert floats.usage.prompt_tokens == 2 and floats.model == "remote"
+    default = client.embeddings.create(model="remote", input="abcd")  # the SDK asks base64
+    assert last_upstream_body(upstream)["encoding_format"] == "base64"
+    assert default.data[0].embedding == [4.0, 0.0, 0.5]
+    raw = httpx.post(embedder.url + "/v1/embeddings", json={
+        "model": "remote", "input": [[1, 2], [3]], "encoding_format": "base64"}).json()
+    assert [d["index"] for d in raw["data"]] == [0, 1]
+    assert all(isinstance(d["embedding"], str) for d in raw["data"])
+
+
+def test_embeddings_of_the_in_process_minilm(embedder: ServerProcess) -> None:
+    from verifiers.embeddings import CATALOGUE, SentenceEncoder
+
+    client = openai.OpenAI(base_url=embedder.url + "/v1", api_key="unused", max_retries=0)
+    texts = ["The sky is blue.", "Paris is the capital of France.", "hello"]
+    raw = client.embeddings.with_raw_response.create(model="minilm", input=texts)
+    result = raw.parse()
+    assert raw.headers["x-tiergate-model"].startswith("minilm@")
+    encoder = SentenceEncoder(CATALOGUE["all-minilm-l6-v2"])
+    for text, item in zip(texts, result.data, strict=True):
+        expected = encoder.encode(text).astype("float32").tolist()
+        assert len(item.embedding) == 384 and item.embedding == expected  # base64: float32
+    floats = client.embeddings.create(model="minilm", input=texts[0], encoding_format="float")
+    assert floats.data[0].embedding == encoder.encode(texts[0]).tolist()
+    assert floats.usage.prompt_tokens == len(encoder.tokenizer.encode(texts[0]).ids)
+    card = client.models.retrieve("minilm").model_dump()["tiergate"]
+    assert card["base_weights_sha256"] == MINILM_WEIGHTS and card["digest"].startswith("sha256:")
+    assert client.embeddings.create(model="minilm", input="x", dimensions=384).data
+    for fields, param in (({"model": "minilm", "input": [[1, 2]]}, "input"),
+                          ({"model": "minilm", "input": "x", "dimensions": 8}, "dimensions")):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.embeddings.create(**fields)  # type: ignore[arg-type]
+        assert caught.value.param == param
+    with pytest.raises(openai.BadRequestError) as not_chat:
+        client.chat.completions.create(model="minilm",
+                                       messages=[{"role": "user", "content": "x"}])
+    assert not_chat.value.param == "model"
+
+
+def test_embeddings_refused_by_generating_models(client: openai.OpenAI) -> None:
+    for model in ("smol", "auto"):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.embeddings.create(model=model, input="x")
+        assert caught.value.param == "model"
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="echo", input=[])
