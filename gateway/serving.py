@@ -13,23 +13,23 @@ import random
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway import protocol
-from gateway.kernel.errors import TiergateError, internal_error
+from gateway.kernel.errors import InvalidRequestError, TiergateError, internal_error
 from gateway.kernel.generation import (
     GenerationChunk,
     GenerationRequest,
     GenerationResult,
     StreamAccumulator,
     Usage,
+    prompt_batch,
 )
 from gateway.kernel.modeltuple import ModelTuple
 from gateway.listener import CompletedRequest, Listeners, RequestContext, RequestListener
 from gateway.models.dispatch import Dispatcher, aclose
 from gateway.models.registry import ModelRegistry
-from gateway.protocol import SSE_DONE, sse_event
 from gateway.settings import Settings
 from gateway.telemetry.instruments import Telemetry, clip
 from router.decision import Decision
@@ -100,7 +100,8 @@ class OpenAIServing:
                    decision: Decision | None) -> None:
         if not self.listeners.completing:
             return
-        done = CompletedRequest(ctx, req.model, req, gen, results, decision, stream=req.stream,
+        done = CompletedRequest(ctx, req.model, req, gen, results, decision,
+                                stream=bool(req.stream),
                                 status=200)
         for listener in self.listeners.completing:
             try:
@@ -143,12 +144,19 @@ class OpenAIServing:
         if route is None:
             return Plan(model=name)
         assert self.router is not None
+        if prompt_batch(gen.prompt) is not None and get_strategy(route.mode).verifier_kind:
+            raise InvalidRequestError(
+                f"route {route.name} decides one prompt at a time: send each prompt of the "
+                "batch in a request of its own", param="prompt")
         with self.telemetry.span("tiergate.route", **{"tiergate.route": route.name}):
             routed = await get_strategy(route.mode).route(self.router, route, gen,
                                                           self.dispatcher.generate)
         decision = routed.decision
         if decision.escalated:
             self.telemetry.count_escalation(route.name)
+        for prior in routed.prior:  # the answering call's tokens are counted when it ends
+            self.telemetry.count_tokens(prior.model.name, prior.usage.prompt_tokens,
+                                        prior.usage.completion_tokens)
         return Plan(model=routed.model or decision.model, decision=decision, ready=routed.ready,
                     prior=routed.prior)
 
@@ -167,19 +175,48 @@ class OpenAIServing:
                 if req.stream:
                     return await self._stream(req, gen, ctx, span, plan)
                 result = plan.ready or await self.dispatcher.generate(plan.model, gen)
-            answer = _for_client(result, gen)
+            answer = _for_client(result, gen, plan.prior)
+        except TiergateError as exc:
+            self._finish(span, ctx, req.model, req.model, exc.status, None, None, exc)
+            if isinstance(req, protocol.ResponsesRequest):
+                exc.param = protocol.responses_param(exc.param)
+            raise
+        except BaseException as exc:
+            self._finish(span, ctx, req.model, req.model, 500, None, None, exc)
+            raise
+        if isinstance(req, protocol.ResponsesRequest):
+            body = protocol.response_object(req, gen, ctx.request_id, result.model.name,
+                                            result=answer)
+        else:
+            build = protocol.chat_completion if gen.kind == "chat" else protocol.completion
+            body = build(answer, ctx.request_id, result.model.name, gen.return_token_ids)
+        self._finish(span, ctx, req.model, result.model.name, 200, None, result.usage)
+        self._completed(ctx, req, gen, [*plan.prior, result], plan.decision)
+        return Served(headers=self._headers(result.model, gen, plan.decision),
+                      body=body)
+
+    async def embed(self, req: protocol.EmbeddingsRequest, ctx: RequestContext) -> Served:
+        """``/v1/embeddings``: one model (a route chooses between generating tiers), its
+        fallbacks and retries as for generation; not recorded."""
+        span = self.telemetry.start_request_span(f"POST {ctx.operation}", ctx.trace_headers,
+                                                 ctx.request_id, req.model)
+        try:
+            with self.telemetry.use(span):
+                if self._route(req.model) is not None:
+                    raise InvalidRequestError(f"{req.model} is a route: name an embedding "
+                                              "model", param="model")
+                request = req.to_embedding_request(ctx.request_id)
+                request.trace_headers = ctx.trace_headers
+                result = await self.dispatcher.embed(req.model, request)
         except TiergateError as exc:
             self._finish(span, ctx, req.model, req.model, exc.status, None, None, exc)
             raise
         except BaseException as exc:
             self._finish(span, ctx, req.model, req.model, 500, None, None, exc)
             raise
-        build = protocol.chat_completion if gen.kind == "chat" else protocol.completion
-        body = build(answer, ctx.request_id, result.model.name, gen.return_token_ids)
+        body = protocol.embedding_list(result, result.model.name, req.encoding_format)
         self._finish(span, ctx, req.model, result.model.name, 200, None, result.usage)
-        self._completed(ctx, req, gen, [*plan.prior, result], plan.decision)
-        return Served(headers=self._headers(result.model, gen, plan.decision),
-                      body=body)
+        return Served(headers={"x-tiergate-model": result.model.header_value}, body=body)
 
     def _finish(self, span: Any, ctx: RequestContext, route: str, model: str, status: int,
                 ttft_s: float | None, usage: Usage | None,
@@ -193,13 +230,18 @@ class OpenAIServing:
                       ctx: RequestContext, span: Any, plan: Plan) -> Served:
         if plan.ready is not None:  # a cascade's accepted answer, verified before any byte
             model = plan.ready.model
-            first, rest = None, _replay(_for_client(plan.ready, gen))
+            first, rest = None, _replay(_for_client(plan.ready, gen, plan.prior))
         else:
             # The first chunk arrives before the 200 is committed: a failure up to there is an
             # ordinary HTTP error, after retries and fallbacks (gateway.models.dispatch).
             opened = await self.dispatcher.open_stream(plan.model, gen)
             model, first, rest = opened.backend.describe(), opened.first, opened.rest
-        chunks = protocol.ChunkBuilder(gen.kind, gen.request_id, model.name, gen.return_token_ids)
+        chunks: protocol.StreamShape
+        if isinstance(req, protocol.ResponsesRequest):
+            chunks = protocol.ResponseStream(req, gen, gen.request_id, model.name)
+        else:
+            chunks = protocol.ChunkBuilder(gen.kind, gen.request_id, model.name,
+                                           gen.return_token_ids)
         events = self._events(rest, first, chunks, model, gen, req, ctx, span, plan)
         return Served(headers=self._headers(model, gen, plan.decision),
                       stream=events)
@@ -208,7 +250,7 @@ class OpenAIServing:
         self,
         upstream: AsyncIterator[GenerationChunk],
         first: GenerationChunk | None,
-        chunks: protocol.ChunkBuilder,
+        chunks: protocol.StreamShape,
         model: ModelTuple,
         gen: GenerationRequest,
         req: protocol.OpenAIRequest,
@@ -219,40 +261,41 @@ class OpenAIServing:
         accumulator = StreamAccumulator(model, gen.sampling.n)
         status: int = 200
         error: BaseException | None = None
-        held: list[bytes] = []  # events of chunks that arrived together: sent in one piece
+        # Events of chunks that arrived together: sent in one piece.
+        held: list[bytes] = [opening] if (opening := chunks.start()) else []
         # Listeners start when the stream first waits, which is after its first bytes went out.
         self._schedule_started(ctx, req, gen)
         try:
             if first is not None:
                 accumulator.add(first)
-                if first.index is not None:
-                    held.append(sse_event(chunks.chunk(first)))
+                if event := chunks.event(first):
+                    held.append(event)
                 if not first.buffered and held:
                     yield b"".join(held)
                     held.clear()
             async for chunk in upstream:
                 accumulator.add(chunk)
-                if chunk.index is not None:
-                    held.append(sse_event(chunks.chunk(chunk)))
+                if event := chunks.event(chunk):
+                    held.append(event)
                 if not chunk.buffered and held:
                     yield b"".join(held) if len(held) > 1 else held[0]
                     held.clear()
             result = accumulator.result()
-            if req.include_usage:
-                held.append(sse_event(chunks.usage(result.usage)))
-            # Recorded before [DONE] goes out.
+            usage = billed(result.usage, plan.prior)
+            held.append(chunks.end(result, usage if req.include_usage
+                                   or isinstance(req, protocol.ResponsesRequest) else None))
+            # Recorded before the stream's end goes out.
             self._completed(ctx, req, gen, [*plan.prior, result], plan.decision)
-            held.append(SSE_DONE)
             yield b"".join(held)
             held.clear()
         except TiergateError as exc:
             log.warning("request %s: stream failed: %s", gen.request_id, clip(exc.message))
             status, error = exc.status, exc
-            yield b"".join([*held, sse_event(exc.body())])
+            yield b"".join([*held, chunks.error(exc.body())])
         except Exception as exc:
             log.exception("request %s: stream failed", gen.request_id)
             status, error = 500, exc
-            yield b"".join([*held, sse_event(internal_error().body())])
+            yield b"".join([*held, chunks.error(internal_error().body())])
         except BaseException as exc:  # the client went away (cancelled / generator closed)
             status, error = 499, exc
             raise
@@ -275,10 +318,23 @@ async def _replay(result: GenerationResult) -> AsyncIterator[GenerationChunk]:
                           rendered_prompt=result.rendered_prompt, runtime=result.runtime)
 
 
-def _for_client(result: GenerationResult, request: GenerationRequest) -> GenerationResult:
-    """The result without the logprobs a cascade asked for on its own account."""
-    if request.sampling.logprobs is not None or all(c.logprobs is None for c in result.choices):
-        return result
-    from dataclasses import replace
+def billed(usage: Usage, prior: list[GenerationResult]) -> Usage:
+    """The usage a response reports: every model call made for it (a cascade that escalated:
+    the small answer's tokens and the large one's). The answering call's own usage details
+    (cached tokens, ...) stand only when it was the only call."""
+    if not prior:
+        return usage
+    return Usage(usage.prompt_tokens + sum(r.usage.prompt_tokens for r in prior),
+                 usage.completion_tokens + sum(r.usage.completion_tokens for r in prior))
 
-    return replace(result, choices=[replace(c, logprobs=None) for c in result.choices])
+
+def _for_client(result: GenerationResult, request: GenerationRequest,
+                prior: list[GenerationResult]) -> GenerationResult:
+    """The result as the client gets it: without the logprobs a cascade asked for on its own
+    account, with the usage of every call (:func:`billed`)."""
+    strip = request.sampling.logprobs is None and any(c.logprobs is not None
+                                                      for c in result.choices)
+    if not strip and not prior:
+        return result
+    choices = [replace(c, logprobs=None) for c in result.choices] if strip else result.choices
+    return replace(result, choices=choices, usage=billed(result.usage, prior))

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 BACKENDS: dict[str, str] = {
     "http": "gateway.backends.http:HTTPBackend",
     "engine": "gateway.backends.engine.backend:EngineBackend",
+    "embedding": "gateway.backends.embedding:EmbeddingBackend",
 }
 
 

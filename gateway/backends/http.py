@@ -21,7 +21,12 @@ import orjson
 
 from gateway.backends.httpclient import ClientError, ConnectError, Pool, Response
 from gateway.backends.settings import HTTPModelSettings
-from gateway.backends.wire import parse_chunk, parse_response, request_body
+from gateway.backends.wire import (
+    parse_chunk,
+    parse_embeddings,
+    parse_response,
+    request_body,
+)
 from gateway.kernel.backend import Backend
 from gateway.kernel.errors import (
     InvalidRequestError,
@@ -33,7 +38,14 @@ from gateway.kernel.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from gateway.kernel.generation import GenerationChunk, GenerationRequest, GenerationResult, Timing
+from gateway.kernel.generation import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    GenerationChunk,
+    GenerationRequest,
+    GenerationResult,
+    Timing,
+)
 from gateway.kernel.modeltuple import ModelTuple, Quantization
 from gateway.kernel.secrets import redact, redact_error
 from gateway.telemetry.instruments import trace_headers_for_upstream
@@ -258,17 +270,26 @@ class HTTPBackend(Backend):
 
     async def _open(self, request: GenerationRequest, stream: bool) -> Response:
         """POST and wait for the response headers (the first-byte timeout); map failures."""
+        upstream_model = await self._upstream_model()
+        body = orjson.dumps(request_body(request, upstream_model, stream))
+        return await self._post(self._target(request), body, request.request_id,
+                                request.trace_headers)
+
+    async def _upstream_model(self) -> str:
         if self._identity_error:
             raise ModelIntegrityError(self._identity_error)
         if self.upstream_model is None:
             await self.probe()
         assert self.upstream_model is not None
-        body = orjson.dumps(request_body(request, self.upstream_model, stream))
-        headers = {"content-type": "application/json", "x-request-id": request.request_id,
-                   **trace_headers_for_upstream(request.trace_headers)}
+        return self.upstream_model
+
+    async def _post(self, target: str, body: bytes, request_id: str,
+                    trace: dict[str, str]) -> Response:
+        headers = {"content-type": "application/json", "x-request-id": request_id,
+                   **trace_headers_for_upstream(trace)}
         try:
             async with asyncio.timeout(self.settings.first_byte_timeout_s):
-                resp = await self.pool.request("POST", self._target(request), body, headers)
+                resp = await self.pool.request("POST", target, body, headers)
         except TimeoutError as exc:
             raise UpstreamTimeoutError(
                 f"model {self.name}: no response within {self.settings.first_byte_timeout_s}s"
@@ -291,9 +312,8 @@ class HTTPBackend(Backend):
             raise map_status(resp.status, payload, resp.headers)
         return resp
 
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
-        started, started_at = time.perf_counter(), time.time()
-        resp = await self._open(request, stream=False)
+    async def _read_json(self, resp: Response) -> tuple[Any, bytes]:
+        """A whole JSON answer and its bytes, failures mapped."""
         try:
             if resp.content_type != "application/json":
                 raise UpstreamError(f"model {self.name}: upstream answered {resp.content_type!r}, "
@@ -309,6 +329,12 @@ class HTTPBackend(Backend):
                 f"model {self.name}: upstream response failed: {redact_error(exc)}") from exc
         finally:
             resp.release()
+        return data, wire
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        started, started_at = time.perf_counter(), time.time()
+        resp = await self._open(request, stream=False)
+        data, wire = await self._read_json(resp)
         if not isinstance(data, dict):
             raise UpstreamError(f"model {self.name}: upstream sent a malformed completion")
         choices, usage, prompt_ids, extra = parse_response(data, request.kind == "chat")
@@ -320,6 +346,16 @@ class HTTPBackend(Backend):
             runtime={"upstream": self.shown_url, "upstream_model": self.upstream_model},
             raw_body=wire,
         )
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        """``/v1/embeddings`` upstream: the batch with the client's other fields, as sent."""
+        body = {**request.passthrough, "model": await self._upstream_model(),
+                "input": request.input}
+        resp = await self._post(f"{self._prefix}/embeddings", orjson.dumps(body),
+                                request.request_id, request.trace_headers)
+        data, _ = await self._read_json(resp)
+        embeddings, usage, extra = parse_embeddings(data, len(request.input))
+        return EmbeddingResult(self._tuple, embeddings, usage, extra)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         resp = await self._open(request, stream=True)

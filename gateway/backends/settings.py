@@ -1,5 +1,5 @@
 """The ``[models.NAME]`` settings sections: what each configured model pins and which backend
-serves it (``backend = "http"`` or ``"engine"``)."""
+serves it (``backend = "http"``, ``"engine"`` or ``"embedding"``)."""
 
 from __future__ import annotations
 
@@ -129,4 +129,17 @@ class EngineModelSettings(ModelBaseSettings):
         return self
 
 
-ModelSettings = Annotated[HTTPModelSettings | EngineModelSettings, Field(discriminator="backend")]
+class EmbeddingModelSettings(ModelBaseSettings):
+    """A sentence-embedding model served in-process (``/v1/embeddings`` only): one of the
+    catalogue the verifiers read (:data:`verifiers.embeddings.CATALOGUE`), its weights checked
+    against their pins at load."""
+
+    backend: Literal["embedding"] = "embedding"
+    model: str = "all-minilm-l6-v2"
+    """The catalogue name (``all-minilm-l6-v2``: 384 dimensions, 256 tokens per input)."""
+    max_batch: int = Field(default=2, ge=1)
+    """Inputs encoded at once (each alone, on one torch thread); more wait in line."""
+
+
+ModelSettings = Annotated[HTTPModelSettings | EngineModelSettings | EmbeddingModelSettings,
+                          Field(discriminator="backend")]

@@ -21,6 +21,9 @@ from gateway.kernel.generation import (
 
 _ENVELOPE = {"id", "object", "created", "model", "choices", "usage", "prompt_token_ids"}
 _MESSAGE_KNOWN = {"role", "content"}
+"""Message fields read into a :class:`ChoiceResult`; every other one (``refusal``,
+``tool_calls``, ``annotations``, ``reasoning_content``, a provider's own), ``null`` included, is
+passed on as the upstream sent it in ``extra`` — and so is ``content: null``."""
 _CHOICE_KNOWN = {"index", "message", "delta", "text", "logprobs", "finish_reason", "stop_reason",
                  "token_ids"}
 
@@ -116,14 +119,23 @@ def parse_usage(raw: Any) -> Usage:
     return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0), extra)
 
 
+def _message(message: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A message's (or a delta's) text, and the fields passed on as they are (``content`` among
+    them when it is ``null``: a tool call's answer)."""
+    content = message.get("content")
+    extra = {k: v for k, v in message.items() if k not in _MESSAGE_KNOWN}
+    if content is None and "content" in message:
+        extra["content"] = None
+    return str(content or ""), extra
+
+
 def parse_choice(raw: dict[str, Any], chat: bool) -> ChoiceResult:
     if chat:
         message = raw.get("message") or {}
-        text = message.get("content") or ""
-        extra = {k: v for k, v in message.items() if k not in _MESSAGE_KNOWN and v is not None}
+        text, extra = _message(message)
     else:
         text = raw.get("text") or ""
-        extra = {k: v for k, v in raw.items() if k not in _CHOICE_KNOWN and v is not None}
+        extra = {k: v for k, v in raw.items() if k not in _CHOICE_KNOWN}
     return ChoiceResult(
         index=int(raw.get("index", 0)),
         text=str(text),
@@ -144,7 +156,7 @@ def parse_response(
         usage = parse_usage(data.get("usage"))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UpstreamError(f"upstream sent a malformed completion: {exc!r}") from exc
-    extra = {k: v for k, v in data.items() if k not in _ENVELOPE and v is not None}
+    extra = {k: v for k, v in data.items() if k not in _ENVELOPE}
     return choices, usage, data.get("prompt_token_ids"), extra
 
 
@@ -158,14 +170,10 @@ def parse_chunk(data: Any, chat: bool) -> list[GenerationChunk]:
         out: list[GenerationChunk] = []
         for raw in data.get("choices") or []:
             if chat:
-                delta = raw.get("delta") or {}
-                text = delta.get("content") or ""
-                extra = {k: v for k, v in delta.items()
-                         if k not in _MESSAGE_KNOWN and v is not None}
+                text, extra = _message(raw.get("delta") or {})
             else:
                 text = raw.get("text") or ""
-                extra = {k: v for k, v in raw.items()
-                         if k not in _CHOICE_KNOWN and v is not None}
+                extra = {k: v for k, v in raw.items() if k not in _CHOICE_KNOWN}
             out.append(
                 GenerationChunk(
                     index=int(raw.get("index", 0)),
@@ -184,3 +192,19 @@ def parse_chunk(data: Any, chat: bool) -> list[GenerationChunk]:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UpstreamError(f"upstream sent a malformed stream chunk: {exc!r}") from exc
+
+
+def parse_embeddings(data: Any, count: int
+                     ) -> tuple[list[list[float] | str], Usage, dict[str, Any]]:
+    """An upstream's embeddings list: one embedding per input, in input order, its usage and
+    extra top-level fields."""
+    try:
+        items = sorted(data["data"], key=lambda item: int(item.get("index", 0)))
+        embeddings: list[list[float] | str] = [item["embedding"] for item in items]
+        if len(embeddings) != count or not all(isinstance(e, list | str) for e in embeddings):
+            raise ValueError(f"{len(embeddings)} embeddings for {count} inputs")
+        usage = parse_usage(data.get("usage"))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UpstreamError(f"upstream sent a malformed embeddings list: {exc!r}") from exc
+    extra = {k: v for k, v in data.items() if k not in ("object", "data", "model", "usage")}
+    return embeddings, usage, extra

@@ -29,7 +29,7 @@ from typing import Any, Literal, Protocol
 
 from canary.alerts import Alert, AlertSettings, build_sinks, deliver
 from canary.runs import CanaryRun
-from gateway.backends.settings import ModelSettings
+from gateway.backends.settings import EmbeddingModelSettings, ModelSettings
 from gateway.governance.evidence import EvalEvidence, EvidenceError
 from gateway.governance.gates import GateInput, GateResult, run_gates
 from gateway.governance.history import ServingHistory
@@ -117,6 +117,11 @@ class TupleRegistry:
 
     # -- admission ---------------------------------------------------------------------------
 
+    def governed(self, name: str) -> bool:
+        """Whether ``name`` passes gates: generation models (embedding models have no eval
+        harness yet: docs/governance.md)."""
+        return not isinstance(self.settings.models[name], EmbeddingModelSettings)
+
     async def start(self) -> None:
         """Admit the models already started (the others as they load), watch staleness."""
         for name, backend in self.models.backends.items():
@@ -154,8 +159,11 @@ class TupleRegistry:
         return GateInput(self.models.get(name).describe(), settings, evidence, general, teacher,
                          self.config.slice_tolerance, problems)
 
-    async def admit(self, name: str) -> TupleEntry:
-        """Run the gates on ``name``'s served tuple and apply the outcome."""
+    async def admit(self, name: str) -> TupleEntry | None:
+        """Run the gates on ``name``'s served tuple and apply the outcome (``None``: a model
+        that is not governed)."""
+        if not self.governed(name):
+            return None
         settings = self.settings.models[name]
         gate_input = self.gate_input(name)
         results = run_gates(gate_input)

@@ -1,4 +1,5 @@
-"""The OpenAI surface: ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models``.
+"""The OpenAI surface: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/responses``,
+``/v1/embeddings`` and ``/v1/models``.
 
 Thin, like every route: read and parse the body, call the serving object, answer. Request ids,
 auth, body limits and errors are the front door's (:mod:`gateway.http.frontdoor`).
@@ -19,9 +20,16 @@ from gateway.listener import RequestContext
 
 
 async def complete(model: type[protocol.OpenAIRequest], call: Call) -> Reply:
-    """``/v1/chat/completions`` and ``/v1/completions`` (``model``: the request's protocol
-    model), bound per path with ``partial``: one coroutine per request."""
+    """``/v1/chat/completions``, ``/v1/completions`` and ``/v1/responses`` (``model``: the
+    request's protocol model), bound per path with ``partial``: one coroutine per request."""
     parsed = parse(model, await call.body(), call.gateway.settings.limits)
+    served = await call.gateway.serving.create(parsed, _context(call))
+    if served.stream is not None:
+        return Reply(headers=served.headers, stream=served.stream)
+    return Reply(orjson.dumps(served.body), headers=served.headers)
+
+
+def _context(call: Call) -> RequestContext:
     trace = {}
     traceparent = call.header(b"traceparent")
     if traceparent is not None:
@@ -29,11 +37,15 @@ async def complete(model: type[protocol.OpenAIRequest], call: Call) -> Reply:
         tracestate = call.header(b"tracestate")
         if tracestate is not None:
             trace["tracestate"] = tracestate
-    ctx = RequestContext(request_id=call.request_id, caller=call.caller, trace_headers=trace,
-                         operation=call.scope["path"])
-    served = await call.gateway.serving.create(parsed, ctx)
-    if served.stream is not None:
-        return Reply(headers=served.headers, stream=served.stream)
+    return RequestContext(request_id=call.request_id, caller=call.caller, trace_headers=trace,
+                          operation=call.scope["path"])
+
+
+async def embeddings(call: Call) -> Reply:
+    """``/v1/embeddings``."""
+    parsed = parse(protocol.EmbeddingsRequest, await call.body(),
+                   call.gateway.settings.limits)
+    served = await call.gateway.serving.embed(parsed, _context(call))
     return Reply(orjson.dumps(served.body), headers=served.headers)
 
 
@@ -57,6 +69,8 @@ async def retrieve_model(call: Call) -> Reply:
 ENDPOINTS = [
     Endpoint("/v1/chat/completions", "POST", partial(complete, protocol.ChatCompletionRequest)),
     Endpoint("/v1/completions", "POST", partial(complete, protocol.CompletionRequest)),
+    Endpoint("/v1/responses", "POST", partial(complete, protocol.ResponsesRequest)),
+    Endpoint("/v1/embeddings", "POST", embeddings),
     Endpoint("/v1/models", "GET", list_models),
     Endpoint("/v1/models/{model:path}", "GET", retrieve_model),
 ]

@@ -5,16 +5,27 @@ in one pass over its bytes, then held to the limits validation does not know (se
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import orjson
 from pydantic import ValidationError
 
 from gateway.http.shape import check_shape
 from gateway.kernel.errors import InvalidRequestError
-from gateway.protocol import DEFAULT_LIMITS, LimitsSettings, SamplingFields
+from gateway.protocol import DEFAULT_LIMITS, LimitsSettings
 
-M = TypeVar("M", bound=SamplingFields)
+
+class ParsedRequest(Protocol):
+    """A protocol request model (pydantic) that holds itself to the ``[limits]``."""
+
+    @classmethod
+    def model_validate_json(cls, json_data: bytes, /) -> Self: ...
+    @classmethod
+    def model_validate(cls, obj: Any, /) -> Self: ...
+    def check_limits(self, limits: LimitsSettings) -> None: ...
+
+
+M = TypeVar("M", bound=ParsedRequest)
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "json-or-python"}
 

@@ -10,7 +10,14 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any
 
-from gateway.kernel.generation import GenerationChunk, GenerationRequest, GenerationResult
+from gateway.kernel.errors import InvalidRequestError
+from gateway.kernel.generation import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    GenerationChunk,
+    GenerationRequest,
+    GenerationResult,
+)
 from gateway.kernel.modeltuple import ModelTuple
 
 
@@ -35,6 +42,11 @@ class Backend(ABC):
     @abstractmethod
     def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Decode an answer piece by piece; the last chunk carries the usage."""
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        """Embed a batch (``/v1/embeddings``); a model that does not embed answers 400."""
+        raise InvalidRequestError(f"model {self.name} does not serve embeddings", param="model",
+                                  code="unsupported_model")
 
     async def health(self) -> dict[str, Any]:
         return {"status": "ok"}

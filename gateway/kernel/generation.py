@@ -16,6 +16,19 @@ from gateway.kernel.modeltuple import ModelTuple
 
 RequestKind = Literal["chat", "completion"]
 
+Prompt = str | list[int]
+"""One completion prompt: text, or token ids."""
+Prompts = Prompt | list[str] | list[list[int]]
+"""A completion's ``prompt`` in every form OpenAI accepts: one prompt, or several (a batch)."""
+
+
+def prompt_batch(prompt: Prompts | None) -> list[Prompt] | None:
+    """The prompts of a batch (a list of strings or of token-id lists), in order; ``None`` for a
+    single prompt."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+        return list(prompt)
+    return None
+
 
 @dataclass(slots=True)
 class SamplingParams:
@@ -54,7 +67,9 @@ class GenerationRequest:
     kind: RequestKind
     sampling: SamplingParams
     messages: list[dict[str, Any]] | None = None
-    prompt: str | list[int] | None = None
+    prompt: Prompts | None = None
+    """One prompt, or a batch of them (:func:`prompt_batch`): prompt ``i``'s choice ``j`` is
+    choice ``i * n + j``, as OpenAI numbers them."""
     passthrough: dict[str, Any] = field(default_factory=dict)
     """Request fields tiergate does not interpret (tools, response_format, vLLM extras, unknown
     fields): HTTP upstreams receive them verbatim; the in-process engine rejects what it cannot
@@ -225,3 +240,26 @@ class StreamAccumulator:
             rendered_prompt=self.rendered_prompt,
             runtime=self.runtime,
         )
+
+
+@dataclass(slots=True)
+class EmbeddingRequest:
+    """One embeddings request to one model: a batch of texts, or of token-id lists."""
+
+    request_id: str
+    input: list[str] | list[list[int]]
+    passthrough: dict[str, Any] = field(default_factory=dict)
+    """Fields the backend passes on (HTTP: ``encoding_format``, ``dimensions``, ``user``,
+    unknown ones) or refuses (in-process: what it cannot honour)."""
+    trace_headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class EmbeddingResult:
+    model: ModelTuple
+    embeddings: list[list[float] | str]
+    """One per input, in order: floats, or an upstream's base64 string (little-endian
+    float32), as the backend produced them."""
+    usage: Usage
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Top-level response fields from an upstream that tiergate passes on."""

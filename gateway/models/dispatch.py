@@ -19,7 +19,13 @@ from typing import Any, TypeVar
 
 from gateway.kernel.backend import Backend
 from gateway.kernel.errors import TiergateError
-from gateway.kernel.generation import GenerationChunk, GenerationRequest, GenerationResult
+from gateway.kernel.generation import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    GenerationChunk,
+    GenerationRequest,
+    GenerationResult,
+)
 from gateway.models.registry import ModelRegistry
 from gateway.models.resilience import BACKEND_FAILURES, NOT_LOADED
 from gateway.telemetry.instruments import Telemetry
@@ -58,7 +64,7 @@ class Dispatcher:
         return [target, *(f for f in fallbacks if f != target)]
 
     async def _first_success(
-        self, name: str, request: GenerationRequest,
+        self, name: str, request: GenerationRequest | EmbeddingRequest,
         call: Callable[[Backend], Awaitable[T]],
     ) -> T:
         first: TiergateError | None = None
@@ -87,6 +93,12 @@ class Dispatcher:
     async def generate(self, name: str, request: GenerationRequest) -> GenerationResult:
         async def call(backend: Backend) -> GenerationResult:
             return await backend.generate(request)
+
+        return await self._first_success(name, request, call)
+
+    async def embed(self, name: str, request: EmbeddingRequest) -> EmbeddingResult:
+        async def call(backend: Backend) -> EmbeddingResult:
+            return await backend.embed(request)
 
         return await self._first_success(name, request, call)
 

@@ -21,13 +21,16 @@ from typing import Any, Protocol
 
 from gateway import __version__
 from gateway.backends import create_backend
-from gateway.backends.settings import EngineModelSettings, ModelSettings
+from gateway.backends.settings import EmbeddingModelSettings, EngineModelSettings, ModelSettings
 from gateway.kernel.errors import ConfigError, ModelNotFoundError, TiergateError
 from gateway.kernel.secrets import redact
 from gateway.models.resilience import GuardedBackend
 from gateway.protocol import model_card
 
 log = logging.getLogger("tiergate.registry")
+
+IN_PROCESS = (EngineModelSettings, EmbeddingModelSettings)
+"""Models loaded into this process with transformers: one after the other."""
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -100,7 +103,7 @@ class ModelRegistry:
         order = self.load_order()
         for name in order:
             self.backends[name].loading = "waiting for the models before it"
-        engines = [n for n in order if isinstance(self.settings.models[n], EngineModelSettings)]
+        engines = [n for n in order if isinstance(self.settings.models[n], IN_PROCESS)]
 
         async def load_engines() -> None:
             for name in engines:  # one after the other: see start()
@@ -165,7 +168,7 @@ class ModelRegistry:
         """Start the backends (all, or ``names``) concurrently; one that fails fails the start."""
         chosen = list(self.backends) if names is None else [self.get(n).name for n in names]
         await self.prepare(chosen)
-        engines = [n for n in chosen if isinstance(self.settings.models[n], EngineModelSettings)]
+        engines = [n for n in chosen if isinstance(self.settings.models[n], IN_PROCESS)]
 
         async def load_engines() -> None:
             # One after the other: transformers' model loading is not thread-safe (it patches

@@ -30,7 +30,13 @@ from gateway.kernel.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from gateway.kernel.generation import GenerationChunk, GenerationRequest, GenerationResult
+from gateway.kernel.generation import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    GenerationChunk,
+    GenerationRequest,
+    GenerationResult,
+)
 from gateway.kernel.modeltuple import EvalRef, ModelTuple
 
 BACKEND_FAILURES = (UpstreamError, ServiceUnavailableError, UpstreamTimeoutError)
@@ -194,6 +200,16 @@ class GuardedBackend(Backend):
         self._enter()
         try:
             result = await self.inner.generate(request)
+        except BaseException as exc:
+            self._exit(exc)
+            raise
+        self._exit(None)
+        return result
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        self._enter()
+        try:
+            result = await self.inner.embed(request)
         except BaseException as exc:
             self._exit(exc)
             raise

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from gateway.kernel.errors import InvalidRequestError
-from gateway.kernel.generation import GenerationRequest, SamplingParams
+from gateway.kernel.generation import GenerationRequest, Prompts, SamplingParams
 from gateway.protocol.limits import LimitsSettings, check_json
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -63,7 +63,7 @@ class ChatMessage(BaseModel):
 class StreamOptions(BaseModel):
     model_config = _STRICT
 
-    include_usage: bool = False
+    include_usage: bool | None = False
 
 
 def _integral(value: Any) -> Any:
@@ -103,8 +103,8 @@ class SamplingFields(BaseModel):
     model: str = Field(min_length=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    n: Annotated[int, Field(ge=1, le=128), Integral] = 1
-    stream: bool = False
+    n: Annotated[int, Field(ge=1, le=128), Integral] | None = 1
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: str | Annotated[list[str], Field(fail_fast=True)] | None = None
     seed: Seed | None = None
@@ -117,8 +117,8 @@ class SamplingFields(BaseModel):
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     stop_token_ids: TokenIds | None = None
     min_tokens: Count | None = None
-    ignore_eos: bool = False
-    return_token_ids: bool = False
+    ignore_eos: bool | None = False
+    return_token_ids: bool | None = False
 
     @model_validator(mode="after")
     def _stop_list(self) -> SamplingFields:
@@ -170,8 +170,8 @@ class SamplingFields(BaseModel):
             frequency_penalty=self.frequency_penalty or 0.0,
             repetition_penalty=self.repetition_penalty,
             logprobs=logprobs,
-            n=self.n,
-            ignore_eos=self.ignore_eos,
+            n=self.n or 1,
+            ignore_eos=bool(self.ignore_eos),
         )
 
     # Declared (so validated) but interpreted by upstreams only: passed on as sent.
@@ -190,7 +190,7 @@ class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1, fail_fast=True)
     max_tokens: TokenBudget | None = None
     max_completion_tokens: TokenBudget | None = None
-    logprobs: bool = False
+    logprobs: bool | None = False
     top_logprobs: TopLogprobs | None = None
     tools: FreeList | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -237,17 +237,30 @@ class ChatCompletionRequest(SamplingFields):
             sampling=self._sampling(max_tokens, logprobs),
             messages=messages,
             passthrough=self._passthrough(),
-            return_token_ids=self.return_token_ids,
+            return_token_ids=bool(self.return_token_ids),
             max_tokens_field=("max_completion_tokens" if self.max_completion_tokens is not None
                               else "max_tokens"),
         )
 
 
+PromptTokens = Annotated[TokenIds, Field(min_length=1)]
+PromptTexts = Annotated[list[str], Field(min_length=1, fail_fast=True)]
+PromptTokenLists = Annotated[list[PromptTokens], Field(min_length=1, fail_fast=True)]
+
+
+def single_prompt(prompt: Prompts) -> Prompts:
+    """A batch of one prompt is that prompt (langchain-openai always sends a list)."""
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        return prompt[0]
+    return prompt
+
+
 class CompletionRequest(SamplingFields):
-    prompt: str | Annotated[TokenIds, Field(min_length=1)]
+    prompt: str | PromptTokens | PromptTexts | PromptTokenLists
+    """Text, token ids, or a batch of either (prompt ``i``'s choices are ``i * n ...``)."""
     max_tokens: TokenBudget | None = 16
     logprobs: TopLogprobs | None = None
-    echo: bool = False
+    echo: bool | None = False
     suffix: str | None = None
 
     passthrough_fields: ClassVar[tuple[str, ...]] = ("user", "echo", "suffix")
@@ -257,10 +270,9 @@ class CompletionRequest(SamplingFields):
             request_id=request_id,
             kind="completion",
             sampling=self._sampling(self.max_tokens, self.logprobs),
-            prompt=self.prompt,
+            prompt=single_prompt(self.prompt),
             passthrough=self._passthrough(),
-            return_token_ids=self.return_token_ids,
+            return_token_ids=bool(self.return_token_ids),
         )
 
 
-OpenAIRequest = ChatCompletionRequest | CompletionRequest

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -119,6 +119,23 @@ def completion(
     return body
 
 
+class StreamShape(Protocol):
+    """What the serving object needs of a surface's stream: its events as SSE bytes."""
+
+    def start(self) -> bytes:
+        """The events before the first chunk (may be empty)."""
+
+    def event(self, chunk: GenerationChunk) -> bytes:
+        """The events of one chunk (may be empty)."""
+
+    def end(self, result: GenerationResult, usage: Usage | None) -> bytes:
+        """The events that end a complete stream (``usage``: what the client is billed for,
+        when it is to be sent)."""
+
+    def error(self, body: dict[str, Any]) -> bytes:
+        """The events that end a failed stream (``body``: the OpenAI error object)."""
+
+
 class ChunkBuilder:
     """Builds the SSE chunk objects of one streamed response (OpenAI's ``*.chunk`` shapes)."""
 
@@ -181,6 +198,22 @@ class ChunkBuilder:
         body = self._envelope([])
         body["usage"] = usage.to_openai()
         return body
+
+    # The stream's events as bytes (the Responses stream has the same methods).
+
+    def start(self) -> bytes:
+        """Events before the first chunk: none."""
+        return b""
+
+    def event(self, chunk: GenerationChunk) -> bytes:
+        return sse_event(self.chunk(chunk)) if chunk.index is not None else b""
+
+    def end(self, result: GenerationResult, usage: Usage | None) -> bytes:
+        """The usage chunk (``usage``: when the client asked for it), then ``[DONE]``."""
+        return SSE_DONE if usage is None else sse_event(self.usage(usage)) + SSE_DONE
+
+    def error(self, body: dict[str, Any]) -> bytes:
+        return sse_event(body)
 
 
 def model_card(name: str, created: int, tiergate: dict[str, Any]) -> dict[str, Any]:

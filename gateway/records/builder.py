@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from gateway.listener import CompletedRequest, RequestContext
     from gateway.protocol import OpenAIRequest
 
-_CLIENT_INPUT_FIELDS = {"messages", "prompt"}
+_CLIENT_INPUT_FIELDS = {"messages", "prompt", "input", "instructions"}
 DRAFT = "draft"
 """The key that marks a spool line's body as a draft (see the module docs)."""
 HEAD = "records"

@@ -57,7 +57,7 @@ class Redacted(_Model):
 class RecordInput(_Model):
     kind: Literal["chat", "completion"]
     messages: list[dict[str, Any]] | Redacted | None = None
-    prompt: str | list[int] | Redacted | None = None
+    prompt: str | list[int] | list[str] | list[list[int]] | Redacted | None = None
     passthrough: dict[str, Any] = Field(default_factory=dict)
     """Fields tiergate did not interpret, sent to HTTP upstreams verbatim."""
     return_token_ids: bool = False

@@ -151,6 +151,15 @@ class Telemetry:
         self.duration.observe(labels, duration_s)
         if ttft_s is not None:
             self.ttft.observe((route, model), ttft_s)
+        self._count_tokens(model, prompt_tokens, completion_tokens)
+
+    def count_tokens(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """Tokens of a model call that did not answer the request (a cascade's rejected small
+        answer): the request's own are counted by :meth:`observe_request`."""
+        if self.settings.metrics:
+            self._count_tokens(self.label(model), prompt_tokens, completion_tokens)
+
+    def _count_tokens(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
         if prompt_tokens:
             self.tokens.inc((model, "in"), prompt_tokens)
         if completion_tokens:

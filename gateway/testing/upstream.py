@@ -17,9 +17,12 @@ kind of broken one:
 ``stall-MS``       sends the headers and the first chunk, then waits MS milliseconds per chunk
 ``paced-MS``       a model decoding at 1000/MS tokens/s: the headers and the first chunk at once,
                    then one chunk every MS milliseconds (``paced-10``: 100 tokens/s)
+``tools``          answers chat with a tool call, as OpenAI does: ``content: null``,
+                   ``refusal: null``, ``annotations: []`` and a field of its own
 =================  ==============================================================================
 
-It is also an OTLP/HTTP trace receiver (``POST /v1/traces``) for telemetry tests.
+``/v1/embeddings`` answers every model with vectors that say what they embed. It is also an
+OTLP/HTTP trace receiver (``POST /v1/traces``) for telemetry tests.
 
 Every request it served is counted at ``GET /stats`` (``{"requests": N, "open_streams": K}``), so
 tests can check that cancelled requests really ended upstream.
@@ -31,14 +34,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import struct
 import time
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-MODELS = ["echo", "pretty", "cut", "stream-error", "garbage", "html", "status-400", "status-429",
-          "status-500", "status-503", "slow-2000", "stall-500", "paced-10"]
+MODELS = ["echo", "tools", "pretty", "cut", "stream-error", "garbage", "html", "status-400",
+          "status-429", "status-500", "status-503", "slow-2000", "stall-500", "paced-10"]
 CHUNKS = 20
 
 
@@ -49,6 +54,16 @@ def _text_of(body: dict[str, Any]) -> str:
             p.get("text", "") for p in content if isinstance(p, dict))
     prompt = body.get("prompt", "")
     return prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
+
+
+def _prompts(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The body once per prompt of a completion batch (a list of strings or of token-id
+    lists); the body itself otherwise."""
+    prompt = body.get("prompt")
+    if "messages" not in body and isinstance(prompt, list) and prompt \
+            and isinstance(prompt[0], str | list):
+        return [{**body, "prompt": p} for p in prompt]
+    return [body]
 
 
 def _pieces(body: dict[str, Any]) -> tuple[list[str], str]:
@@ -85,7 +100,28 @@ class FakeUpstream:
         app.router.add_post("/v1/traces", self.traces)
         app.router.add_post("/v1/chat/completions", self.robust_complete)
         app.router.add_post("/v1/completions", self.robust_complete)
+        app.router.add_post("/v1/embeddings", self.embeddings)
         return app
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """Embeddings that say what they embed: ``[characters (or ids), position, 0.5]``, as
+        floats or base64 (``encoding_format``)."""
+        self.requests += 1
+        body = orjson.loads(await request.read())
+        self.last_body = body
+        inputs = body["input"]
+        if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
+            inputs = [inputs]
+        data = []
+        for index, item in enumerate(inputs):
+            vector = [float(len(item)), float(index), 0.5]
+            value: Any = vector
+            if body.get("encoding_format") == "base64":
+                value = base64.b64encode(struct.pack("<3f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": value})
+        tokens = sum(len(str(item).split()) for item in inputs)
+        return web.json_response({"object": "list", "data": data, "model": body.get("model"),
+                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     async def models(self, request: web.Request) -> web.Response:
         cards = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in MODELS]
@@ -131,19 +167,51 @@ class FakeUpstream:
             return web.Response(text="<html>oops</html>", content_type="text/html")
         if model == "garbage" and not body.get("stream"):
             return web.Response(body=b"{not json", content_type="application/json")
+        if model == "tools" and chat:
+            return await self._tool_call(request, body)
         if body.get("stream"):
             return await self._stream(request, body, model, chat)
         option = orjson.OPT_INDENT_2 if model == "pretty" else None
         return web.Response(body=orjson.dumps(self._whole(body, model, chat), option=option),
                             content_type="application/json")
 
+    async def _tool_call(self, request: web.Request, body: dict[str, Any]
+                         ) -> web.StreamResponse:
+        """A tool call with OpenAI's nulls, whole or streamed."""
+        call = {"id": "call_1", "type": "function",
+                "function": {"name": "lookup", "arguments": '{"q": "x"}'}}
+        envelope = {"id": "fake-tools", "created": int(time.time()), "model": "tools",
+                    "system_fingerprint": None, "service_tier": "default"}
+        usage = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+        message = {"role": "assistant", "content": None, "refusal": None, "annotations": [],
+                   "tool_calls": [call], "provider_note": {"kept": True}}
+        if not body.get("stream"):
+            return web.json_response({**envelope, "object": "chat.completion", "choices": [
+                {"index": 0, "message": message, "logprobs": None,
+                 "finish_reason": "tool_calls"}], "usage": usage})
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        deltas = [({"role": "assistant", "content": None, "refusal": None,
+                    "tool_calls": [{**call, "index": 0}]}, None), ({}, "tool_calls")]
+        for delta, finish in deltas:
+            chunk = {**envelope, "object": "chat.completion.chunk", "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            final = {**envelope, "object": "chat.completion.chunk", "choices": [],
+                     "usage": usage}
+            await response.write(b"data: " + orjson.dumps(final) + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
     def _whole(self, body: dict[str, Any], model: str, chat: bool) -> dict[str, Any]:
-        pieces, finish = _pieces(body)
-        text = "".join(pieces)
         n = int(body.get("n") or 1)
         top = body.get("top_logprobs") or 0
         choices = []
-        for i in range(n):
+        completion_tokens = 0
+        for i, (pieces, finish) in enumerate(_pieces(b) for b in _prompts(body) for _ in range(n)):
+            text = "".join(pieces)
+            completion_tokens += len(pieces)
             logprobs: dict[str, Any] | None = None
             if chat and body.get("logprobs"):
                 logprobs = {"content": [_logprob_item(p, j, top) for j, p in enumerate(pieces)]}
@@ -162,8 +230,8 @@ class FakeUpstream:
             "created": int(time.time()), "model": model, "choices": choices,
             "system_fingerprint": f"fp_seed_{body.get('seed')}",
             "usage": {"prompt_tokens": len(_text_of(body).split()),
-                      "completion_tokens": len(pieces) * n,
-                      "total_tokens": len(_text_of(body).split()) + len(pieces) * n},
+                      "completion_tokens": completion_tokens,
+                      "total_tokens": len(_text_of(body).split()) + completion_tokens},
         }
 
     async def _stream(self, request: web.Request, body: dict[str, Any], model: str,
@@ -175,39 +243,46 @@ class FakeUpstream:
             return response
         self.open_streams += 1
         try:
-            pieces, finish = _pieces(body)
+            n = int(body.get("n") or 1)
             stall = int(model.split("-")[1]) / 1000 if model.startswith("stall-") else 0.0
             pace = int(model.split("-")[1]) / 1000 if model.startswith("paced-") else 0.0
-            for i, piece in enumerate(pieces):
-                if pace and i > 0:
-                    await asyncio.sleep(pace)
-                if model in ("cut", "stream-error") and i == 3:
-                    if model == "cut":
-                        request.transport.close()  # type: ignore[union-attr]
+            completion_tokens = 0
+            for position, one in enumerate(_prompts(body)):
+                pieces, finish = _pieces(one)
+                completion_tokens += len(pieces)
+                for i, piece in enumerate(pieces):
+                    if pace and i > 0:
+                        await asyncio.sleep(pace)
+                    if model in ("cut", "stream-error") and i == 3:
+                        if model == "cut":
+                            request.transport.close()  # type: ignore[union-attr]
+                            return response
+                        error = {"error": {"message": "fake failure mid-stream", "type": "fake"}}
+                        await response.write(b"data: " + orjson.dumps(error) + b"\n\n")
                         return response
-                    error = {"error": {"message": "fake failure mid-stream", "type": "fake"}}
-                    await response.write(b"data: " + orjson.dumps(error) + b"\n\n")
-                    return response
-                last = i == len(pieces) - 1
-                delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
-                choice: dict[str, Any] = {"index": 0, "finish_reason": finish if last else None,
-                                          "logprobs": None}
-                if chat:
-                    choice["delta"] = delta
-                    if body.get("logprobs"):
-                        top = body.get("top_logprobs") or 0
-                        choice["logprobs"] = {"content": [_logprob_item(piece, i, top)]}
-                else:
-                    choice["text"] = piece
-                chunk = {"id": "fake-1", "object": "chat.completion.chunk" if chat else
-                         "text_completion", "created": 0, "model": model, "choices": [choice]}
-                await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
-                if stall and i > 0:
-                    await asyncio.sleep(stall)
+                    last = i == len(pieces) - 1
+                    delta = {"role": "assistant", "content": piece} if i == 0 else \
+                        {"content": piece}
+                    choice: dict[str, Any] = {"index": position * n,
+                                              "finish_reason": finish if last else None,
+                                              "logprobs": None}
+                    if chat:
+                        choice["delta"] = delta
+                        if body.get("logprobs"):
+                            top = body.get("top_logprobs") or 0
+                            choice["logprobs"] = {"content": [_logprob_item(piece, i, top)]}
+                    else:
+                        choice["text"] = piece
+                    chunk = {"id": "fake-1", "object": "chat.completion.chunk" if chat else
+                             "text_completion", "created": 0, "model": model,
+                             "choices": [choice]}
+                    await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                    if stall and i > 0:
+                        await asyncio.sleep(stall)
             if (body.get("stream_options") or {}).get("include_usage"):
                 usage = {"prompt_tokens": len(_text_of(body).split()),
-                         "completion_tokens": len(pieces),
-                         "total_tokens": len(_text_of(body).split()) + len(pieces)}
+                         "completion_tokens": completion_tokens,
+                         "total_tokens": len(_text_of(body).split()) + completion_tokens}
                 final = {"id": "fake-1", "object": "chat.completion.chunk", "created": 0,
                          "model": model, "choices": [], "usage": usage}
                 await response.write(b"data: " + orjson.dumps(final) + b"\n\n")

@@ -159,3 +159,59 @@ def test_threshold_reload_across_replicas(gateway_factory: GatewayFactory,
                   json={"threshold": 0.5})
         a.stop()
         b.stop()
+
+
+def tokens_of(gateway: ServerProcess, model: str) -> tuple[float, float]:
+    """``tiergate_tokens_total`` of ``model``: (in, out); 0 before its first call."""
+    text = httpx.get(gateway.url + "/metrics").text
+    counts = []
+    for direction in ("in", "out"):
+        found = [line for line in text.splitlines() if line.startswith("tiergate_tokens_total{")
+                 and f'model="{model}"' in line and f'direction="{direction}"' in line]
+        counts.append(float(found[0].rsplit(" ", 1)[1]) if found else 0.0)
+    return counts[0], counts[1]
+
+
+def test_an_escalated_cascade_reports_and_counts_both_calls(routed: ServerProcess) -> None:
+    prompt = "hard puzzle number 11"
+    alone = ask(routed, "always-large", prompt).json()["usage"]
+    before = tokens_of(routed, "small"), tokens_of(routed, "large")
+    escalated = ask(routed, "cascade", prompt)
+    assert escalated.headers["x-tiergate-escalated"] == "true"
+    # The usage the client is billed for: the small answer's tokens and the large one's.
+    usage = escalated.json()["usage"]
+    assert usage["prompt_tokens"] == 2 * alone["prompt_tokens"]
+    assert usage["completion_tokens"] == 2 * alone["completion_tokens"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    after = tokens_of(routed, "small"), tokens_of(routed, "large")
+    for model in (0, 1):  # metrics count each model's own call
+        assert after[model][0] - before[model][0] == alone["prompt_tokens"]
+        assert after[model][1] - before[model][1] == alone["completion_tokens"]
+    with httpx.stream("POST", routed.url + "/v1/chat/completions", timeout=30, json={
+            "model": "cascade", "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": prompt}]}) as response:
+        events = [orjson.loads(line[6:]) for line in response.iter_lines()
+                  if line.startswith("data: {")]
+    assert events[-1]["usage"] == usage
+    accepted = ask(routed, "cascade", "easy sum number 11")
+    assert accepted.headers["x-tiergate-escalated"] == "false"
+    assert accepted.json()["usage"] == ask(routed, "small", "easy sum number 11").json()["usage"]
+
+
+def test_responses_are_routed_like_chat(routed: ServerProcess) -> None:
+    def respond(route: str, prompt: str) -> httpx.Response:
+        return httpx.post(routed.url + "/v1/responses", timeout=30,
+                          json={"model": route, "input": prompt})
+
+    alone = respond("always-large", "hard puzzle number 12").json()["usage"]
+    for prompt, tier in (("easy sum number 12", "small"), ("hard puzzle number 12", "large")):
+        response = respond("cascade", prompt)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-tiergate-route"] == "cascade"
+        assert response.headers["x-tiergate-model"].startswith(f"{tier}@")
+        body = response.json()
+        assert body["model"] == tier and body["output"][0]["content"][0]["text"] == \
+            f"echo: {prompt}"
+        assert body["output"][0]["content"][0]["logprobs"] == []  # the cascade's own
+    assert body["usage"]["input_tokens"] == 2 * alone["input_tokens"]
+    assert body["usage"]["output_tokens"] == 2 * alone["output_tokens"]

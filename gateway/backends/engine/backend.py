@@ -15,11 +15,13 @@ import asyncio
 import importlib.metadata
 import logging
 import platform
+import secrets
 import threading
 import time
 from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +35,7 @@ from gateway.kernel.generation import (
     StreamAccumulator,
     Timing,
     Usage,
+    prompt_batch,
 )
 from gateway.kernel.modeltuple import ModelTuple, Quantization
 
@@ -205,6 +208,44 @@ class EngineBackend(Backend):
                          vocab_size=loaded.vocab_size, context_length=loaded.context_length,
                          default_max_tokens=self.settings.max_new_tokens)
 
+    def _jobs(self, request: GenerationRequest) -> list[DecodeJob]:
+        """One job per prompt, every one validated before any decodes. A batch's prompts share
+        one seed (drawn here when the request samples without one), as OpenAI's do."""
+        batch = prompt_batch(request.prompt)
+        if batch is None:
+            return [self._job(request)]
+        sampling = request.sampling
+        drawn = sampling.seed is None and not sampling.greedy
+        if drawn:
+            sampling = replace(sampling, seed=secrets.randbits(63))
+        jobs = [self._job(replace(request, prompt=prompt, sampling=sampling)) for prompt in batch]
+        for job in jobs:
+            job.seed_drawn = drawn
+        return jobs
+
+    async def _decode_all(self, jobs: list[DecodeJob], n: int
+                          ) -> AsyncGenerator[GenerationChunk, None]:
+        """The jobs of one request, one after the other: prompt ``i``'s choice ``j`` is choice
+        ``i * n + j``; one usage chunk at the end, for them all."""
+        if len(jobs) == 1:
+            async with aclosing(self._decode(jobs[0])) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            return
+        usage = Usage()
+        for position, job in enumerate(jobs):
+            async with aclosing(self._decode(job)) as chunks:
+                async for chunk in chunks:
+                    if chunk.index is not None:
+                        chunk.index += position * n
+                        yield chunk
+                    elif chunk.usage is not None:
+                        usage.prompt_tokens += chunk.usage.prompt_tokens
+                        usage.completion_tokens += chunk.usage.completion_tokens
+        runtime = self._job_runtime(jobs[0])
+        runtime["seeds"] = [seed for job in jobs for seed in job.seeds]
+        yield GenerationChunk(index=None, usage=usage, runtime=runtime)
+
     def _job_runtime(self, job: DecodeJob) -> dict[str, Any]:
         runtime = {**self._runtime, "seeds": list(job.seeds), "seed_drawn": job.seed_drawn}
         if job.threads is not None:
@@ -271,16 +312,16 @@ class EngineBackend(Backend):
             self._slots.release()
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
-        job = self._job(request)
-        async with aclosing(self._decode(job)) as chunks:
+        jobs = self._jobs(request)
+        async with aclosing(self._decode_all(jobs, request.sampling.n)) as chunks:
             async for chunk in chunks:
                 yield chunk
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         started_at, started = time.time(), time.perf_counter()
-        job = self._job(request)
-        accumulator = StreamAccumulator(self._tuple, request.sampling.n)
-        async with aclosing(self._decode(job)) as chunks:
+        jobs = self._jobs(request)
+        accumulator = StreamAccumulator(self._tuple, request.sampling.n * len(jobs))
+        async with aclosing(self._decode_all(jobs, request.sampling.n)) as chunks:
             async for chunk in chunks:
                 accumulator.add(chunk)
         result = accumulator.result()

@@ -122,7 +122,11 @@ class Decoder:
                 elif last:
                     chunk.finish_reason = "length"
             if finished_by_token:
-                # The stop token adds no text; release what the detokenizer and matcher hold.
+                # The stop token adds no text, and is not one of the answer's tokens in its
+                # logprobs (as OpenAI and vLLM report them: the logprobs' tokens join to the
+                # content); its id stays in token_ids. Release what the detokenizer and the
+                # matcher hold.
+                chunk.logprobs = None
                 chunk.text, stop = stops.feed(detokenizer.flush(), check=generated >= min_tokens,
                                               final=True)
                 if stop is not None:

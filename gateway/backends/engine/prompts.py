@@ -191,11 +191,12 @@ def _prompt_ids(request: GenerationRequest, tokenizer: Any, chat: ChatFormat,
     if isinstance(prompt, str):
         return list(tokenizer(prompt, add_special_tokens=True).input_ids), prompt
     if isinstance(prompt, list):
-        bad = [t for t in prompt if not isinstance(t, int) or not 0 <= t < vocab_size]
-        if bad:
+        ids = [t for t in prompt if isinstance(t, int) and 0 <= t < vocab_size]
+        if len(ids) < len(prompt):
+            bad = [t for t in prompt if not isinstance(t, int) or not 0 <= t < vocab_size]
             raise InvalidRequestError(
                 f"prompt token ids must be in [0, {vocab_size}); got {bad[:5]}", param="prompt")
-        return list(prompt), None
+        return ids, None
     raise InvalidRequestError("a completion needs a prompt", param="prompt")
 
 

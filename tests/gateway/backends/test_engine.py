@@ -240,6 +240,49 @@ async def test_logprobs_are_the_raw_distribution(engine: EngineBackend) -> None:
 
 
 @module_loop
+async def test_the_stop_token_is_not_in_the_logprobs(engine: EngineBackend) -> None:
+    """An answer ended by a stop token (the end of the turn, or a stop_token_ids id): its
+    logprobs' tokens join to the content, its id stays in token_ids."""
+    first = await engine.generate(chat(temperature=0.0, max_tokens=3))
+    assert first.choices[0].token_ids is not None
+    stop_id = first.choices[0].token_ids[2]
+    for request in (chat(temperature=0.0, max_tokens=8, logprobs=1, stop_token_ids=[stop_id]),
+                    chat("What is 2+2? Answer with a number only.", temperature=0.0,
+                         max_tokens=16, logprobs=0)):
+        choice = (await engine.generate(request)).choices[0]
+        assert choice.finish_reason == "stop" and choice.token_ids is not None
+        assert choice.logprobs is not None
+        assert len(choice.logprobs) == len(choice.token_ids) - 1
+        assert [lp.token_id for lp in choice.logprobs] == choice.token_ids[:-1]
+        assert "".join(lp.token for lp in choice.logprobs) == choice.text
+        streamed = [c async for c in engine.stream(request) if c.index is not None]
+        assert [lp.token for c in streamed for lp in c.logprobs or []] == \
+            [lp.token for lp in choice.logprobs]
+
+
+@module_loop
+async def test_a_batch_of_prompts_numbers_choices_as_openai(engine: EngineBackend) -> None:
+    def completion(prompt: Any, **sampling: Any) -> GenerationRequest:
+        return GenerationRequest("b", "completion", SamplingParams(max_tokens=3, **sampling),
+                                 prompt=prompt)
+
+    alone = [await engine.generate(completion(p, temperature=0.7, seed=3, n=2))
+             for p in ("Once upon", "The sky")]
+    batch = completion(["Once upon", "The sky"], temperature=0.7, seed=3, n=2)
+    whole = await engine.generate(batch)
+    assert [c.index for c in whole.choices] == [0, 1, 2, 3]
+    assert ids_of(whole) == ids_of(alone[0]) + ids_of(alone[1])
+    assert whole.usage.completion_tokens == sum(r.usage.completion_tokens for r in alone)
+    assert whole.usage.prompt_tokens == sum(r.usage.prompt_tokens for r in alone)
+    chunks = [c async for c in engine.stream(batch)]
+    assert [c.index for c in chunks if c.index is not None][-1] == 3
+    assert chunks[-1].usage == whole.usage
+    ids = engine.loaded.tokenizer("Once upon").input_ids
+    tokens = await engine.generate(completion([ids, ids], temperature=0.0))
+    assert tokens.choices[0].token_ids == tokens.choices[1].token_ids
+
+
+@module_loop
 async def test_stream_equals_generate(engine: EngineBackend) -> None:
     request = chat("Tell me a story.", temperature=0.8, seed=5, n=2, max_tokens=10,
                    stop=[" the "], logprobs=1)

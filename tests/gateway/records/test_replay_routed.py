@@ -65,6 +65,11 @@ def routed(gateway_factory: GatewayFactory, upstream: ServerProcess,
                 "messages": [{"role": "user", "content": f"{level} number 1001"}]})
             assert response.status_code == 200, response.text
             ids[f"{route} {level}"] = response.headers["x-tiergate-record-id"]
+    # The Responses API is recorded, routed and replayed as chat.
+    response = httpx.post(gateway.url + "/v1/responses", timeout=30, json={
+        "model": "cascade", "temperature": 0.5, "input": "hard puzzle number 1002"})
+    assert response.status_code == 200, response.text
+    ids["responses: cascade hard puzzle"] = response.headers["x-tiergate-record-id"]
     gateway.stop()  # SIGTERM: every record delivered
     return sections, ids
 
@@ -90,7 +95,7 @@ def test_decisions_replay_identical(routed: tuple[dict[str, Any], dict[str, str]
         assert escalated == name.endswith("hard puzzle"), (name, decision)
         # A cascade that escalated re-decodes the rejected small answer too.
         calls = [c["model"] for c in report["calls"]]
-        assert calls == (["small", "large"] if name == "cascade hard puzzle"
+        assert calls == (["small", "large"] if name.endswith("cascade hard puzzle")
                          else ["large"] if name == "auto hard puzzle" else ["small"]), calls
 
 
