@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
+from gateway.cli.progress import note
 from gateway.kernel.errors import ConfigError, TiergateError
 from gateway.settings import Settings, load_settings
 
@@ -34,18 +35,32 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:
+    """The gateway's ``/v1/models``: its routes, then every model's tuple as served — each
+    backend started exactly as the gateway starts it (weights digest checked, quantized,
+    upstream asked), since a tuple's digest covers what only the load knows (the quantized
+    layers, a GGUF's file type, an upstream's identity). ``--pinned`` skips the loading and
+    shows what the settings pin, without digests."""
     from gateway.models.registry import ModelRegistry
+    from router.loading import build_router, route_cards
 
     async def describe() -> list[dict[str, Any]]:
         registry = ModelRegistry(settings)
-        if args.probe:
+        router = build_router(settings.routes, None) if settings.routes else None
+        if not args.pinned and registry.backends:
+            note(f"loading {len(registry.backends)} models as the gateway does (--pinned: "
+                 "what the settings pin, at once) ...")
             await registry.start()
         try:
-            return registry.cards()
+            routes = [] if router is None else route_cards(router, registry.created)
+            return routes + registry.cards()
         finally:
             await registry.aclose()
 
     cards = asyncio.run(describe())
+    if args.pinned:
+        for card in cards:
+            if card["tiergate"]["kind"] == "model":
+                card["tiergate"]["digest"] = None
     if args.json:
         import orjson
 
@@ -54,17 +69,30 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
     if not cards:
         print("no models configured")
     for card in cards:
-        t = card["tiergate"]
-        quant = t["quantization"]["method"]
-        weights = t["base_weights_sha256"] or "(not pinned)"
-        adapter = t["adapter"]["id"] if t["adapter"] else "-"
-        evaluation = t["validating_eval"]
-        print(f"{card['id']}\n  engine        {t['engine']} {t['engine_version'] or ''}\n"
-              f"  upstream      {t['upstream_model'] or '-'} @ {t['source'] or '-'}\n"
-              f"  weights       {weights}\n  quantization  {quant}\n  adapter       {adapter}\n"
-              f"  eval          {_eval_text(evaluation)}\n"
-              f"  tuple digest  {t['digest']}")
+        print(_route_text(card) if card["tiergate"]["kind"] == "route" else _model_text(card))
     return 0
+
+
+def _route_text(card: dict[str, Any]) -> str:
+    t = card["tiergate"]
+    verifier = (f"{t['verifier_id']} (sha256 {t['verifier_sha256']})" if t["verifier_id"]
+                else "-")
+    return (f"{card['id']}  (route, {t['mode']})\n  small         {t['small']}\n"
+            f"  large         {t['large']}\n  verifier      {verifier}\n"
+            f"  threshold     {t['threshold'] if t['threshold'] is not None else '-'}"
+            " (configured; live: GET /admin/routes/NAME/threshold)")
+
+
+def _model_text(card: dict[str, Any]) -> str:
+    t = card["tiergate"]
+    adapter = t["adapter"]["id"] if t["adapter"] else "-"
+    digest = t["digest"] or "- (known once loaded: run without --pinned)"
+    return (f"{card['id']}\n  engine        {t['engine']} {t['engine_version'] or ''}\n"
+            f"  upstream      {t['upstream_model'] or '-'} @ {t['source'] or '-'}\n"
+            f"  weights       {t['base_weights_sha256'] or '(not pinned)'}\n"
+            f"  quantization  {t['quantization']['method']}\n  adapter       {adapter}\n"
+            f"  eval          {_eval_text(t['validating_eval'])}\n"
+            f"  tuple digest  {digest}")
 
 
 def _eval_text(evaluation: dict[str, Any] | None) -> str:
@@ -115,10 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="worker processes sharing the port (default: server.workers, 1)")
     serve.set_defaults(handler=_serve)
 
-    models = sub.add_parser("models", help="show the configured model tuples",
-                            parents=[common])
-    models.add_argument("--probe", action="store_true",
-                        help="start each backend to learn what it actually serves")
+    models = sub.add_parser("models", parents=[common],
+                            help="the routes and model tuples the gateway serves (GET /v1/models)")
+    models.add_argument("--pinned", action="store_true",
+                        help="what the settings pin, without loading the models (no digests)")
     models.add_argument("--json", action="store_true")
     models.set_defaults(handler=_models)
 
