@@ -16,6 +16,10 @@ from gateway.kernel.errors import ConfigError, TiergateError
 from gateway.settings import Settings, load_settings
 
 Command = Callable[[argparse.Namespace, Settings], int]
+DEFAULT_CONFIG = Path("deploy/local/tiergate.toml")
+"""Read when neither ``--config`` nor ``TIERGATE_CONFIG`` names a file and the working
+directory has it (a checkout): what ``make serve`` serves, so the guides' commands work as
+written there."""
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -185,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "action", None) == "hash" and not args.key:
         parser.error("keys hash needs the KEY to hash")
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(args.config, default=DEFAULT_CONFIG)
+        if args.config is None and settings.config_file == DEFAULT_CONFIG:
+            note(f"tiergate: settings from {DEFAULT_CONFIG} (no --config, no TIERGATE_CONFIG)")
         handler: Command = args.handler
         return handler(args, settings)
     except (ConfigError, TiergateError) as exc:
