@@ -84,6 +84,8 @@ def run_train(args: argparse.Namespace, settings: object) -> int:
     from verifiers.evaluation import format_report
     from verifiers.training import train_artifact
 
+    print(f"training a {args.kind} verifier ({args.recipe} recipe) on {args.data}, "
+          f"{max(1, args.threads)} thread(s) ...", file=sys.stderr, flush=True)
     try:
         with threadpool_limits(limits=max(1, args.threads)):
             result = train_artifact(args.data, args.kind, args.out, target=args.target,
@@ -119,6 +121,7 @@ def run_eval(args: argparse.Namespace, settings: object) -> int:
             examples = train if args.split == "train" else validation
         if not examples:
             raise VerifierError(f"{args.data}: no rows in the {args.split} split")
+        print(f"scoring {len(examples)} rows with {verifier.id} ...", file=sys.stderr, flush=True)
         report = evaluate(verifier, examples, name=verifier.id or "verifier",
                           use_slices=not args.no_slices)
     except (VerifierError, OSError) as exc:
