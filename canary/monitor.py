@@ -133,10 +133,10 @@ class CanaryMonitor:
         """Re-read the standing alarms from the store. Without Redis the store is the only
         channel (the CLI writes there), so rollbacks follow it; with Redis they follow the
         shared map, which the store's writers update. An alarm the CLI raised (no metric
-        counted it) is counted here, by the leader only, so that the replicas together count
-        each alarm once."""
+        counted it) is counted here — with the ``metric`` sink configured, as the gateway's own
+        are — by the leader only, so that the replicas together count each alarm once."""
         unmetered = await self.service.refresh()
-        if count and self.leader.held:
+        if count and self.leader.held and self.service.metered:
             for model, alarm in unmetered.items():
                 self.telemetry.count_canary_alert(model, "drift", alarm.source)
         if self.settings.redis_url is None:
