@@ -19,7 +19,8 @@ Command = Callable[[argparse.Namespace, Settings], int]
 DEFAULT_CONFIG = Path("deploy/local/tiergate.toml")
 """Read when neither ``--config`` nor ``TIERGATE_CONFIG`` names a file and the working
 directory has it (a checkout): what ``make serve`` serves, so the guides' commands work as
-written there."""
+written there. Commands that read settings say so on stderr (``reads_settings``: the others,
+``keys``, ``verifier``, ``thresholds``, set it false)."""
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -179,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="make or hash client API keys", parents=[common])
     keys.add_argument("action", choices=["new", "hash"])
     keys.add_argument("key", nargs="?")
-    keys.set_defaults(handler=_keys)
+    keys.set_defaults(handler=_keys, reads_settings=False)
     return parser
 
 
@@ -190,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("keys hash needs the KEY to hash")
     try:
         settings = load_settings(args.config, default=DEFAULT_CONFIG)
-        if args.config is None and settings.config_file == DEFAULT_CONFIG:
+        if (args.config is None and settings.config_file == DEFAULT_CONFIG
+                and getattr(args, "reads_settings", True)):
             note(f"tiergate: settings from {DEFAULT_CONFIG} (no --config, no TIERGATE_CONFIG)")
         handler: Command = args.handler
         return handler(args, settings)

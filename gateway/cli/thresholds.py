@@ -38,7 +38,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     suggest.add_argument("--route", default="auto", help="route named in the admin hint (auto)")
     suggest.add_argument("--out", type=Path, help="write the curve as a PNG here")
     suggest.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    suggest.set_defaults(handler=run_suggest)
+    suggest.set_defaults(handler=run_suggest, reads_settings=False)
 
 
 def _fail(message: object) -> int:
