@@ -101,7 +101,7 @@ class CanaryMonitor:
 
     async def start(self) -> None:
         await self.rollbacks.start()
-        await self.refresh()
+        await self.refresh(count=False)  # what stands already was raised before this process
         self._tasks = [asyncio.create_task(self._refresh_periodically(), name="canary-refresh")]
         if self.config.interval_s > 0:
             self._tasks.append(asyncio.create_task(self._lead(), name="canary-leader"))
@@ -132,11 +132,16 @@ class CanaryMonitor:
         else:
             await self.rollbacks.set(model, target)
 
-    async def refresh(self) -> None:
+    async def refresh(self, count: bool = True) -> None:
         """Re-read the standing alarms from the store. Without Redis the store is the only
         channel (the CLI writes there), so rollbacks follow it; with Redis they follow the
-        shared map, which the store's writers update."""
-        await self.service.refresh()
+        shared map, which the store's writers update. An alarm the CLI raised (no metric
+        counted it) is counted here — with the ``metric`` sink configured, as the gateway's own
+        are — by the leader only, so that the replicas together count each alarm once."""
+        unmetered = await self.service.refresh()
+        if count and self.leader.held and self.service.metered:
+            for model, alarm in unmetered.items():
+                self.telemetry.count_canary_alert(model, "drift", alarm.source)
         if self.settings.redis_url is None:
             for model in self.settings.models:
                 await self._apply(model)

@@ -86,8 +86,10 @@ class Pin(BaseModel):
 
 async def decode_golden(backend: Backend, canary_set: CanarySet,
                         concurrency: int = 4) -> list[ItemRun]:
-    """Every item of ``canary_set`` through ``backend``, greedily, with logprobs."""
-    return await run_taskset(backend, canary_set.items, concurrency, logprobs=0)
+    """Every item of ``canary_set`` through ``backend``, greedily, with logprobs and token ids
+    (an HTTP upstream that returns no ids is compared by text, without a logprob shift)."""
+    return await run_taskset(backend, canary_set.items, concurrency, logprobs=0,
+                             token_ids=True)
 
 
 def make_pin(model: str, model_tuple: ModelTuple, canary_set: CanarySet,

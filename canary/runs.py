@@ -210,7 +210,7 @@ async def execute_run(pin: Pin, backend: Backend, canary_set: CanarySet,
 
     The caller checks that ``canary_set`` is the pinned one (same sha256)."""
     started_at, started = time.time(), time.perf_counter()
-    runs = await run_taskset(backend, canary_set.items, concurrency, logprobs=0)
+    runs = await run_taskset(backend, canary_set.items, concurrency, logprobs=0, token_ids=True)
     return compare_run(pin, backend.describe(), runs, started_at, time.perf_counter() - started)
 
 

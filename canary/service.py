@@ -80,6 +80,8 @@ class CanaryService:
         self.config = settings.canary
         self.store: CanaryStore = store or FileCanaryStore(self.config.dir)
         self.sinks = list(sinks) if sinks is not None else build_sinks(self.config, metric)
+        self.metered = any(sink.name == "metric" for sink in self.sinks)
+        """Whether this process counts the alerts it raises in a metric (a gateway's)."""
         self.clock = clock
         self._standing: dict[str, Alarm] = {}
 
@@ -215,7 +217,7 @@ class CanaryService:
         target = self._target(state.model)
         summary = "; ".join(parts) + (f"; traffic goes to {target} until ack" if target else "")
         state.alarm = Alarm(raised_at=now, source=source, run_id=run_id, summary=summary,
-                            streams=alarms, tuple_changes=changes or {})
+                            streams=alarms, tuple_changes=changes or {}, metered=self.metered)
         return Alert(kind="drift", model=state.model, raised_at=now, summary=summary,
                      streams=[a.model_dump(mode="json") for a in alarms], run_id=run_id,
                      source=source, rollback_to=target)
@@ -282,14 +284,21 @@ class CanaryService:
         ``rollback = true``."""
         return self._target(model) if model in self._standing else None
 
-    async def refresh(self) -> None:
-        """Reload the standing alarms from the store (changes by other processes)."""
+    async def refresh(self) -> dict[str, Alarm]:
+        """Reload the standing alarms from the store (changes by other processes). Returns the
+        ones this process did not know that no metric counted when they were raised (by the
+        CLI), for the gateway to count."""
         standing: dict[str, Alarm] = {}
         for model in await self.store.models():
             state = await self.store.get_state(model)
             if state is not None and state.alarm is not None:
                 standing[model] = state.alarm
+        unmetered = {model: alarm for model, alarm in standing.items()
+                     if not alarm.metered and (model not in self._standing
+                                               or self._standing[model].raised_at
+                                               != alarm.raised_at)}
         self._standing = standing
+        return unmetered
 
     def _target(self, model: str) -> str | None:
         settings = self.config.for_model(model)

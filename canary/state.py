@@ -65,6 +65,9 @@ class Alarm(BaseModel):
     tuple_changes: dict[str, tuple[object, object]] = Field(default_factory=dict)
     acknowledged_at: float | None = None
     acknowledged_by: str | None = None
+    metered: bool = False
+    """Whether the process that raised it counted it in its ``tiergate_canary_alerts_total``
+    (a gateway does; the CLI cannot: the gateway's leader counts it when it reads the store)."""
 
     @property
     def slices(self) -> list[str]:

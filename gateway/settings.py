@@ -2,8 +2,10 @@
 
 Sources, later wins: field defaults < the config file (TOML or YAML) < ``TIERGATE_*`` environment
 variables (nested fields with ``__``, e.g. ``TIERGATE_SERVER__PORT=9000``). The config file is the
-``--config`` argument of the CLI or, failing that, ``TIERGATE_CONFIG``. This module is the only
-place tiergate reads the environment. Every field is documented in ``docs/configuration.md``.
+``--config`` argument of the CLI or, failing that, ``TIERGATE_CONFIG`` (the CLI then reads
+``deploy/local/tiergate.toml`` if the working directory has one: a checkout). This module is
+the only place tiergate reads the environment. Every field is documented in
+``docs/configuration.md``.
 """
 
 from __future__ import annotations
@@ -221,9 +223,12 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     return data
 
 
-def load_settings(config: Path | None = None) -> Settings:
-    """Settings from ``config`` (or ``TIERGATE_CONFIG``) and the environment."""
+def load_settings(config: Path | None = None, default: Path | None = None) -> Settings:
+    """Settings from ``config`` (or ``TIERGATE_CONFIG``, or ``default`` if that file exists)
+    and the environment."""
     path = config if config is not None else _ConfigPath().config
+    if path is None and default is not None and default.is_file():
+        path = default
     data: dict[str, Any] = read_config_file(path) if path is not None else {}
     if path is not None:
         data["config_file"] = path

@@ -32,6 +32,8 @@ from typing import Any, Literal
 import numpy as np
 
 Mode = Literal["prompt", "cascade"]
+PGR_UNDEFINED = ("PGR is undefined on this data: the small and the large model are equally "
+                 "accurate; use --target-escalation")
 
 
 class CalibrationError(ValueError):
@@ -120,14 +122,44 @@ def operating_points(scores: Sequence[float], small_correct: Sequence[bool],
     return points
 
 
+def _one_target(escalation: float | None, pgr: float | None) -> Literal["escalation", "pgr"]:
+    if (escalation is None) == (pgr is None):
+        raise CalibrationError("give exactly one target: --target-escalation or --target-pgr")
+    if escalation is None:
+        return "pgr"
+    if not 0.0 <= escalation <= 1.0:
+        raise CalibrationError(f"--target-escalation must lie in [0, 1], got {escalation}")
+    return "escalation"
+
+
+def check_target(small_correct: Sequence[bool], large_correct: Sequence[bool], *,
+                 escalation: float | None = None, pgr: float | None = None) -> None:
+    """Refuse a target that no threshold can meet on these labels, from the labels alone —
+    before any row is scored: an escalation share outside ``[0, 1]``, a PGR on data where it is
+    undefined, or a PGR above the oracle's (escalating exactly the rows only the large model
+    gets right: no router does better)."""
+    if _one_target(escalation, pgr) == "escalation":
+        return
+    assert pgr is not None
+    small = np.asarray(small_correct, dtype=bool)
+    large = np.asarray(large_correct, dtype=bool)
+    if not math.isfinite(pgr):
+        raise CalibrationError(f"--target-pgr must be a number, got {pgr}")
+    gap = float(large.mean() - small.mean()) if len(small) else 0.0
+    if gap == 0:
+        raise CalibrationError(PGR_UNDEFINED)
+    oracle = (float((small | large).mean()) - float(small.mean())) / gap
+    if gap > 0 and pgr > oracle + 1e-12:
+        raise CalibrationError(
+            f"target PGR {pgr:.2f} is unreachable: even the oracle (escalating exactly the rows "
+            f"only the large model gets right) reaches {oracle:.3f} on this data")
+
+
 def suggest(points: Sequence[OperatingPoint], *, escalation: float | None = None,
             pgr: float | None = None) -> OperatingPoint:
     """The operating point for exactly one target (see the module docstring)."""
-    if (escalation is None) == (pgr is None):
-        raise CalibrationError("give exactly one target: --target-escalation or --target-pgr")
-    if escalation is not None:
-        if not 0.0 <= escalation <= 1.0:
-            raise CalibrationError(f"--target-escalation must lie in [0, 1], got {escalation}")
+    if _one_target(escalation, pgr) == "escalation":
+        assert escalation is not None
         within = [p for p in points if p.share <= escalation + 1e-12]
         if not within:
             least = min(points, key=lambda p: p.share)
@@ -137,8 +169,7 @@ def suggest(points: Sequence[OperatingPoint], *, escalation: float | None = None
         return max(within, key=lambda p: (p.accuracy, p.share))
     assert pgr is not None
     if points[0].pgr is None:
-        raise CalibrationError("PGR is undefined on this data: the small and the large model "
-                               "are equally accurate; use --target-escalation")
+        raise CalibrationError(PGR_UNDEFINED)
     reached = [p for p in points if p.pgr is not None and p.pgr >= pgr - 1e-12]
     if not reached:
         best = max(points, key=lambda p: p.pgr or 0.0)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from gateway.kernel.errors import ConfigError
+from gateway.protocol import model_card
 from router.policy import Route, Router
 from router.settings import RouteSettings
-from router.strategies import ROUTING_MODES
+from router.strategies import ROUTING_MODES, get_strategy
 from router.thresholds import ThresholdStore
 
 log = logging.getLogger("tiergate.router")
@@ -53,3 +55,17 @@ def build_router(routes: dict[str, RouteSettings], redis_url: str | None) -> Rou
     for name, value in thresholds.values.items():
         thresholds.validate(name, value)
     return Router(built, thresholds)
+
+
+def route_cards(router: Router, created: int) -> list[dict[str, Any]]:
+    """The routes as ``/v1/models`` entries (``tiergate.kind = "route"``): what the gateway
+    lists and ``tiergate models`` prints."""
+    cards = []
+    for name, route in router.routes.items():
+        info = {"kind": "route", "mode": route.mode, "small": route.small,
+                "large": route.large, "threshold": router.thresholds.get(name),
+                "verifier_id": route.verifier.id if route.verifier else None,
+                "verifier_sha256": route.verifier.sha256 if route.verifier else None}
+        info.update(get_strategy(route.mode).describe(route))
+        cards.append(model_card(name, created, info))
+    return cards

@@ -43,7 +43,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                             "--data)")
     train.add_argument("--strict", action="store_true", help="fail on the first bad row")
     train.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads (1)")
-    train.set_defaults(handler=run_train)
+    train.set_defaults(handler=run_train, reads_settings=False)
 
     evaluate = actions.add_parser("eval", parents=[common],
                                   help="router evaluation of a verifier with baselines")
@@ -55,14 +55,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                           help="score as if requests carried no slice label")
     evaluate.add_argument("--out", type=Path, help="write summary/curve/slices CSV + PNG here")
     evaluate.add_argument("--strict", action="store_true", help="fail on the first bad row")
-    evaluate.set_defaults(handler=run_eval)
+    evaluate.set_defaults(handler=run_eval, reads_settings=False)
 
     convert = actions.add_parser("import-routellm", parents=[common],
                                  help="convert RouteLLM outcome CSVs into training JSONL")
     convert.add_argument("--root", type=Path, default=Path("benchmarks/data/routellm"))
     convert.add_argument("--task", required=True, choices=["mmlu", "gsm8k"])
     convert.add_argument("--out", required=True, type=Path, help="JSONL file to write")
-    convert.set_defaults(handler=run_import)
+    convert.set_defaults(handler=run_import, reads_settings=False)
 
 
 def _fail(exc: Exception) -> int:
@@ -84,6 +84,8 @@ def run_train(args: argparse.Namespace, settings: object) -> int:
     from verifiers.evaluation import format_report
     from verifiers.training import train_artifact
 
+    print(f"training a {args.kind} verifier ({args.recipe} recipe) on {args.data}, "
+          f"{max(1, args.threads)} thread(s) ...", file=sys.stderr, flush=True)
     try:
         with threadpool_limits(limits=max(1, args.threads)):
             result = train_artifact(args.data, args.kind, args.out, target=args.target,
@@ -119,6 +121,7 @@ def run_eval(args: argparse.Namespace, settings: object) -> int:
             examples = train if args.split == "train" else validation
         if not examples:
             raise VerifierError(f"{args.data}: no rows in the {args.split} split")
+        print(f"scoring {len(examples)} rows with {verifier.id} ...", file=sys.stderr, flush=True)
         report = evaluate(verifier, examples, name=verifier.id or "verifier",
                           use_slices=not args.no_slices)
     except (VerifierError, OSError) as exc:

@@ -206,7 +206,9 @@ def format_report(report: EvalReport, title: str | None = None) -> str:
 
 def write_csv(report: EvalReport, out: Path) -> list[Path]:
     """``summary.csv`` (one row per router), ``curve.csv`` (accuracy and PGR of every router at
-    every escalation share) and, with slices, ``slices.csv``."""
+    every escalation share) and ``slices.csv`` (one row per slice of at least
+    ``min_slice_rows`` rows; only its header when no slice has that many): always all
+    three, so a script can read them."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "summary.csv", out / "curve.csv"]
     with paths[0].open("w", newline="", encoding="utf-8") as handle:
@@ -225,15 +227,14 @@ def write_csv(report: EvalReport, out: Path) -> list[Path]:
             writer.writerow([k, _cell(first.share[k]),
                              *(_cell(report.curves[n].accuracy[k]) for n in names),
                              *(_cell(report.curves[n].pgr[k]) for n in names)])
-    if report.slices:
-        paths.append(out / "slices.csv")
-        with paths[-1].open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["slice", "n", "acc_small", "acc_large", "apgr", "cpt50", "auc",
-                             "oracle_apgr"])
-            for s in report.slices:
-                writer.writerow([s.slice, s.n, *(_cell(v) for v in (
-                    s.acc_small, s.acc_large, s.apgr, s.cpt50, s.auc, s.oracle_apgr))])
+    paths.append(out / "slices.csv")
+    with paths[-1].open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["slice", "n", "acc_small", "acc_large", "apgr", "cpt50", "auc",
+                         "oracle_apgr"])
+        for s in report.slices:
+            writer.writerow([s.slice, s.n, *(_cell(v) for v in (
+                s.acc_small, s.acc_large, s.apgr, s.cpt50, s.auc, s.oracle_apgr))])
     return paths
 
 

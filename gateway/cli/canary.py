@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from gateway.cli.progress import note
 from gateway.settings import Settings
 
 T = TypeVar("T")
@@ -84,7 +85,9 @@ def run_pin(args: argparse.Namespace, settings: Settings) -> int:
 
     service = CanaryService(settings)
     service.require_configured(args.model)  # fail before loading any model
-    load_canary_set(args.set_path or service.set_path(args.model))
+    set_path = args.set_path or service.set_path(args.model)
+    items = len(load_canary_set(set_path).items)
+    note(f"pinning {args.model}: loading it, then decoding the {items} items of {set_path} ...")
 
     async def pin(registry: Any) -> Pin:
         return await service.pin(args.model, registry.get(args.model), args.set_path)
@@ -119,6 +122,7 @@ def run_run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     for model in models:  # fail before starting anything
         service.require_configured(model)
+    note(f"canary run of {', '.join(models)}: loading, then sending the pinned sets ...")
 
     async def run_all(registry: Any) -> list[CanaryRun]:
         return [await service.run(model, registry.get(model)) for model in models]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 
+from gateway.cli.progress import Progress, note
 from gateway.kernel.errors import ConfigError
 from gateway.settings import Settings
 
@@ -81,20 +82,19 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     items = load_taskset(args.task_set)[: args.limit]
     taskset_sha = file_sha256(args.task_set)
 
-    def progress(done: int, total: int) -> None:
-        if sys.stderr.isatty():
-            print(f"\r{done}/{total}", end="", file=sys.stderr, flush=True)
-
     async def evaluate() -> tuple[EvalReport, EvalReport | None]:
         registry = ModelRegistry(settings)
         names = [args.model] + ([args.baseline] if args.baseline else [])
         try:
+            note(f"loading {', '.join(names)} ...")
             await registry.start(names)
             reports = []
             for name in names:
                 backend = registry.get(name)
                 started = time.perf_counter()
+                progress = Progress(f"{name}: {len(items)} items of {args.task_set}", len(items))
                 runs = await run_taskset(backend, items, args.concurrency, progress=progress)
+                progress.done()
                 model = backend.describe()
                 report = summarize(name, model.digest(), str(args.task_set), taskset_sha, runs,
                                    time.perf_counter() - started, model.model_dump(mode="json"))
@@ -107,8 +107,6 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
             await registry.aclose()
 
     report, baseline = asyncio.run(evaluate())
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
     print(format_report(report, baseline))
     if args.out is None:
         print("\nto validate this tuple with it, run again with --out FILE and pin the file in "
@@ -184,24 +182,24 @@ def run_collect(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--concurrency must be at least 1 and --top-logprobs at least 0")
     items = load_taskset(args.task_set)[: args.limit]
 
-    def progress(done: int, total: int) -> None:
-        if sys.stderr.isatty():
-            print(f"\r{done}/{total}", end="", file=sys.stderr, flush=True)
-
     async def collect() -> Collected:
         registry = ModelRegistry(settings)
         try:
-            await registry.start([small] + ([large] if large else []))
-            return await collect_taskset(
+            names = [small] + ([large] if large else [])
+            note(f"loading {', '.join(names)} ...")
+            await registry.start(names)
+            progress = Progress(f"answering {len(items)} items of {args.task_set} on "
+                                f"{' and '.join(names)}", len(items))
+            collected = await collect_taskset(
                 items, registry.get(small), registry.get(large) if large else None,
                 args.concurrency, args.top_logprobs, progress)
+            progress.done()
+            return collected
         finally:
             await registry.aclose()
 
     started = time.perf_counter()
     collected = asyncio.run(collect())
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
     if not collected.rows:
         raise ConfigError(f"no rows: every item failed ({collected.failed[0]})")
     write_examples(args.out, collected.rows)

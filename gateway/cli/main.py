@@ -11,10 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
+from gateway.cli.progress import note
 from gateway.kernel.errors import ConfigError, TiergateError
 from gateway.settings import Settings, load_settings
 
 Command = Callable[[argparse.Namespace, Settings], int]
+DEFAULT_CONFIG = Path("deploy/local/tiergate.toml")
+"""Read when neither ``--config`` nor ``TIERGATE_CONFIG`` names a file and the working
+directory has it (a checkout): what ``make serve`` serves, so the guides' commands work as
+written there. Commands that read settings say so on stderr (``reads_settings``: the others,
+``keys``, ``verifier``, ``thresholds``, set it false)."""
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -34,18 +40,33 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:
+    """The gateway's ``/v1/models``: its routes, then every model's tuple as served — each
+    backend started exactly as the gateway starts it (weights digest checked, quantized,
+    upstream asked), since a tuple's digest covers what only the load knows (the quantized
+    layers, a GGUF's file type, an upstream's identity). ``--pinned`` skips the loading and
+    shows what the settings pin, without digests."""
     from gateway.models.registry import ModelRegistry
+    from router.loading import build_router, route_cards
 
     async def describe() -> list[dict[str, Any]]:
         registry = ModelRegistry(settings)
-        if args.probe:
+        router = build_router(settings.routes, None) if settings.routes else None
+        if not args.pinned and registry.backends:
+            note(f"loading {len(registry.backends)} models as the gateway does (--pinned: "
+                 "what the settings pin, at once) ...")
             await registry.start()
+            await _gate(registry)
         try:
-            return registry.cards()
+            routes = [] if router is None else route_cards(router, registry.created)
+            return routes + registry.cards()
         finally:
             await registry.aclose()
 
     cards = asyncio.run(describe())
+    if args.pinned:
+        for card in cards:
+            if card["tiergate"]["kind"] == "model":
+                card["tiergate"]["digest"] = None
     if args.json:
         import orjson
 
@@ -54,17 +75,46 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
     if not cards:
         print("no models configured")
     for card in cards:
-        t = card["tiergate"]
-        quant = t["quantization"]["method"]
-        weights = t["base_weights_sha256"] or "(not pinned)"
-        adapter = t["adapter"]["id"] if t["adapter"] else "-"
-        evaluation = t["validating_eval"]
-        print(f"{card['id']}\n  engine        {t['engine']} {t['engine_version'] or ''}\n"
-              f"  upstream      {t['upstream_model'] or '-'} @ {t['source'] or '-'}\n"
-              f"  weights       {weights}\n  quantization  {quant}\n  adapter       {adapter}\n"
-              f"  eval          {_eval_text(evaluation)}\n"
-              f"  tuple digest  {t['digest']}")
+        print(_route_text(card) if card["tiergate"]["kind"] == "route" else _model_text(card))
     return 0
+
+
+async def _gate(registry: Any) -> None:
+    """The gates as the gateway runs them (their verdicts logged, the validating evals in the
+    tuples), without writing the registry's history."""
+    from gateway.governance.registry import TupleRegistry
+    from gateway.telemetry.instruments import Telemetry
+
+    settings = registry.settings
+    quiet = settings.model_copy(update={"governance": settings.governance.model_copy(
+        update={"history_path": None}), "canary": settings.canary.model_copy(
+        update={"alert_sinks": []})})
+    telemetry = Telemetry(settings.telemetry.model_copy(update={"tracing": False}))
+    tuples = TupleRegistry(quiet, registry, telemetry)
+    for name in registry.backends:
+        await tuples.admit(name)
+
+
+def _route_text(card: dict[str, Any]) -> str:
+    t = card["tiergate"]
+    verifier = (f"{t['verifier_id']} (sha256 {t['verifier_sha256']})" if t["verifier_id"]
+                else "-")
+    return (f"{card['id']}  (route, {t['mode']})\n  small         {t['small']}\n"
+            f"  large         {t['large']}\n  verifier      {verifier}\n"
+            f"  threshold     {t['threshold'] if t['threshold'] is not None else '-'}"
+            " (configured; live: GET /admin/routes/NAME/threshold)")
+
+
+def _model_text(card: dict[str, Any]) -> str:
+    t = card["tiergate"]
+    adapter = t["adapter"]["id"] if t["adapter"] else "-"
+    digest = t["digest"] or "- (known once loaded: run without --pinned)"
+    return (f"{card['id']}\n  engine        {t['engine']} {t['engine_version'] or ''}\n"
+            f"  upstream      {t['upstream_model'] or '-'} @ {t['source'] or '-'}\n"
+            f"  weights       {t['base_weights_sha256'] or '(not pinned)'}\n"
+            f"  quantization  {t['quantization']['method']}\n  adapter       {adapter}\n"
+            f"  eval          {_eval_text(t['validating_eval'])}\n"
+            f"  tuple digest  {digest}")
 
 
 def _eval_text(evaluation: dict[str, Any] | None) -> str:
@@ -120,10 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="worker processes sharing the port (default: server.workers, 1)")
     serve.set_defaults(handler=_serve)
 
-    models = sub.add_parser("models", help="show the configured model tuples",
-                            parents=[common])
-    models.add_argument("--probe", action="store_true",
-                        help="start each backend to learn what it actually serves")
+    models = sub.add_parser("models", parents=[common],
+                            help="the routes and model tuples the gateway serves (GET /v1/models)")
+    models.add_argument("--pinned", action="store_true",
+                        help="what the settings pin, without loading the models (no digests)")
     models.add_argument("--json", action="store_true")
     models.set_defaults(handler=_models)
 
@@ -156,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="make or hash client API keys", parents=[common])
     keys.add_argument("action", choices=["new", "hash"])
     keys.add_argument("key", nargs="?")
-    keys.set_defaults(handler=_keys)
+    keys.set_defaults(handler=_keys, reads_settings=False)
     return parser
 
 
@@ -166,7 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "action", None) == "hash" and not args.key:
         parser.error("keys hash needs the KEY to hash")
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(args.config, default=DEFAULT_CONFIG)
+        if (args.config is None and settings.config_file == DEFAULT_CONFIG
+                and getattr(args, "reads_settings", True)):
+            note(f"tiergate: settings from {DEFAULT_CONFIG} (no --config, no TIERGATE_CONFIG)")
         handler: Command = args.handler
         return handler(args, settings)
     except (ConfigError, TiergateError) as exc:

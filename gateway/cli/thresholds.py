@@ -38,7 +38,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     suggest.add_argument("--route", default="auto", help="route named in the admin hint (auto)")
     suggest.add_argument("--out", type=Path, help="write the curve as a PNG here")
     suggest.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    suggest.set_defaults(handler=run_suggest)
+    suggest.set_defaults(handler=run_suggest, reads_settings=False)
 
 
 def _fail(message: object) -> int:
@@ -49,11 +49,13 @@ def _fail(message: object) -> int:
 def run_suggest(args: argparse.Namespace, settings: Settings) -> int:
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, unused-ignore]
 
+    from gateway.cli.progress import Progress
     from router.calibration import (
         CalibrationError,
         CostModel,
         Mode,
         Suggestion,
+        check_target,
         format_suggestion,
         operating_points,
         suggest,
@@ -67,17 +69,24 @@ def run_suggest(args: argparse.Namespace, settings: Settings) -> int:
     if not args.cost_ratio > 0:
         return _fail("--cost-ratio must be positive")
     try:
-        verifier = load_artifact(args.verifier)
+        # Everything the arguments and the labels alone can refuse is refused first: scoring
+        # every row, one at a time as the router does, is the slow part (minutes on 2 cores).
         dataset = read_examples(args.data)
         examples = dataset.examples
         small, large = labels_of(examples)
+        check_target(small.astype(bool).tolist(), large.astype(bool).tolist(),
+                     escalation=args.target_escalation, pgr=args.target_pgr)
+        verifier = load_artifact(args.verifier)
         # Exactly the router's call: the single-request path, no slice label. One row at a time
         # gains nothing from a thread pool: OpenMP/BLAS threads spinning around each tiny
         # predict made this 15x slower on 2 cores.
-        if sys.stderr.isatty():  # a person waiting is told what the command does
-            print(f"scoring {len(examples)} rows with {verifier.id} ...", file=sys.stderr)
+        progress = Progress(f"scoring {len(examples)} rows with {verifier.id}", len(examples))
+        scores = []
         with threadpool_limits(limits=1):
-            scores = [verifier.score(VerifierInput(e.prompt, e.small, None)) for e in examples]
+            for example in examples:
+                scores.append(verifier.score(VerifierInput(example.prompt, example.small, None)))
+                progress.advance()
+        progress.done()
         low, high = verifier.manifest.get("score", {}).get("range", (0.0, 1.0))
         mode: Mode = "cascade" if verifier.kind == "answer" else "prompt"
         cost = CostModel(mode, args.cost_ratio)

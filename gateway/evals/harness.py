@@ -44,16 +44,19 @@ class ItemRun:
 
 
 def item_request(item: TaskItem, request_id: str, logprobs: int | None = 0,
-                 sampling: SamplingParams | None = None) -> GenerationRequest:
-    """The generation request for a task item: greedy, the item's token budget, logprobs on."""
+                 sampling: SamplingParams | None = None,
+                 token_ids: bool = False) -> GenerationRequest:
+    """The generation request for a task item: greedy, the item's token budget, logprobs on;
+    ``token_ids`` asks an HTTP upstream for the generated token ids too (``return_token_ids``,
+    a vLLM extension tiergate serves; the in-process engine always has them)."""
     params = sampling or SamplingParams(temperature=0.0, max_tokens=item.max_tokens,
                                         logprobs=logprobs)
     if item.kind == "chat":
         messages = [m.model_dump() for m in item.messages or ()]
         return GenerationRequest(request_id=request_id, kind="chat", sampling=params,
-                                 messages=messages)
+                                 messages=messages, return_token_ids=token_ids)
     return GenerationRequest(request_id=request_id, kind="completion", sampling=params,
-                             prompt=item.prompt)
+                             prompt=item.prompt, return_token_ids=token_ids)
 
 
 def _run_of(item: TaskItem, result: GenerationResult, latency: float) -> ItemRun:
@@ -69,10 +72,11 @@ def _run_of(item: TaskItem, result: GenerationResult, latency: float) -> ItemRun
 
 
 async def run_item(backend: Backend, item: TaskItem, request_id: str,
-                   logprobs: int | None = 0) -> ItemRun:
+                   logprobs: int | None = 0, token_ids: bool = False) -> ItemRun:
     started = time.perf_counter()
     try:
-        result = await backend.generate(item_request(item, request_id, logprobs))
+        result = await backend.generate(item_request(item, request_id, logprobs,
+                                                     token_ids=token_ids))
     except TiergateError as exc:
         return ItemRun(item=item, text="", passed=False, detail="error",
                        latency_s=time.perf_counter() - started, completion_tokens=0,
@@ -86,6 +90,7 @@ async def run_taskset(
     concurrency: int = 1,
     logprobs: int | None = 0,
     progress: Callable[[int, int], None] | None = None,
+    token_ids: bool = False,
 ) -> list[ItemRun]:
     """Every item through ``backend``, at most ``concurrency`` at a time, in item order."""
     semaphore = asyncio.Semaphore(concurrency)
@@ -94,7 +99,7 @@ async def run_taskset(
     async def one(index: int, item: TaskItem) -> ItemRun:
         nonlocal done
         async with semaphore:
-            run = await run_item(backend, item, f"eval-{index:06d}", logprobs)
+            run = await run_item(backend, item, f"eval-{index:06d}", logprobs, token_ids)
         done += 1
         if progress is not None:
             progress(done, len(items))

@@ -26,14 +26,12 @@ from gateway.http.openapi import openapi_document
 from gateway.kernel import secrets
 from gateway.kernel.errors import ServiceUnavailableError
 from gateway.models.registry import ModelRegistry, check_sources, usable
-from gateway.protocol import model_card
 from gateway.records.recorder import Recorder
 from gateway.serving import OpenAIServing
 from gateway.settings import Settings
 from gateway.telemetry.instruments import CIRCUIT_VALUES, Telemetry
-from router.loading import build_router
+from router.loading import build_router, route_cards
 from router.policy import Router
-from router.strategies import get_strategy
 
 log = logging.getLogger("tiergate.app")
 
@@ -169,15 +167,5 @@ class GatewayState:
 
     def route_cards(self) -> list[dict[str, Any]]:
         """Routes as ``/v1/models`` entries (``tiergate.kind = "route"``)."""
-        if self.router is None:
-            return []
-        cards = []
-        for name, route in self.router.routes.items():
-            info = {"kind": "route", "mode": route.mode, "small": route.small,
-                    "large": route.large, "threshold": self.router.thresholds.get(name),
-                    "verifier_id": route.verifier.id if route.verifier else None,
-                    "verifier_sha256": route.verifier.sha256 if route.verifier else None}
-            info.update(get_strategy(route.mode).describe(route))
-            cards.append(model_card(name, self.registry.created, info))
-        return cards
+        return [] if self.router is None else route_cards(self.router, self.registry.created)
 

@@ -15,6 +15,7 @@ from router.calibration import (
     CalibrationError,
     CostModel,
     OperatingPoint,
+    check_target,
     operating_points,
     suggest,
 )
@@ -109,6 +110,37 @@ def test_targets_and_unreachable_ones_fail_clearly() -> None:
     same = operating_points([0.2, 0.8], [True, False], [False, True], CASCADE, (0.0, 1.0))
     with pytest.raises(CalibrationError, match="PGR is undefined"):
         suggest(same, pgr=0.5)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_pgr_above_the_oracle_is_refused_from_the_labels(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    small = (rng.random(200) < 0.4).tolist()
+    large = (rng.random(200) < 0.7).tolist()
+    scores = rng.random(200).tolist()
+    best = max(p.pgr or 0.0 for p in operating_points(scores, small, large, CASCADE, (0, 1)))
+    oracle = (np.mean(np.array(small) | np.array(large)) - np.mean(small)) / (
+        np.mean(large) - np.mean(small))
+    assert best <= oracle + 1e-12  # no threshold of any verifier beats the oracle
+    check_target(small, large, pgr=float(oracle))  # the oracle's own PGR: not refused early
+    with pytest.raises(CalibrationError, match="even the oracle"):
+        check_target(small, large, pgr=float(oracle) + 0.01)
+    with pytest.raises(CalibrationError, match="PGR is undefined"):
+        check_target(small, small, pgr=0.5)
+    with pytest.raises(CalibrationError, match=r"must lie in \[0, 1\]"):
+        check_target(small, large, escalation=1.5)
+
+
+def test_cli_refuses_an_unreachable_target_before_loading_the_verifier(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--target-pgr 1.2` is answered from the labels: the (missing) verifier is never read,
+    so no row is scored first."""
+    data = write_rows(tmp_path / "rows.jsonl")
+    assert main(["thresholds", "suggest", "--verifier", str(tmp_path / "not-there"), "--data",
+                 str(data), "--target-pgr", "1.2"]) == 2
+    err = capsys.readouterr().err
+    assert "target PGR 1.20 is unreachable: even the oracle" in err
+    assert "scoring" not in err
 
 
 def write_rows(path: Path, n: int = 60) -> Path:

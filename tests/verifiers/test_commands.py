@@ -97,6 +97,12 @@ def test_eval_writes_csv_and_png_matching_the_metrics(answer_artifact: Path, gsm
     accuracy = [float(p[f"accuracy_{verifier.id}"]) for p in points]
     np.testing.assert_allclose(accuracy, curve.accuracy, atol=1e-6)
     assert float(points[0]["accuracy_oracle"]) == pytest.approx(small.mean())
+    # slices.csv is always written, one row per slice of at least 20 rows (maybe none)
+    with (out / "slices.csv").open() as handle:
+        sliced = list(csv.reader(handle))
+    assert sliced[0][:2] == ["slice", "n"]
+    assert [row[1] for row in sliced[1:]] == [str(s.n) for s in evaluate(
+        verifier, validation).slices]
 
 
 def test_prompt_verifier_cli_with_slices(tmp_path: Path,
