@@ -41,6 +41,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     train.add_argument("--validation", type=Path,
                        help="held-out JSONL (default: the prompt-hash validation split of "
                             "--data)")
+    train.add_argument("--refit", action="store_true",
+                       help="after validating, score every row out of fold (stored as the "
+                            "calibration scores of `thresholds suggest`) and refit on all rows")
+    train.add_argument("--folds", type=int, default=5,
+                       help="with --refit: cross-fitting folds, by prompt hash (5)")
     train.add_argument("--strict", action="store_true", help="fail on the first bad row")
     train.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads (1)")
     train.set_defaults(handler=run_train)
@@ -88,7 +93,8 @@ def run_train(args: argparse.Namespace, settings: object) -> int:
         with threadpool_limits(limits=max(1, args.threads)):
             result = train_artifact(args.data, args.kind, args.out, target=args.target,
                                     validation_data=args.validation, strict=args.strict,
-                                    recipe=args.recipe, embeddings=args.embeddings)
+                                    recipe=args.recipe, embeddings=args.embeddings,
+                                    refit=args.refit, folds=args.folds)
     except (VerifierError, OSError) as exc:
         return _fail(exc)
     _problems(result.problems)
@@ -102,6 +108,10 @@ def run_train(args: argparse.Namespace, settings: object) -> int:
                             f"validation ({result.validation.n} rows of {args.validation})"))
     else:
         print("no validation rows: the manifest carries no validation metrics")
+    if result.refit_rows is not None:
+        print(f"refitted on all {result.refit_rows} rows (the figures above are the model's "
+              f"before the refit); {args.folds}-fold cross-fitted scores of every row stored "
+              f"for `tiergate thresholds suggest --verifier {args.out}`")
     return 0
 
 
