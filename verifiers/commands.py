@@ -58,6 +58,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                           help="rows of --data to use, by the prompt-hash split (all)")
     evaluate.add_argument("--no-slices", action="store_true",
                           help="score as if requests carried no slice label")
+    evaluate.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                          help="paired-bootstrap resamples for the intervals against the "
+                               "trivial baselines (1000; 0: none)")
     evaluate.add_argument("--out", type=Path, help="write summary/curve/slices CSV + PNG here")
     evaluate.add_argument("--strict", action="store_true", help="fail on the first bad row")
     evaluate.set_defaults(handler=run_eval)
@@ -129,8 +132,10 @@ def run_eval(args: argparse.Namespace, settings: object) -> int:
             examples = train if args.split == "train" else validation
         if not examples:
             raise VerifierError(f"{args.data}: no rows in the {args.split} split")
+        if args.bootstrap < 0 or args.bootstrap == 1:
+            raise VerifierError("--bootstrap takes 0 (no intervals) or at least 2 resamples")
         report = evaluate(verifier, examples, name=verifier.id or "verifier",
-                          use_slices=not args.no_slices)
+                          use_slices=not args.no_slices, bootstrap=args.bootstrap)
     except (VerifierError, OSError) as exc:
         return _fail(exc)
     _problems(dataset.problems)
