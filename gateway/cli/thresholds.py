@@ -135,10 +135,16 @@ def run_suggest(args: argparse.Namespace, settings: Settings) -> int:
                         thresholds=[p.threshold for p in points], chosen=chosen_index,
                         acc_small=result.acc_small, acc_large=result.acc_large, curves=curves,
                         title=f"{verifier.id} on {rows.n} calibration rows")
+    # What the route's drift watch compares live decisions with (docs/routing.md): the share
+    # this threshold escalates, and the score that splits the rows closest to half and half.
+    median = min(points, key=lambda p: abs(p.share - 0.5))
+    watch = {"expected_escalation": round(chosen.share, 4),
+             "expected_score_median": median.threshold}
     if args.json:
         payload = {"verifier": verifier.id, "data": None if args.data is None else str(args.data),
                    "rows": rows.n, "calibration_rows": rows.source,
-                   "in_sample_warning": rows.warning, **result.to_json()}
+                   "in_sample_warning": rows.warning, "route_drift_watch": watch,
+                   **result.to_json()}
         sys.stdout.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     if rows.warning is not None:
@@ -148,6 +154,10 @@ def run_suggest(args: argparse.Namespace, settings: Settings) -> int:
                                     f"scored as the router does (no slice)"))
     if args.out is not None:
         print(f"curve: {args.out}")
+    print(f"route drift watch ([routes.{args.route}]): expected_escalation = "
+          f"{watch['expected_escalation']!r}, expected_score_median = "
+          f"{watch['expected_score_median']!r} ({median.share:.1%} of the rows score at or "
+          f"above it)")
     print(f"set it live: curl -X PUT $GATEWAY/admin/routes/{args.route}/threshold "
           f"-H \"authorization: Bearer $ADMIN_KEY\" -d '{{\"threshold\": {chosen.threshold!r}}}'")
     return 0

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from canary.escalation import EscalationDrift, build_escalation_drift
 from canary.mirror import ShadowMirror
 from canary.monitor import CanaryMonitor
 from gateway.http.auth import KeyAuthenticator
@@ -42,6 +43,7 @@ class GatewayState:
     recorder: Recorder | None = None
     router: Router | None = None
     shadow: ShadowMirror | None = None
+    escalation_drift: EscalationDrift | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> GatewayState:
@@ -60,6 +62,9 @@ class GatewayState:
             serving.add_listener(recorder)
             telemetry.gauge("tiergate_record_queue_depth", lambda: {"": recorder.pending})
         canaries = CanaryMonitor(settings, registry, serving.dispatcher, telemetry)
+        drift = build_escalation_drift(settings.routes, settings.canary, telemetry)
+        if drift is not None:
+            serving.add_listener(drift)
         shadow = None
         if settings.shadow.mirrors:
             shadow = ShadowMirror(settings, registry, telemetry)
@@ -78,6 +83,7 @@ class GatewayState:
             router=router,
             shadow=shadow,
             canaries=canaries,
+            escalation_drift=drift,
         )
 
     async def start(self) -> None:
