@@ -5,7 +5,9 @@
 1. ``tiergate collect`` on ``reference-train.jsonl``: ref-small-int8 and ref-large answer every
    item (greedy, logprobs kept), the exact grader labels both -> training JSONL;
 2. ``tiergate verifier train --kind answer --recipe short`` -> a cascade verifier artifact;
-3. ``tiergate thresholds suggest --target-escalation 0.4`` on the training data -> threshold;
+3. ``tiergate thresholds suggest --target-escalation 0.4 --split validation`` -> threshold,
+   calibrated on the validation split of the training data (the rows the verifier never trained
+   on; the training rows themselves are refused), with its bootstrap interval;
 4. a gateway (``tiergate serve``) with the configured models and route ``auto`` = cascade with
    that artifact and threshold, on a free loopback port;
 5. the **held-out** task set (``reference-heldout.jsonl``, never used above) sent through the
@@ -177,12 +179,10 @@ def main(argv: list[str] | None = None) -> int:
                  "--out", str(data), "--concurrency", str(args.concurrency))
         tiergate("verifier", "train", "--data", str(data), "--kind", "answer", "--recipe",
                  "short", "--out", str(verifier))
-        tiergate("thresholds", "suggest", "--verifier", str(verifier), "--data", str(data),
-                 "--target-escalation", str(args.target_escalation), "--out",
-                 str(out / "thresholds.png"))
-        suggestion = json.loads(tiergate(
-            "thresholds", "suggest", "--verifier", str(verifier), "--data", str(data),
-            "--target-escalation", str(args.target_escalation), "--json", capture=True))
+        calibrate = ("thresholds", "suggest", "--verifier", str(verifier), "--data", str(data),
+                     "--split", "validation", "--target-escalation", str(args.target_escalation))
+        tiergate(*calibrate, "--out", str(out / "thresholds.png"))
+        suggestion = json.loads(tiergate(*calibrate, "--json", capture=True))
         threshold = float(suggestion["threshold"])
 
     manifest = json.loads((verifier / "manifest.json").read_text(encoding="utf-8"))

@@ -42,7 +42,9 @@ class Alert:
     run_id: str | None = None
     source: str = "canary"
     """``canary`` (a canary run), ``shadow`` (mirrored traffic), ``tuple`` (the served model
-    tuple differs from the pinned one), ``operator`` (an ack), ``registry`` (a stale tuple)."""
+    tuple differs from the pinned one), ``operator`` (an ack), ``registry`` (a stale tuple),
+    ``escalation`` (a route's routing decisions drifted from its calibration; ``model`` is then
+    the route)."""
     rollback_to: str | None = None
     """The pinned version traffic now goes to, when rollback is on."""
     acknowledged_by: str | None = None

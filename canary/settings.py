@@ -70,6 +70,12 @@ class CanarySettings(Section):
     """The ``webhook`` sink's URL: each alert is POSTed there as JSON."""
     webhook_timeout_s: float = Field(default=5.0, gt=0)
     """The ``webhook`` sink's timeout per POST (a failed POST is logged, never retried)."""
+    escalation_shift: float = Field(default=0.1, gt=0.0, lt=1.0)
+    """Escalation drift (routes with ``expected_escalation`` / ``expected_score_median``): the
+    shift of the escalation share (and of the share of scores above the calibration median)
+    the sequential test is tuned to detect (``canary/escalation.py``)."""
+    escalation_false_alarm_every: float = Field(default=100_000.0, ge=1.0)
+    """Escalation drift: decisions of a route between false alarms, at least, on average."""
     models: dict[str, CanaryModelSettings] = Field(default_factory=dict)
     """Per model: its set, pinned version, rollback and shadow share (``[canary.models.NAME]``).
     A model not listed uses the defaults above and has no rollback."""

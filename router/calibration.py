@@ -16,6 +16,13 @@ sides they are closest to. :func:`suggest` picks the point for a target:
 - ``pgr`` ``p``: the least escalation whose PGR ``(acc - acc_small) / (acc_large - acc_small)``
   reaches ``p``.
 
+**The promise and its uncertainty.** The chosen point is what the threshold did on these rows;
+:func:`bootstrap` resamples the rows (with replacement, the threshold fixed) and gives the
+percentile interval of its escalation share, accuracy and PGR: what the threshold can be
+expected to do on traffic like these rows. The rows must be ones the verifier never trained on
+(``tiergate thresholds suggest`` picks them, see :mod:`verifiers.holdout`): on its own training
+rows a verifier looks better than it is, and so does every threshold chosen there.
+
 **Cost model.** One small call costs 1, one large call ``ratio`` (e.g. the ratio of their
 per-request price or GPU time). A ``prompt`` route pays ``(1 - s) + s * ratio`` per request at
 escalation share ``s``; a ``cascade`` pays ``1 + s * ratio`` (the small model answers every
@@ -179,6 +186,72 @@ def suggest(points: Sequence[OperatingPoint], *, escalation: float | None = None
     return min(reached, key=lambda p: (p.escalated, -p.accuracy))
 
 
+def measure(scores: Sequence[float], small_correct: Sequence[bool],
+            large_correct: Sequence[bool], threshold: float, cost: CostModel) -> OperatingPoint:
+    """What a given threshold does on labelled rows (the point it selects)."""
+    score = np.asarray(scores, dtype=np.float64)
+    small = np.asarray(small_correct, dtype=np.float64)
+    large = np.asarray(large_correct, dtype=np.float64)
+    n = len(score)
+    if n == 0 or len(small) != n or len(large) != n:
+        raise CalibrationError("scores and labels need the same non-zero length")
+    escalate = score >= threshold
+    count = int(escalate.sum())
+    accuracy = float(np.where(escalate, large, small).mean())
+    gap = float(large.mean() - small.mean())
+    pgr = (accuracy - float(small.mean())) / gap if gap != 0 else None
+    return OperatingPoint(threshold, count, n, accuracy, pgr, cost.relative(count / n))
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """Percentile bootstrap intervals of one threshold's figures (rows resampled)."""
+
+    confidence: float
+    resamples: int
+    share: tuple[float, float]
+    accuracy: tuple[float, float]
+    pgr: tuple[float, float] | None
+    """``None`` when PGR is undefined in too many resamples (equal accuracies)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"confidence": self.confidence, "resamples": self.resamples,
+                "share": list(self.share), "accuracy": list(self.accuracy),
+                "pgr": None if self.pgr is None else list(self.pgr)}
+
+
+def bootstrap(scores: Sequence[float], small_correct: Sequence[bool],
+              large_correct: Sequence[bool], threshold: float, *, resamples: int = 1000,
+              confidence: float = 0.95, seed: int = 0) -> Interval:
+    """Intervals of the escalation share, accuracy and PGR at ``threshold`` (deterministic:
+    ``seed``)."""
+    if resamples < 2 or not 0.0 < confidence < 1.0:
+        raise CalibrationError("the bootstrap needs >= 2 resamples and a confidence in (0, 1)")
+    score = np.asarray(scores, dtype=np.float64)
+    small = np.asarray(small_correct, dtype=np.float64)
+    large = np.asarray(large_correct, dtype=np.float64)
+    n = len(score)
+    if n == 0 or len(small) != n or len(large) != n:
+        raise CalibrationError("scores and labels need the same non-zero length")
+    rows = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    escalate = (score >= threshold)[rows]
+    picked_small, picked_large = small[rows], large[rows]
+    share = escalate.mean(axis=1)
+    accuracy = np.where(escalate, picked_large, picked_small).mean(axis=1)
+    gap = picked_large.mean(axis=1) - picked_small.mean(axis=1)
+    defined = gap != 0
+    tail = 100 * (1 - confidence) / 2
+
+    def bounds(values: np.ndarray[Any, np.dtype[np.float64]]) -> tuple[float, float]:
+        low, high = np.percentile(values, [tail, 100 - tail])
+        return float(low), float(high)
+
+    pgr = None
+    if defined.mean() >= confidence:
+        pgr = bounds((accuracy[defined] - picked_small.mean(axis=1)[defined]) / gap[defined])
+    return Interval(confidence, resamples, bounds(share), bounds(accuracy), pgr)
+
+
 @dataclass(frozen=True, slots=True)
 class Suggestion:
     chosen: OperatingPoint
@@ -187,11 +260,13 @@ class Suggestion:
     acc_large: float
     cost: CostModel
     target: dict[str, float]
+    interval: Interval | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"threshold": self.chosen.threshold, "chosen": self.chosen.to_json(),
                 "target": self.target, "acc_small": self.acc_small,
                 "acc_large": self.acc_large,
+                "interval": None if self.interval is None else self.interval.to_json(),
                 "cost_model": {"mode": self.cost.mode, "ratio": self.cost.ratio,
                                "always_small": 1.0 / self.cost.ratio, "always_large": 1.0},
                 "points": [p.to_json() for p in self.points]}
@@ -201,6 +276,7 @@ def format_suggestion(suggestion: Suggestion, title: str) -> str:
     cost = suggestion.cost
     chosen = suggestion.chosen
     small_cost = 1.0 / cost.ratio
+    label = "measured" if "threshold" in suggestion.target else "suggested"
     lines = [title, f"cost model: {cost.describe()}",
              f"{'':<24}{'threshold':>10}{'escalated':>11}{'accuracy':>10}{'PGR':>7}"
              f"{'cost vs always-large':>22}",
@@ -208,11 +284,21 @@ def format_suggestion(suggestion: Suggestion, title: str) -> str:
              f"{0.0:>7.2f}{small_cost:>22.1%}",
              f"{'always-large':<24}{'-':>10}{1.0:>11.1%}{suggestion.acc_large:>10.1%}"
              f"{1.0:>7.2f}{1.0:>22.1%}",
-             f"{'suggested':<24}{chosen.threshold:>10g}{chosen.share:>11.1%}"
+             f"{label:<24}{chosen.threshold:>10g}{chosen.share:>11.1%}"
              f"{chosen.accuracy:>10.1%}"
              f"{'-' if chosen.pgr is None else format(chosen.pgr, '.2f'):>7}"
              f"{chosen.cost:>22.1%}"]
     target = ", ".join(f"{k} {v:g}" for k, v in suggestion.target.items())
     lines.append(f"target {target}: escalate when score >= {chosen.threshold:g} "
                  f"({chosen.escalated} of {chosen.n} rows)")
+    interval = suggestion.interval
+    if interval is not None:
+        pgr = ("" if interval.pgr is None or chosen.pgr is None else
+               f", PGR {chosen.pgr:.2f} [{interval.pgr[0]:.2f}, {interval.pgr[1]:.2f}]")
+        lines.append(
+            f"promise ({interval.confidence:.0%} bootstrap interval, {interval.resamples} "
+            f"resamples of the {chosen.n} rows): escalated {chosen.share:.1%} "
+            f"[{interval.share[0]:.1%}, {interval.share[1]:.1%}], accuracy "
+            f"{chosen.accuracy:.1%} [{interval.accuracy[0]:.1%}, {interval.accuracy[1]:.1%}]"
+            f"{pgr}")
     return "\n".join(lines)

@@ -33,6 +33,13 @@ class RouteSettings(Section):
     """Load the verifier without ``verifier_sha256`` (development only; warned at start)."""
     threshold: float = 0.5
     """Escalate when the verifier's score >= threshold (changed live by the admin API)."""
+    expected_escalation: float | None = Field(default=None, ge=0.0, le=1.0)
+    """The escalation share ``threshold`` was calibrated for (``tiergate thresholds suggest``
+    prints it): the gateway then watches the live share and alerts on a sustained shift
+    (escalation drift, ``canary/escalation.py``)."""
+    expected_score_median: float | None = None
+    """The median routing score of the calibration rows (``thresholds suggest`` prints it): the
+    gateway then watches the share of live scores at or above it (50 % expected)."""
 
     @field_validator("mode")
     @classmethod

@@ -65,9 +65,12 @@ def library_versions() -> dict[str, str]:
 def save_artifact(out: Path, spec: VerifierSpec, state: State, *,
                   training: Mapping[str, Any], validation: Mapping[str, Any] | None = None,
                   created: datetime | None = None,
-                  extractors: Sequence[NumericExtractor] | None = None) -> Verifier:
+                  extractors: Sequence[NumericExtractor] | None = None,
+                  calibration: Mapping[str, Any] | None = None) -> Verifier:
     """Write ``out/model.skops`` and ``out/manifest.json``; returns the verifier as loaded
-    (``extractors``: the spec's, when already built)."""
+    (``extractors``: the spec's, when already built; ``calibration``: the entry of the
+    cross-fitted calibration scores already written next to it, see
+    :mod:`verifiers.holdout`)."""
     import skops.io
 
     out.mkdir(parents=True, exist_ok=True)
@@ -101,6 +104,7 @@ def save_artifact(out: Path, spec: VerifierSpec, state: State, *,
         "embedding_models": embedding_requirements(spec),
         "training": dict(training),
         "validation": dict(validation) if validation is not None else None,
+        **({"calibration": dict(calibration)} if calibration is not None else {}),
         "libraries": library_versions(),
         "created": (created or datetime.now(UTC)).isoformat(timespec="seconds"),
     }

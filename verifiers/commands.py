@@ -41,6 +41,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     train.add_argument("--validation", type=Path,
                        help="held-out JSONL (default: the prompt-hash validation split of "
                             "--data)")
+    train.add_argument("--refit", action="store_true",
+                       help="after validating, score every row out of fold (stored as the "
+                            "calibration scores of `thresholds suggest`) and refit on all rows")
+    train.add_argument("--folds", type=int, default=5,
+                       help="with --refit: cross-fitting folds, by prompt hash (5)")
     train.add_argument("--strict", action="store_true", help="fail on the first bad row")
     train.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads (1)")
     train.set_defaults(handler=run_train, reads_settings=False)
@@ -53,6 +58,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                           help="rows of --data to use, by the prompt-hash split (all)")
     evaluate.add_argument("--no-slices", action="store_true",
                           help="score as if requests carried no slice label")
+    evaluate.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                          help="paired-bootstrap resamples for the intervals against the "
+                               "trivial baselines (1000; 0: none)")
     evaluate.add_argument("--out", type=Path, help="write summary/curve/slices CSV + PNG here")
     evaluate.add_argument("--strict", action="store_true", help="fail on the first bad row")
     evaluate.set_defaults(handler=run_eval, reads_settings=False)
@@ -90,7 +98,8 @@ def run_train(args: argparse.Namespace, settings: object) -> int:
         with threadpool_limits(limits=max(1, args.threads)):
             result = train_artifact(args.data, args.kind, args.out, target=args.target,
                                     validation_data=args.validation, strict=args.strict,
-                                    recipe=args.recipe, embeddings=args.embeddings)
+                                    recipe=args.recipe, embeddings=args.embeddings,
+                                    refit=args.refit, folds=args.folds)
     except (VerifierError, OSError) as exc:
         return _fail(exc)
     _problems(result.problems)
@@ -104,6 +113,10 @@ def run_train(args: argparse.Namespace, settings: object) -> int:
                             f"validation ({result.validation.n} rows of {args.validation})"))
     else:
         print("no validation rows: the manifest carries no validation metrics")
+    if result.refit_rows is not None:
+        print(f"refitted on all {result.refit_rows} rows (the figures above are the model's "
+              f"before the refit); {args.folds}-fold cross-fitted scores of every row stored "
+              f"for `tiergate thresholds suggest --verifier {args.out}`")
     return 0
 
 
@@ -121,9 +134,11 @@ def run_eval(args: argparse.Namespace, settings: object) -> int:
             examples = train if args.split == "train" else validation
         if not examples:
             raise VerifierError(f"{args.data}: no rows in the {args.split} split")
+        if args.bootstrap < 0 or args.bootstrap == 1:
+            raise VerifierError("--bootstrap takes 0 (no intervals) or at least 2 resamples")
         print(f"scoring {len(examples)} rows with {verifier.id} ...", file=sys.stderr, flush=True)
         report = evaluate(verifier, examples, name=verifier.id or "verifier",
-                          use_slices=not args.no_slices)
+                          use_slices=not args.no_slices, bootstrap=args.bootstrap)
     except (VerifierError, OSError) as exc:
         return _fail(exc)
     _problems(dataset.problems)

@@ -30,6 +30,8 @@ from verifiers.errors import DataFormatError
 Split = Literal["train", "validation"]
 VALIDATION_BUCKETS = 2
 """A prompt is in the validation split when ``int(sha256(prompt), 16) % 10 < 2`` (about 20 %)."""
+SPLIT_RULE = "validation when int(sha256(prompt), 16) % 10 < 2, else train"
+"""The split, in the words a manifest records it with (``training.split``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,14 @@ Routers compared on the same rows:
 - ``prompt-length``: escalate the longest prompts first;
 - ``small-confidence``: escalate the answers with the lowest mean token logprob (only when every
   row's small answer carries logprobs);
+- ``slice-prior``: escalate by the slice's escalation gain, leave-one-out (only when the rows
+  carry at least two slices; :func:`verifiers.significance.slice_prior`);
 - ``oracle``: escalate exactly where the large model is right and the small one wrong first,
   and where only the small one is right last.
+
+With ``bootstrap`` resamples, the verifier's APGR is compared with each trivial baseline
+(``prompt-length``, ``slice-prior``, ``small-confidence``) by a paired bootstrap
+(:mod:`verifiers.significance`), and the report says when it is not significantly better.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from verifiers.metrics import (
     summarize,
 )
 from verifiers.scoring import Verifier
+from verifiers.significance import Comparison, paired_bootstrap, slice_prior
 
 MIN_SLICE_ROWS = 20
 
@@ -61,6 +68,8 @@ class EvalReport:
     notes: list[str] = field(default_factory=list)
     reliability: tuple[FloatArray, FloatArray, FloatArray] | None = None
     """Per probability bin: mean predicted P(small wrong), observed rate, row count."""
+    comparisons: list[Comparison] = field(default_factory=list)
+    """The verifier against each trivial baseline (paired bootstrap of the APGR difference)."""
 
     def router(self, name: str) -> RouterSummary:
         for summary in self.routers:
@@ -81,8 +90,10 @@ def labels_of(examples: Sequence[Example]) -> tuple[FloatArray, FloatArray]:
 
 
 def evaluate(verifier: Verifier, examples: Sequence[Example], *, name: str = "verifier",
-             use_slices: bool = True, min_slice_rows: int = MIN_SLICE_ROWS) -> EvalReport:
-    """Score ``examples`` with ``verifier`` and compare it with every baseline."""
+             use_slices: bool = True, min_slice_rows: int = MIN_SLICE_ROWS,
+             bootstrap: int = 0) -> EvalReport:
+    """Score ``examples`` with ``verifier`` and compare it with every baseline (with
+    ``bootstrap`` resamples: paired intervals against the trivial ones)."""
     if not examples:
         raise DataFormatError("no rows to evaluate")
     items = [e.input for e in examples]
@@ -90,16 +101,22 @@ def evaluate(verifier: Verifier, examples: Sequence[Example], *, name: str = "ve
         items = [replace(item, slice=None) for item in items]
     predictions = verifier.predict_batch(items)
     return evaluate_scores(examples, predictions.score, predictions.p_small_wrong, name=name,
-                           min_slice_rows=min_slice_rows)
+                           min_slice_rows=min_slice_rows, bootstrap=bootstrap)
+
+
+TRIVIAL = ("prompt-length", "slice-prior", "small-confidence")
+"""The baselines a verifier must beat to be worth its cost."""
 
 
 def evaluate_scores(examples: Sequence[Example], scores: FloatArray,
                     p_small_wrong: FloatArray | None = None, *, name: str = "verifier",
-                    min_slice_rows: int = MIN_SLICE_ROWS) -> EvalReport:
+                    min_slice_rows: int = MIN_SLICE_ROWS, bootstrap: int = 0) -> EvalReport:
     small, large = labels_of(examples)
     report = EvalReport(name, len(examples), [], {})
+    values_of: dict[str, FloatArray] = {}
 
     def add(router: str, values: FloatArray, probabilities: FloatArray | None = None) -> None:
+        values_of[router] = values
         summary, curve = summarize(router, values, small, large)
         if probabilities is not None:
             ece_summary, _ = summarize(router, probabilities, small, large, probabilities=True)
@@ -122,6 +139,9 @@ def evaluate_scores(examples: Sequence[Example], scores: FloatArray,
     else:
         report.notes.append("small-confidence baseline skipped: the small answers carry no "
                             "token logprobs")
+    prior = slice_prior(examples)
+    if prior is not None:
+        add("slice-prior", prior)
     add("oracle", large - small)
     if p_small_wrong is not None:
         report.reliability = reliability(p_small_wrong, 1.0 - small)
@@ -130,6 +150,12 @@ def evaluate_scores(examples: Sequence[Example], scores: FloatArray,
     if math.isnan(report.routers[0].apgr):
         report.notes.append("PGR is undefined: the small and large models are equally accurate "
                             "on these rows")
+    elif bootstrap:
+        for baseline in TRIVIAL:
+            if baseline in values_of:
+                report.comparisons.append(paired_bootstrap(
+                    name, values_of[name], baseline, values_of[baseline], small, large,
+                    resamples=bootstrap))
     return report
 
 
@@ -200,6 +226,15 @@ def format_report(report: EvalReport, title: str | None = None) -> str:
                          f"{_fmt(row.acc_large, True):>8}{_fmt(row.apgr):>8}"
                          f"{_fmt(row.cpt50, True):>8}{_fmt(row.auc):>8}"
                          f"{_fmt(row.oracle_apgr):>8}")
+    if report.comparisons:
+        lines.append("")
+        lines.append(f"against the trivial baselines (APGR difference, "
+                     f"{report.comparisons[0].confidence:.0%} paired bootstrap interval):")
+        lines += [f"  {c.describe()}" for c in report.comparisons]
+        weak = [c.baseline for c in report.comparisons if not c.significant]
+        if weak:
+            lines.append(f"  => {report.name} is NOT significantly better than "
+                         f"{', '.join(weak)} on these {report.n} rows")
     lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines)
 
@@ -227,6 +262,14 @@ def write_csv(report: EvalReport, out: Path) -> list[Path]:
             writer.writerow([k, _cell(first.share[k]),
                              *(_cell(report.curves[n].accuracy[k]) for n in names),
                              *(_cell(report.curves[n].pgr[k]) for n in names)])
+    if report.comparisons:
+        paths.append(out / "comparisons.csv")
+        with paths[-1].open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            rows_out = [c.row() for c in report.comparisons]
+            writer.writerow(list(rows_out[0]))
+            for comparison in rows_out:
+                writer.writerow([_cell(v) for v in comparison.values()])
     paths.append(out / "slices.csv")
     with paths[-1].open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)

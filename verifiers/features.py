@@ -9,7 +9,7 @@ the prompt) and the slice one-hot are fitted state and live in :mod:`verifiers.m
 name                  needs   features
 ====================  ======  ======================================================================
 ``prompt_stats``      req.    length, numbers, multiple-choice options, negations, maths symbols
-``answer_stats``      answer  length, steps, final-answer marker / form, hedging, number provenance
+``answer_stats``      answer  length, steps, final-answer ending / form, hedging, number provenance
 ``arithmetic``        answer  re-computed ``a op b = c`` steps: checked, wrong, non-integer results
 ``logprobs``          answer  mean / min / p10 token logprob, unlikely-token share, entropy, margin
 ``prompt_shape``      req.    digit / letter runs, operator symbols (:mod:`verifiers.shape`)
@@ -32,6 +32,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol
 
+from verifiers.answers import find_final
 from verifiers.arithmetic import NUMBER, check_steps, close, final_answer, numbers_in, parse_number
 from verifiers.data import VerifierInput
 from verifiers.embeddings import AnswerEmbedding, PromptEmbedding
@@ -115,6 +116,12 @@ def prompt_quantities(text: str) -> list[tuple[float, ...]]:
 class AnswerStats:
     """How the answer is written: final answer form, steps, hedging, where its numbers come from.
 
+    ``version`` picks how the final answer is found: 1 (the first feature set, kept so that
+    artifacts trained with it score as they did) knows only ``####`` and "The answer is", and
+    calls any other ending that lacks closing punctuation truncated; 2 reads every ending of
+    :mod:`verifiers.answers` (``\\boxed{}``, "Final answer:", "So ... is N", a bare number) and
+    never takes a recognised ending for a truncation.
+
     ``answer_prompt_coverage`` is the share of the prompt's numbers that the answer uses (a
     missed quantity is a classic slip); ``answer_unexplained_operands`` the share of operands in
     its equations that are neither in the prompt, nor results of earlier steps, nor a common
@@ -129,6 +136,18 @@ class AnswerStats:
         "answer_hedges", "answer_truncated", "answer_prompt_coverage", "answer_unused_quantities",
         "answer_unexplained_operands", "answer_final_log_ratio", "answer_steps_per_quantity",
     )
+    VERSIONS: ClassVar[tuple[int, ...]] = (1, 2)
+
+    def __init__(self, version: int = 1) -> None:
+        if version not in self.VERSIONS:
+            raise SpecError(f"answer_stats version {version!r} is unknown (1, 2)")
+        self.version = version
+
+    def _final(self, text: str) -> float | None:
+        if self.version == 1:
+            return final_answer(text)
+        found = find_final(text)
+        return None if found is None else found.value
 
     def values(self, item: VerifierInput) -> list[float]:
         if item.answer is None:
@@ -136,7 +155,7 @@ class AnswerStats:
         text = item.answer.text
         stripped = text.strip()
         lines = [line for line in stripped.splitlines() if _STEP_LINE.search(line)]
-        final = final_answer(text)
+        final = self._final(text)
         quantities = prompt_quantities(item.prompt)
         given = [value for quantity in quantities for value in quantity]
         answer_numbers = numbers_in(text)
@@ -156,7 +175,8 @@ class AnswerStats:
                              for v in quantity) for quantity in quantities)
         magnitude = max((abs(g) for g in given), default=1.0)
         ratio = math.log10((abs(final) + 1.0) / (magnitude + 1.0)) if final is not None else 0.0
-        truncated = not marker and not stripped.endswith((".", "!", ")", "*")) and bool(stripped)
+        closing = (".", "!", ")", "*") if self.version == 1 else (".", "!", "?", ")", "*", "}")
+        truncated = not marker and not stripped.endswith(closing) and bool(stripped)
         return [1.0, _log1p(len(text)), float(len(lines)), float(marker), float(integer),
                 float(final is not None and final < 0), decimals, float(in_prompt),
                 float(is_last), float(mentions), float(len(_HEDGE.findall(text))),
@@ -165,7 +185,7 @@ class AnswerStats:
                 ratio, check.steps / max(len(quantities), 1)]
 
     def params(self) -> dict[str, Any]:
-        return {}
+        return {} if self.version == 1 else {"version": self.version}
 
 
 class ArithmeticFeatures:

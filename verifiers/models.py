@@ -18,7 +18,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import sparse  # type: ignore[import-untyped, unused-ignore]
 
-from verifiers.data import VerifierInput
+from verifiers.answers import augment_style, rewrite_final
+from verifiers.data import Answer, VerifierInput
 from verifiers.errors import SpecError
 from verifiers.features import NumericExtractor, build_extractor
 from verifiers.spec import HeadSpec, TextSpec, VerifierSpec
@@ -358,25 +359,37 @@ def fit_state(spec: VerifierSpec, items: Sequence[VerifierInput], labels: Labels
     With ``spec.slice_dropout`` every row that has a slice is used twice, once with and once
     without it, so the text features learn to stand in for a missing slice label; the two
     copies always fall in the same cross-validation fold (numeric features never read the
-    slice, so a copy's are its original's). ``extractors``: the spec's, when already built
-    (an embedding block loads a model).
+    slice, so a copy's are its original's). With ``spec.answer_formats`` = ``k``, every row
+    whose answer has a recognised final-answer ending (:mod:`verifiers.answers`) is also used
+    with that ending rewritten in ``k`` other styles (same labels, same fold), so no feature
+    keys on one model's way of ending its answers. ``extractors``: the spec's, when already
+    built (an embedding block loads a model).
     """
     if len(items) != len(labels.small_wrong):
         raise SpecError("inputs and labels differ in length")
     if extractors is None:
         extractors = extractors_of(spec)
+    groups = np.arange(len(items))
+    small_wrong, large_right = labels.small_wrong, labels.large_right
+    if spec.answer_formats:
+        sources, rewritten = augment_answers(items, spec.answer_formats)
+        if sources:
+            picked = np.array(sources, dtype=np.int64)
+            items = [*items, *rewritten]
+            groups = np.concatenate([groups, picked])
+            small_wrong = np.concatenate([small_wrong, small_wrong[picked]])
+            if large_right is not None:
+                large_right = np.concatenate([large_right, large_right[picked]])
     raw = raw_numeric(extractors, items)
     featurizer = fit_featurizer(spec, items, extractors, raw)
     rows = list(items)
-    groups = np.arange(len(items))
-    small_wrong, large_right = labels.small_wrong, labels.large_right
     if spec.slice_dropout:
         copies = np.array([i for i, item in enumerate(items) if item.slice is not None],
                           dtype=np.int64)
         if len(copies):
             rows += [replace(items[i], slice=None) for i in copies]
             raw = np.concatenate([raw, raw[copies]])
-            groups = np.concatenate([groups, copies])
+            groups = np.concatenate([groups, groups[copies]])
             small_wrong = np.concatenate([small_wrong, small_wrong[copies]])
             if large_right is not None:
                 large_right = np.concatenate([large_right, large_right[copies]])
@@ -388,6 +401,31 @@ def fit_state(spec: VerifierSpec, items: Sequence[VerifierInput], labels: Labels
                             "(or train with target 'small-wrong')")
         heads["large"] = fit_head(spec.large, blocks, large_right, "large", groups)
     return {"format": STATE_FORMAT, "featurizer": featurizer, "heads": heads}
+
+
+def augment_answers(items: Sequence[VerifierInput], copies: int
+                    ) -> tuple[list[int], list[VerifierInput]]:
+    """For each item whose answer has a recognised ending, ``copies`` rewrites of it in
+    distinct other styles (drawn by prompt hash): ``(source indices, rewritten items)``."""
+    sources: list[int] = []
+    rewritten: list[VerifierInput] = []
+    for index, item in enumerate(items):
+        if item.answer is None:
+            continue
+        seen = {item.answer.text}
+        for attempt in range(4 * copies):
+            if len(seen) > copies:
+                break
+            text = rewrite_final(item.answer.text, augment_style(item.prompt, attempt))
+            if text is None:
+                break
+            if text in seen:
+                continue
+            seen.add(text)
+            sources.append(index)
+            # token logprobs belong to the original text: a rewritten answer carries none
+            rewritten.append(replace(item, answer=Answer(text)))
+    return sources, rewritten
 
 
 @dataclass(frozen=True, slots=True)

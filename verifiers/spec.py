@@ -103,6 +103,9 @@ class VerifierSpec:
     large: HeadSpec | None = field(default_factory=HeadSpec)
     slice_dropout: bool = True
     """Train on every sliced row twice, with and without its slice (see models.fit_state)."""
+    answer_formats: int = 0
+    """Answer verifiers: train on each answer also with its final-answer ending rewritten in
+    this many other styles (see models.fit_state and :mod:`verifiers.answers`)."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -119,6 +122,10 @@ class VerifierSpec:
         for name, params in self.extractors:
             if name in EMBEDDINGS:
                 model_entry(str(params.get("model", DEFAULT_MODEL)))  # known, or SpecError
+        if not isinstance(self.answer_formats, int) or self.answer_formats < 0:
+            raise SpecError(f"answer_formats must be a count >= 0, got {self.answer_formats!r}")
+        if self.answer_formats and self.kind != "answer":
+            raise SpecError("answer_formats (rewritten answer endings) needs an answer verifier")
         self.small.check(self.kind, names)
         if self.target == "gain":
             if self.large is None:
@@ -147,7 +154,8 @@ class VerifierSpec:
                                for name, params in self.extractors],
                 "small": head(self.small),
                 "large": head(self.large) if self.target == "gain" else None,
-                "slice_dropout": self.slice_dropout}
+                "slice_dropout": self.slice_dropout,
+                **({"answer_formats": self.answer_formats} if self.answer_formats else {})}
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> VerifierSpec:
@@ -164,13 +172,17 @@ class VerifierSpec:
                        extractors=tuple((e["name"], dict(e["params"]))
                                         for e in obj["extractors"]),
                        small=head(obj["small"]) or HeadSpec(), large=head(obj.get("large")),
-                       slice_dropout=bool(obj.get("slice_dropout", False)))
+                       slice_dropout=bool(obj.get("slice_dropout", False)),
+                       answer_formats=int(obj.get("answer_formats", 0)))
         except (KeyError, TypeError) as exc:
             raise SpecError(f"invalid verifier spec: {exc!r}") from exc
 
 
 ANSWER_EXTRACTORS: tuple[tuple[str, Mapping[str, Any]], ...] = (
-    ("prompt_stats", {}), ("answer_stats", {}), ("arithmetic", {}), ("logprobs", {}))
+    ("prompt_stats", {}), ("answer_stats", {"version": 2}), ("arithmetic", {}),
+    ("logprobs", {}))
+ANSWER_FORMATS = 1
+"""Rewritten endings per training answer in the ``default`` answer preset."""
 
 
 SHORT_PROMPT = ("prompt_stats", "prompt_shape")
@@ -210,7 +222,8 @@ def preset(kind: Kind, target: Target = "gain", recipe: str = "default") -> Veri
             small=HeadSpec(model="stacked", text=("answer",), slice=True, numeric=names,
                            params={"C": 0.1, "text_C": 1.0, "folds": 5}),
             large=HeadSpec(model="linear", text=("prompt",), slice=True,
-                           numeric=("prompt_stats",), params={"C": 0.5}))
+                           numeric=("prompt_stats",), params={"C": 0.5}),
+            answer_formats=ANSWER_FORMATS)
     return spec if target == "gain" else replace(spec, large=None)
 
 

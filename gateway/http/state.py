@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from canary.escalation import EscalationDrift, build_escalation_drift
 from canary.mirror import ShadowMirror
 from canary.monitor import CanaryMonitor
 from gateway.governance.registry import TupleRegistry
@@ -50,6 +51,7 @@ class GatewayState:
     router: Router | None = None
     shadow: ShadowMirror | None = None
     loading: asyncio.Task[None] | None = None
+    escalation_drift: EscalationDrift | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> GatewayState:
@@ -71,6 +73,9 @@ class GatewayState:
         canaries = CanaryMonitor(settings, registry, serving.dispatcher, telemetry)
         tuples = TupleRegistry(settings, registry, telemetry)
         canaries.run_listeners.append(tuples.on_canary_run)
+        drift = build_escalation_drift(settings.routes, settings.canary, telemetry)
+        if drift is not None:
+            serving.add_listener(drift)
         shadow = None
         if settings.shadow.mirrors:
             shadow = ShadowMirror(settings, registry, telemetry)
@@ -90,6 +95,7 @@ class GatewayState:
             shadow=shadow,
             canaries=canaries,
             tuples=tuples,
+            escalation_drift=drift,
         )
 
     async def start(self, wait_for_models: bool = True) -> None:

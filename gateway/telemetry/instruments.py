@@ -99,6 +99,16 @@ class Telemetry:
                                                   "eval (tuples), requests they answered "
                                                   "(traffic), tuples with an owner (owners)",
                                                   "of"),
+            "tiergate_route_escalation_share": Gauge(
+                "tiergate_route_escalation_share",
+                "Share of a route's decisions escalated since its last drift alarm", "route"),
+            "tiergate_route_escalation_expected": Gauge(
+                "tiergate_route_escalation_expected",
+                "The escalation share a route's threshold was calibrated for", "route"),
+            "tiergate_route_drift_evidence": Gauge(
+                "tiergate_route_drift_evidence",
+                "Escalation drift evidence of a route: largest test statistic / alarm level "
+                "(1 alarms)", "route"),
         }
         metrics: list[Counter | Histogram | Gauge] = [
             self.requests, self.duration, self.ttft, self.tokens, self.escalations, self.shadow,

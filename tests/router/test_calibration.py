@@ -1,5 +1,6 @@
-"""Threshold calibration: the suggested threshold does on the data what it promises, with ties;
-``tiergate thresholds suggest`` prints, plots and fails with one-line errors."""
+"""Threshold calibration: the suggested threshold does on the data what it promises, with ties,
+and with a bootstrap interval; ``tiergate thresholds suggest`` calibrates on rows the verifier
+never trained on, prints, plots and fails with one-line errors."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from router.calibration import (
     CalibrationError,
     CostModel,
     OperatingPoint,
+    bootstrap,
     check_target,
+    measure,
     operating_points,
     suggest,
 )
@@ -212,3 +215,71 @@ def test_cli_needs_exactly_one_target(targets: list[str], tmp_path: Path,
               *targets])
     assert exit_info.value.code == 2
     assert "--target-escalation" in capsys.readouterr().err
+
+
+def test_bootstrap_interval_brackets_the_point_and_narrows_with_rows() -> None:
+    scores, small, large = labelled(3, n=400)
+    point = measure(scores, small, large, 0.5, CASCADE)
+    wide = bootstrap(scores[:80], small[:80], large[:80], 0.5)
+    narrow = bootstrap(scores, small, large, 0.5)
+    assert narrow.share[0] <= point.share <= narrow.share[1]
+    assert narrow.accuracy[0] <= point.accuracy <= narrow.accuracy[1]
+    assert narrow.share[1] - narrow.share[0] < wide.share[1] - wide.share[0]
+    assert bootstrap(scores, small, large, 0.5) == narrow  # seeded: the same every time
+    with pytest.raises(CalibrationError, match="resamples"):
+        bootstrap(scores, small, large, 0.5, resamples=1)
+
+
+@pytest.fixture(scope="module")
+def trained_here(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A short-recipe verifier trained on reference-style rows, and its training file."""
+    directory = tmp_path_factory.mktemp("trained")
+    data = write_rows(directory / "pairs.jsonl", n=200)
+    out = directory / "verifier"
+    assert main(["verifier", "train", "--data", str(data), "--kind", "answer", "--recipe",
+                 "short", "--out", str(out)]) == 0
+    return out, data
+
+
+def test_cli_calibrates_on_the_validation_split_of_the_training_file(
+        trained_here: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    verifier, data = trained_here
+    capsys.readouterr()
+    assert main(["thresholds", "suggest", "--verifier", str(verifier), "--data", str(data),
+                 "--target-escalation", "0.4", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    validation = read_examples(data).split()[1]
+    assert payload["rows"] == len(validation) < 200
+    assert "validation split" in payload["calibration_rows"]
+    low, high = payload["interval"]["share"]
+    assert low <= payload["chosen"]["share"] <= high
+
+
+def test_cli_refuses_training_rows_unless_allowed(trained_here: tuple[Path, Path],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    verifier, data = trained_here
+    capsys.readouterr()
+    argv = ["thresholds", "suggest", "--verifier", str(verifier), "--data", str(data),
+            "--target-escalation", "0.4", "--split", "all"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "training data" in err and "--allow-in-sample" in err and "\n" not in err
+    assert main([*argv, "--allow-in-sample"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("WARNING: ") and "WARNING: in-sample" in captured.out
+
+
+def test_cli_measures_a_given_threshold(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_rows(tmp_path / "rows.jsonl")
+    assert main(["thresholds", "suggest", "--verifier", str(REF_AUTO), "--data", str(data),
+                 "--threshold", "0.2", "--bootstrap", "0", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    verifier = load_artifact(REF_AUTO)
+    rows = read_examples(data).examples
+    scores = [verifier.score(VerifierInput(r.prompt, r.small, None)) for r in rows]
+    share, accuracy = applied(0.2, scores, [r.small_correct for r in rows],
+                              [bool(r.large_correct) for r in rows])
+    assert payload["threshold"] == 0.2 and payload["interval"] is None
+    assert (payload["chosen"]["share"], payload["chosen"]["accuracy"]) == \
+        pytest.approx((share, accuracy))
