@@ -91,9 +91,12 @@ def run_suggest(args: argparse.Namespace, settings: Settings) -> int:
         verifier = load_artifact(args.verifier)
         rows = calibration_rows(args.verifier, verifier.manifest, args.data, args.split,
                                 args.allow_in_sample)
+        if rows.warning is not None:  # before the slow part, not after it
+            print(f"WARNING: {rows.warning}", file=sys.stderr)
         small, large = rows.small, rows.large
-        check_target(small.astype(bool).tolist(), large.astype(bool).tolist(),
-                     escalation=args.target_escalation, pgr=args.target_pgr)
+        if args.threshold is None:
+            check_target(small.astype(bool).tolist(), large.astype(bool).tolist(),
+                         escalation=args.target_escalation, pgr=args.target_pgr)
         if rows.scores is not None:
             scores = rows.scores.tolist()
         else:
@@ -124,8 +127,6 @@ def run_suggest(args: argparse.Namespace, settings: Settings) -> int:
             resamples=args.bootstrap)
     except (VerifierError, CalibrationError, OSError) as exc:
         return _fail(exc)
-    if rows.warning is not None:
-        print(f"WARNING: {rows.warning}", file=sys.stderr)
     target = ({"escalation": args.target_escalation} if args.target_escalation is not None
               else {"pgr": args.target_pgr} if args.target_pgr is not None
               else {"threshold": args.threshold})
