@@ -402,6 +402,14 @@ def tiergate_config(work: Path, upstream: str, pace_ms: int, records: str) -> Pa
     })
 
 
+def ungated(work: Path) -> dict[str, str]:
+    """The fixed-response upstream's models carry no validating eval: served with a warning
+    (an environment variable, not the shared file: a --baseline build may not know the
+    ``[governance]`` section). The gates cost nothing per request either way."""
+    return {"TIERGATE_GOVERNANCE__UNGATED": "warn",
+            "TIERGATE_GOVERNANCE__HISTORY_PATH": str(work / "registry.sqlite3")}
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sequential", type=int, default=2000,
@@ -475,7 +483,7 @@ def main() -> int:
         config = tiergate_config(work, upstream.url, args.pace_ms, args.records)
         gateway = start_server([python, "-m", "gateway", "serve", "--config", str(config),
                                 "--port", str(gw_port), "--workers", str(args.workers)],
-                               gw_port, work / "gateway.log")
+                               gw_port, work / "gateway.log", env=ungated(work))
         servers.append(gateway)
         targets = {"direct": Target(direct.url, direct.process.pid),
                    "floor": Target(floor.url, floor.process.pid),

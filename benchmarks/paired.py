@@ -67,6 +67,9 @@ def start_gateway(directory: Path, name: str, upstream: ServerProcess,
         "records": {"sink": "none"},
         "canary": {"dir": str(directory / f"{name}-canary")},
         "shadow": {"dir": str(directory / f"{name}-shadow")},
+        # the fixed-response upstream's models carry no validating eval
+        "governance": {"ungated": "warn",
+                       "history_path": str(directory / f"{name}-registry.sqlite3")},
     }
     for key, values in sections.items():
         base[key] = {**base.get(key, {}), **values}
