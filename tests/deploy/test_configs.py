@@ -1,4 +1,5 @@
-"""The shipped deployment files parse, and the tiergate settings inside them load."""
+"""The shipped deployment files parse, and the tiergate settings inside them load (the Kubernetes
+manifests as rendered: tests/deploy/test_kubernetes.py)."""
 
 from __future__ import annotations
 
@@ -20,15 +21,6 @@ def test_yaml_parses(path: Path) -> None:
 
 
 def test_compose_and_local_configs_load() -> None:
-    for config in (DEPLOY / "compose" / "tiergate.toml", DEPLOY / "local" / "tiergate.toml"):
+    for config in (DEPLOY / "compose" / "tiergate.toml", DEPLOY / "local" / "tiergate.toml",
+                   DEPLOY / "kubernetes" / "base" / "tiergate.toml"):
         assert load_settings(config).models
-
-
-def test_kubernetes_configmap_settings_load(tmp_path: Path) -> None:
-    documents = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "tiergate.yaml").read_text()))
-    config_map = next(d for d in documents if d["kind"] == "ConfigMap")
-    config = tmp_path / "tiergate.toml"
-    config.write_text(config_map["data"]["tiergate.toml"])
-    settings = load_settings(config)
-    assert settings.models["small"].fallbacks == ["large"]
-    assert settings.telemetry.otlp_endpoint == "http://otel-collector:4318"
