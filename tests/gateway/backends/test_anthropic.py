@@ -199,6 +199,8 @@ def gateway(gateway_factory: GatewayFactory, fake_anthropic: ServerProcess,
         f"models.{name}": anthropic_model(fake_anthropic, name, retries=0)
         for name in ["claude-echo", "claude-tools", "claude-overload", "status-429",
                      "status-529", "status-400"]}
+    sections["models.wrong-key"] = anthropic_model(fake_anthropic, "claude-echo", retries=0,
+                                                   api_key="not-the-key-0123456789")
     # The cascade: the scriptable OpenAI upstream's small tier answers first; a verifier
     # trained to distrust its answers to "hard puzzle" prompts escalates those to Claude.
     base = tmp_path_factory.mktemp("anthropic-cascade")
@@ -313,6 +315,36 @@ def test_cascade_with_an_anthropic_large_tier(gateway: ServerProcess, level: str
     assert resp.headers["x-tiergate-escalated"] == escalated
     assert resp.headers["x-tiergate-model"].startswith(served_by + "@")
     assert resp.json()["choices"][0]["message"]["content"] == f"echo: {prompt}"
+
+
+def test_the_tuple_says_what_answers(gateway: ServerProcess) -> None:
+    card = httpx.get(gateway.url + "/v1/models/claude-echo", timeout=10).json()["tiergate"]
+    assert (card["engine"], card["engine_version"], card["upstream_model"]) == \
+        ("anthropic", "2023-06-01", "claude-echo")
+    assert card["source"].startswith("http://127.0.0.1:") and card["source"].endswith("/v1")
+    health = httpx.get(gateway.url + "/health", timeout=10).json()["models"]
+    assert health["claude-echo"]["status"] == "ok"  # the identity probe reached the fake
+    assert health["wrong-key"]["status"] != "ok"  # refused: never reached
+
+
+def test_a_refused_key_is_a_502_without_detail(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="wrong-key",
+                                       messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 502
+    assert "not-the-key" not in caught.value.message
+    assert "credentials" in caught.value.message
+
+
+def test_image_parts_become_image_blocks() -> None:
+    content = [{"type": "text", "text": "what is this?"},
+               {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0K"}},
+               {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}}]
+    body = messages_body(chat([{"role": "user", "content": content}]), "claude-x", 10, False)
+    assert body["messages"][0]["content"][1:] == [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                     "data": "iVBORw0K"}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}]
 
 
 def test_the_api_key_never_shows(gateway: ServerProcess, client: openai.OpenAI) -> None:
