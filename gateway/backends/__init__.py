@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 BACKENDS: dict[str, str] = {
     "http": "gateway.backends.http:HTTPBackend",
+    "anthropic": "gateway.backends.anthropic:AnthropicBackend",
     "engine": "gateway.backends.engine.backend:EngineBackend",
     "embedding": "gateway.backends.embedding:EmbeddingBackend",
 }

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from gateway.backends.httpclient import ClientError, ConnectError, Pool, Response
-from gateway.backends.settings import HTTPModelSettings
+from gateway.backends.settings import UpstreamSettings
 from gateway.backends.wire import (
     parse_chunk,
     parse_embeddings,
@@ -103,7 +103,7 @@ def map_status(status: int, body: bytes, headers: Any) -> TiergateError:
 
 
 class HTTPBackend(Backend):
-    def __init__(self, name: str, settings: HTTPModelSettings) -> None:
+    def __init__(self, name: str, settings: UpstreamSettings) -> None:
         super().__init__(name)
         self.settings = settings
         self.base_url = settings.base_url.rstrip("/")
@@ -125,16 +125,22 @@ class HTTPBackend(Backend):
 
     async def start(self) -> None:
         s = self.settings
-        headers = {"user-agent": "tiergate"}
-        if s.api_key is not None:
-            headers["authorization"] = f"Bearer {s.api_key.get_secret_value()}"
         self._pool = Pool(self.base_url, s.max_connections, s.connect_timeout_s,
-                          s.total_timeout_s, headers)
+                          s.total_timeout_s, {"user-agent": "tiergate", **self.auth_headers()})
         try:
             await self.probe()
         except TiergateError as exc:  # an upstream that is down now may be up later
             log.warning("model %s: upstream identity unknown for now: %s", self.name,
                         redact(exc.message))
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers every call upstream carries: the API key, as the upstream's API wants it."""
+        key = self.settings.api_key
+        return {} if key is None else {"authorization": f"Bearer {key.get_secret_value()}"}
+
+    def map_error(self, status: int, body: bytes, headers: Any) -> TiergateError:
+        """An upstream's error response → the error the client sees."""
+        return map_status(status, body, headers)
 
     async def aclose(self) -> None:
         probe, self._probe = self._probe, None
@@ -244,7 +250,7 @@ class HTTPBackend(Backend):
                 finally:
                     resp.release()
                 if resp.status != 200:
-                    raise map_status(resp.status, body, resp.headers)
+                    raise self.map_error(resp.status, body, resp.headers)
                 data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise self._unreachable(UpstreamError(f"{redact(url)} did not return JSON")) from exc
@@ -309,7 +315,7 @@ class HTTPBackend(Backend):
                 payload = b""
             finally:
                 resp.release()
-            raise map_status(resp.status, payload, resp.headers)
+            raise self.map_error(resp.status, payload, resp.headers)
         return resp
 
     async def _read_json(self, resp: Response) -> tuple[Any, bytes]:

@@ -1,5 +1,5 @@
 """The ``[models.NAME]`` settings sections: what each configured model pins and which backend
-serves it (``backend = "http"``, ``"engine"`` or ``"embedding"``)."""
+serves it (``backend = "http"``, ``"anthropic"``, ``"engine"`` or ``"embedding"``)."""
 
 from __future__ import annotations
 
@@ -63,14 +63,13 @@ class ModelBaseSettings(Section):
     ``Retry-After`` until it is loaded (docs/operations.md, "Starting")."""
 
 
-class HTTPModelSettings(ModelBaseSettings):
-    """A model behind any OpenAI-compatible server (vLLM, another tiergate, a hosted API)."""
+class UpstreamSettings(ModelBaseSettings):
+    """What a model behind an HTTP API needs, whichever API it speaks: where, with which key,
+    how long to wait, how many connections."""
 
-    backend: Literal["http"] = "http"
     base_url: str
     """The upstream's API root, e.g. ``http://vllm:8000/v1``."""
     upstream_model: str | None = None
-    """The model name the upstream serves; default: the first of its ``/v1/models``."""
     api_key: SecretStr | None = None
     connect_timeout_s: float = Field(default=5.0, gt=0)
     first_byte_timeout_s: float = Field(default=60.0, gt=0)
@@ -92,6 +91,30 @@ class HTTPModelSettings(ModelBaseSettings):
                 or any(c.isspace() for c in base_url):
             raise ValueError("must be an http(s) URL such as http://vllm:8000/v1")
         return base_url
+
+
+class HTTPModelSettings(UpstreamSettings):
+    """A model behind any OpenAI-compatible server (vLLM, another tiergate, a hosted API)."""
+
+    backend: Literal["http"] = "http"
+    upstream_model: str | None = None
+    """The model name the upstream serves; default: the first of its ``/v1/models``."""
+
+
+class AnthropicModelSettings(UpstreamSettings):
+    """A model behind the Anthropic Messages API (``POST /v1/messages``): tiergate translates
+    OpenAI chat requests to it and its answers back (:mod:`gateway.backends.anthropic`)."""
+
+    backend: Literal["anthropic"] = "anthropic"
+    base_url: str = "https://api.anthropic.com/v1"
+    upstream_model: str
+    """The Anthropic model id, e.g. ``claude-sonnet-4-5``."""
+    api_key: SecretStr | None = None
+    """Sent as ``x-api-key``; masked wherever tiergate writes text."""
+    anthropic_version: str = "2023-06-01"
+    """The ``anthropic-version`` header."""
+    max_tokens_default: int = Field(default=1024, ge=1)
+    """``max_tokens`` when a request sets none (the Messages API requires one)."""
 
 
 class EngineModelSettings(ModelBaseSettings):
@@ -141,5 +164,5 @@ class EmbeddingModelSettings(ModelBaseSettings):
     """Inputs encoded at once (each alone, on one torch thread); more wait in line."""
 
 
-ModelSettings = Annotated[HTTPModelSettings | EngineModelSettings | EmbeddingModelSettings,
-                          Field(discriminator="backend")]
+ModelSettings = Annotated[HTTPModelSettings | AnthropicModelSettings | EngineModelSettings
+                          | EmbeddingModelSettings, Field(discriminator="backend")]

@@ -4,7 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.backends.settings import EngineModelSettings, HTTPModelSettings
+from gateway.backends.settings import (
+    AnthropicModelSettings,
+    EngineModelSettings,
+    HTTPModelSettings,
+)
 from gateway.kernel.errors import ConfigError
 from gateway.settings import load_settings
 
@@ -85,7 +89,8 @@ def test_every_field_is_documented() -> None:
 
     doc = (REPO / "docs" / "configuration.md").read_text()
     sections: list[type[BaseModel]] = [Settings, ServerSettings, AuthSettings,
-                                       HTTPModelSettings, EngineModelSettings, CanarySettings,
+                                       HTTPModelSettings, AnthropicModelSettings,
+                                       EngineModelSettings, CanarySettings,
                                        CanaryModelSettings, ShadowSettings, ShadowMirror,
                                        LimitsSettings, RouteSettings, GovernanceSettings]
     missing = [f"{cls.__name__}.{name}" for cls in sections for name in cls.model_fields
