@@ -119,8 +119,13 @@ class PostgresServer:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.terminate()  # smart shutdown: waits for clients, then checkpoints
-            self.process.wait(30)
+            # fast shutdown: gateways of the session may still be connected
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 def _postgres_bin() -> Path | None:
