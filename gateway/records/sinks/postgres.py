@@ -133,6 +133,7 @@ class PostgresSink(RecordSink):
         self.create = create
         """``False``: a database without the tables is an error, not a new empty store."""
         self._conn: Any = None
+        self._opened = False
         self._lock = asyncio.Lock()
         """One connection per sink: its statements run one at a time."""
         self._partitions: set[str] = set()
@@ -146,18 +147,28 @@ class PostgresSink(RecordSink):
         import psycopg
 
         async with self._lock:
-            if self._conn is None:
+            if not self._opened:
                 raise ServiceUnavailableError("the record store is closed")
             try:
-                return await work(self._conn)
+                return await work(await self._connection())
             except psycopg.Error as exc:
                 raise self._failure(exc) from exc
 
-    async def open(self) -> None:
+    async def _connection(self) -> Any:
+        """The open connection, made again when the server dropped it (a restart, a failover):
+        the delivery process opens its store once and keeps retrying through outages."""
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        self._conn = None
+        if conn is not None:
+            await conn.close()
+        self._conn = await self._connect()
+        return self._conn
+
+    async def _connect(self) -> Any:
         import psycopg
 
-        if self._conn is not None:
-            return
         try:
             conn = await psycopg.AsyncConnection.connect(
                 self.url, autocommit=True, connect_timeout=max(1, round(self.connect_timeout_s)),
@@ -171,7 +182,12 @@ class PostgresSink(RecordSink):
             if isinstance(exc, psycopg.Error):
                 raise self._failure(exc) from exc
             raise
-        self._conn = conn
+        return conn
+
+    async def open(self) -> None:
+        async with self._lock:
+            await self._connection()
+            self._opened = True
 
     async def _prepare(self, conn: Any) -> None:
         from psycopg import sql
@@ -208,9 +224,10 @@ class PostgresSink(RecordSink):
                                    "ON CONFLICT DO NOTHING", (STORE_VERSION,))
 
     async def aclose(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            async with self._lock:
+        async with self._lock:
+            self._opened = False
+            conn, self._conn = self._conn, None
+            if conn is not None:
                 await conn.close()
 
     # -- appends ------------------------------------------------------------------------------

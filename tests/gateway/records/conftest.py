@@ -107,6 +107,9 @@ class PostgresServer:
     process: subprocess.Popen[bytes]
     port: int
     directory: Path
+    command: list[str]
+    user: dict[str, Any]
+    """``user``/``group`` to run the server as (PostgreSQL refuses root)."""
     password: str = "pg-secret-Zq81"
     """In every URL; the server trusts loopback, so only what tiergate shows of it matters."""
 
@@ -116,6 +119,11 @@ class PostgresServer:
 
     def connect(self, schema: str) -> psycopg.Connection[Any]:
         return psycopg.connect(self.url, autocommit=True, options=f"-c search_path={schema}")
+
+    def start(self) -> None:
+        """(Re)start the server on the same port and data (after :meth:`stop`)."""
+        if self.process.poll() is not None:
+            self.process = _spawn_postgres(self.command, self.directory, self.user, self.url)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -134,6 +142,22 @@ def _postgres_bin() -> Path | None:
         return Path(found).resolve().parent
     versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     return Path(versions[-1]).parent if versions else None
+
+
+def _spawn_postgres(command: list[str], directory: Path, user: dict[str, Any],
+                    url: str) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                               cwd=directory, **user)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            psycopg.connect(url, connect_timeout=2).close()
+            return process
+        except psycopg.OperationalError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"PostgreSQL did not start (exit {process.poll()})") from None
+            time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")
@@ -159,21 +183,11 @@ def postgres_server() -> Iterator[PostgresServer]:
                     "-E", "UTF8", "--no-sync"], check=True, stdout=subprocess.DEVNULL,
                    cwd=directory, **user)
     port = free_port()
-    process = subprocess.Popen(
-        [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-c",
-         "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={directory}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=directory, **user)
-    server = PostgresServer(process, port, directory)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            psycopg.connect(server.url, connect_timeout=2).close()
-            break
-        except psycopg.OperationalError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"PostgreSQL did not start (exit {process.poll()})") from None
-            time.sleep(0.1)
+    command = [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-c",
+               "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={directory}"]
+    server = PostgresServer(subprocess.Popen(["true"]), port, directory, command, user)
+    server.process.wait()
+    server.start()
     yield server
     server.stop()
     shutil.rmtree(directory, ignore_errors=True)
