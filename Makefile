@@ -51,11 +51,14 @@ serve: install
 	curl -s http://127.0.0.1:8000/readyz says which are ready)"
 	$(BIN)/tiergate serve --config $(CONFIG)
 
-# System packages the tests start for real (redis-server), installed when missing.
+# System packages the tests start for real (redis-server, PostgreSQL), installed when missing.
 system-deps:
 	@command -v redis-server >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q redis-server; }
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q postgresql; }
 
 test: install-dev embeddings system-deps
 	$(BIN)/pytest -q

@@ -142,6 +142,8 @@ class Settings(BaseSettings):
         if self.telemetry.otlp_endpoint and not _installed(
                 "opentelemetry.exporter.otlp.proto.http"):
             needs.append(("otel", "telemetry.otlp_endpoint"))
+        if self.records.sink == "postgres" and not _installed("psycopg"):
+            needs.append(("postgres", "records.sink = \"postgres\""))
         if needs:
             raise ValueError("; ".join(f"{what} needs pip install 'tiergate[{extra}]'"
                                        for extra, what in needs))

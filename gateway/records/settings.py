@@ -18,14 +18,27 @@ from router.settings import RouteSettings
 class RecordsSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sink: Literal["sqlite", "redis", "none"] = "sqlite"
-    """Where records are stored: embedded SQLite (WAL), Redis Streams (several replicas), or
-    ``none`` (no records, no ``x-tiergate-record-id`` header)."""
+    sink: Literal["sqlite", "redis", "postgres", "none"] = "sqlite"
+    """Where records are stored: embedded SQLite (WAL; one node), Redis Streams (several
+    replicas), PostgreSQL (a fleet, years of retention; the ``postgres`` extra), or ``none``
+    (no records, no ``x-tiergate-record-id`` header)."""
     sqlite_path: Path = Path("var/records.sqlite3")
     """The SQLite database (relative: to the working directory)."""
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_stream: str = "tiergate:records"
     """Key prefix in Redis: the chain ``C`` is the stream ``<redis_stream>:chain:C``."""
+    postgres_url: str = "postgresql://127.0.0.1:5432/tiergate"
+    """The PostgreSQL database, as a URL (``postgresql://user:password@host:5432/db``). Its
+    password is masked in every error, log line and answer; or leave it out of the URL and use
+    ``PGPASSWORD`` / ``~/.pgpass``."""
+    postgres_schema: str = Field(default="tiergate", min_length=1, max_length=63,
+                                 pattern=r"^[a-z_][a-z0-9_]*$")
+    """The schema holding the tables (created when missing); one schema is one store."""
+    postgres_connect_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    """How long connecting to PostgreSQL may take before the store counts as down."""
+    postgres_statement_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    """The longest one statement may run (``statement_timeout``): a stuck store fails the batch,
+    which stays in the spool and is retried."""
     chain_id: str = Field(default="main", min_length=1, max_length=64,
                           pattern=r"^[A-Za-z0-9_.-]+$")
     """The hash chain this gateway appends to. Replicas sharing a store may share a chain (the
@@ -67,7 +80,7 @@ class RecordsSettings(BaseModel):
     Redacted records cannot be replayed."""
     retention_days: float | None = Field(default=None, gt=0)
     """Delete records older than this (``tiergate records prune``; the delivery process prunes
-    hourly).
+    hourly). PostgreSQL drops whole monthly partitions where it can.
     ``None``: keep forever."""
     checkpoint_every: int = Field(default=1000, ge=1)
     """A checkpoint (signed when ``signing_key`` is set) every this many records of a chain."""

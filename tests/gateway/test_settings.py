@@ -83,6 +83,7 @@ def test_every_field_is_documented() -> None:
     from canary.settings import CanaryModelSettings, CanarySettings, ShadowMirror, ShadowSettings
     from gateway.governance.settings import GovernanceSettings
     from gateway.protocol import LimitsSettings
+    from gateway.records.settings import RecordsSettings
     from gateway.settings import AuthSettings, ServerSettings, Settings
     from router.settings import RouteSettings
     from tests.conftest import REPO
@@ -92,7 +93,8 @@ def test_every_field_is_documented() -> None:
                                        HTTPModelSettings, AnthropicModelSettings,
                                        EngineModelSettings, CanarySettings,
                                        CanaryModelSettings, ShadowSettings, ShadowMirror,
-                                       LimitsSettings, RouteSettings, GovernanceSettings]
+                                       LimitsSettings, RouteSettings, GovernanceSettings,
+                                       RecordsSettings]
     missing = [f"{cls.__name__}.{name}" for cls in sections for name in cls.model_fields
                if f"`{name}`" not in doc]
     assert not missing, f"fields missing from docs/configuration.md: {missing}"

@@ -1,4 +1,5 @@
-"""Record stores by name (``records.sink``): ``sqlite`` (embedded default), ``redis``."""
+"""Record stores by name (``records.sink``): ``sqlite`` (embedded default), ``redis``,
+``postgres``."""
 
 from __future__ import annotations
 
@@ -28,7 +29,16 @@ def _redis(settings: RecordsSettings, create: bool, in_thread: bool) -> RecordSi
     return RedisSink(settings.redis_url, settings.redis_stream)
 
 
-SINKS: Mapping[str, SinkFactory] = MappingProxyType({"sqlite": _sqlite, "redis": _redis})
+def _postgres(settings: RecordsSettings, create: bool, in_thread: bool) -> RecordSink:
+    from gateway.records.sinks.postgres import PostgresSink
+
+    return PostgresSink(settings.postgres_url, settings.postgres_schema,
+                        connect_timeout_s=settings.postgres_connect_timeout_s,
+                        statement_timeout_s=settings.postgres_statement_timeout_s, create=create)
+
+
+SINKS: Mapping[str, SinkFactory] = MappingProxyType(
+    {"sqlite": _sqlite, "redis": _redis, "postgres": _postgres})
 """The record stores by name (``records.sink``)."""
 
 

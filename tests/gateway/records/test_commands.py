@@ -1,8 +1,10 @@
 """The auditor's path end to end: requests with the SDK, ``tiergate records``, ``audit verify``,
-``replay``, and the admin API — against a real gateway and the scriptable upstream."""
+``replay``, and the admin API — against a real gateway and the scriptable upstream, recording
+into SQLite and into a real PostgreSQL."""
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import time
 from pathlib import Path
@@ -11,35 +13,81 @@ from typing import Any
 import httpx
 import openai
 import orjson
+import psycopg
 import pytest
 
 from gateway.cli.main import main
 from gateway.http.auth import hash_key
+from gateway.records.sinks.postgres import SCHEMA
 from tests.conftest import GatewayFactory, ServerProcess, upstream_model, write_config
+from tests.gateway.records.conftest import PostgresServer
 
 PIN = "ef" * 32
 CLIENT_KEY, ADMIN_KEY = "tg-client-key", "tg-admin-key"
 
 
+_schemas = itertools.count()
+
+
 class Deployment:
     def __init__(self, gateway: ServerProcess, sections: dict[str, dict[str, Any]],
-                 directory: Path, ids: list[str]) -> None:
+                 directory: Path, ids: list[str], postgres: PostgresServer | None) -> None:
         self.gateway, self.sections, self.directory, self.ids = gateway, sections, directory, ids
+        self.postgres = postgres
 
     def config(self, name: str, **changes: dict[str, Any]) -> Path:
         """A settings file for the CLI: the gateway's, with sections replaced."""
         return write_config(self.directory / f"{name}.toml", {**self.sections, **changes})
 
+    def copy_store(self, name: str) -> dict[str, Any]:
+        """A copy of the gateway's record store, byte for byte; its ``[records]`` section."""
+        records = dict(self.sections["records"])
+        if self.postgres is None:
+            copy = self.directory / f"{name}.sqlite3"
+            with sqlite3.connect(self.directory / "records.sqlite3") as src, \
+                    sqlite3.connect(copy) as dst:
+                src.backup(dst)
+            return {**records, "sqlite_path": str(copy)}
+        source, target = records["postgres_schema"], f"{name}{next(_schemas)}"
+        with psycopg.connect(self.postgres.url, autocommit=True) as conn, conn.transaction():
+            conn.execute(f"CREATE SCHEMA {target}")
+            conn.execute(f"SET search_path TO {target}")
+            conn.execute(SCHEMA)
+            parts = conn.execute(
+                "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+                "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass",
+                (f"{source}.records",)).fetchall()
+            for part, bound in parts:
+                conn.execute(f"CREATE TABLE {part} PARTITION OF records {bound}")
+            for table in ("tiergate_meta", "chains", "records", "checkpoints"):
+                conn.execute(f"INSERT INTO {table} SELECT * FROM {source}.{table}")
+        return {**records, "postgres_schema": target}
 
-@pytest.fixture(scope="module")
-def deployment(gateway_factory: GatewayFactory, upstream: ServerProcess,
-               tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    def sql(self, records: dict[str, Any], statement: str, *args: Any) -> list[Any]:
+        """Run ``statement`` (``?`` placeholders) on a store, as someone with write access."""
+        if self.postgres is None:
+            with sqlite3.connect(records["sqlite_path"]) as conn:
+                return conn.execute(statement, args).fetchall()
+        with psycopg.connect(self.postgres.url, autocommit=True,
+                             options=f"-c search_path={records['postgres_schema']}") as pg:
+            cursor = pg.execute(statement.replace("?", "%s"), args)
+            return cursor.fetchall() if cursor.description else []
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def deployment(request: pytest.FixtureRequest, gateway_factory: GatewayFactory,
+               upstream: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     directory = tmp_path_factory.mktemp("records-cli")
+    store: dict[str, Any] = {"sqlite_path": str(directory / "records.sqlite3")}
+    postgres: PostgresServer | None = None
+    if request.param == "postgres":
+        postgres = request.getfixturevalue("postgres_server")
+        store = {"sink": "postgres", "postgres_url": postgres.url,
+                 "postgres_schema": f"cli{next(_schemas)}"}
     sections: dict[str, dict[str, Any]] = {
         "models.echo": upstream_model(upstream, "echo", weights_sha256=PIN),
         "models.other": upstream_model(upstream, "echo", weights_sha256=PIN),
-        "records": {"sqlite_path": str(directory / "records.sqlite3"),
-                    "spool_dir": str(directory / "spool"), "flush_interval_s": 0.01,
+        "records": {**store, "spool_dir": str(directory / "spool"), "flush_interval_s": 0.01,
                     "checkpoint_every": 3, "signing_key": "audit"},
         "auth": {"api_keys": [{"id": "app", "sha256": hash_key(CLIENT_KEY)}],
                  "admin_keys": [{"id": "auditor", "sha256": hash_key(ADMIN_KEY)}]},
@@ -56,7 +104,7 @@ def deployment(gateway_factory: GatewayFactory, upstream: ServerProcess,
     stream = client.completions.create(model="echo", prompt="stream me", stream=True,
                                        max_tokens=30)
     assert "".join(c.choices[0].text for c in stream if c.choices)
-    deployment = Deployment(gateway, sections, directory, ids)
+    deployment = Deployment(gateway, sections, directory, ids, postgres)
     admin = httpx.Client(base_url=gateway.url, headers={"authorization": f"Bearer {ADMIN_KEY}"})
     for _ in range(400):  # the writer delivers within a few flush intervals
         if len(admin.get("/admin/records").json()["data"]) == 5:
@@ -103,14 +151,10 @@ def test_audit_verify_passes_then_names_the_broken_link(
     config = str(deployment.config("verify"))
     code, out = run(capsys, "audit", "verify", "--config", config)
     assert code == 0 and "chain main: OK — 5 records" in out and "1 signed" in out, out
-    copy = tmp_path / "copy.sqlite3"
-    with sqlite3.connect(deployment.directory / "records.sqlite3") as src, \
-            sqlite3.connect(copy) as dst:
-        src.backup(dst)
-        body = dst.execute("SELECT body FROM records WHERE seq = 2").fetchone()[0]
-        dst.execute("UPDATE records SET body = ? WHERE seq = 2",
-                    (bytes(body).replace(b"question 1", b"question 9"),))
-    records = {**deployment.sections["records"], "sqlite_path": str(copy)}
+    records = deployment.copy_store("tampered")
+    ((body,),) = deployment.sql(records, "SELECT body FROM records WHERE seq = 2")
+    deployment.sql(records, "UPDATE records SET body = ? WHERE seq = 2",
+                   bytes(body).replace(b"question 1", b"question 9"))
     tampered = str(deployment.config("tampered", records=records))
     code, out = run(capsys, "audit", "verify", "--config", tampered)
     assert code == 1 and "BROKEN at seq 2" in out and deployment.ids[1] in out, out
@@ -230,12 +274,8 @@ def test_answers_in_one_line_or_indented_are_recorded_alike(
 
 def test_prune_leaves_a_verifiable_chain_and_a_missing_store_is_named(
         deployment: Deployment, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    copy = tmp_path / "copy.sqlite3"
-    with sqlite3.connect(deployment.directory / "records.sqlite3") as src, \
-            sqlite3.connect(copy) as dst:
-        src.backup(dst)
-        cut = dst.execute("SELECT received_at FROM records WHERE seq = 3").fetchone()[0]
-    records = {**deployment.sections["records"], "sqlite_path": str(copy)}
+    records = deployment.copy_store("pruned")
+    ((cut,),) = deployment.sql(records, "SELECT received_at FROM records WHERE seq = 3")
     config = str(deployment.config("pruned", records=records))
     code, out = run(capsys, "records", "prune", "--before", repr(cut), "--config", config)
     assert code == 0 and "chain main: 2 records removed" in out, out
@@ -243,8 +283,13 @@ def test_prune_leaves_a_verifiable_chain_and_a_missing_store_is_named(
     assert code == 0 and "3 records (seq 3..5)" in out, out
     code, out = run(capsys, "records", "prune", "--config", config)
     assert code == 2 and "retention_days" in out
-    absent = {**records, "sqlite_path": str(tmp_path / "absent.sqlite3")}
+    absent = {**records, "sqlite_path": str(tmp_path / "absent.sqlite3"),
+              "postgres_schema": "absent"}
     code, out = run(capsys, "records", "list", "--config",
                     str(deployment.config("absent", records=absent)))
-    assert code == 2 and "no record store at" in out
+    assert code == 2 and ("no record store at" in out or "no record store in schema" in out)
     assert not (tmp_path / "absent.sqlite3").exists()
+    if deployment.postgres is not None:
+        assert deployment.postgres.password not in out
+        assert not deployment.sql(records, "SELECT 1 FROM pg_namespace WHERE nspname = 'absent'")
+

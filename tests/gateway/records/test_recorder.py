@@ -19,8 +19,10 @@ from gateway.records.sinks import create_sink, signer_for
 from gateway.records.spool import encode_line
 from tests.conftest import free_port
 from tests.gateway.records.conftest import (
+    PostgresServer,
     RedisServer,
     killed_writer,
+    postgres_settings,
     record_of,
     redis_settings,
     sqlite_settings,
@@ -140,17 +142,27 @@ async def test_graceful_shutdown_delivers_what_is_left(tmp_path: Path) -> None:
     assert await stored_ids(settings) == ids
 
 
+@pytest.mark.parametrize("store", ["redis", "postgres"])
 async def test_store_down_records_wait_in_the_spool_then_arrive_in_order(
-        tmp_path: Path, durable_redis: RedisServer) -> None:
-    durable_redis.start()
-    settings = redis_settings(tmp_path, durable_redis, flush_interval_s=0.01, batch_size=5,
-                              spool_max_bytes=1 << 16)
+        tmp_path: Path, store: str, request: pytest.FixtureRequest) -> None:
+    """A store server stopped and restarted under a running recorder (its delivery process
+    keeps its store object: the connection is made again)."""
+    options: dict[str, Any] = {"flush_interval_s": 0.01, "batch_size": 5,
+                               "spool_max_bytes": 1 << 16}
+    server: RedisServer | PostgresServer
+    if store == "redis":
+        server = request.getfixturevalue("durable_redis")
+        settings = redis_settings(tmp_path, server, **options)
+    else:
+        server = request.getfixturevalue("postgres_server")
+        settings = postgres_settings(tmp_path, server, **options)
+    server.start()
     recorder = Recorder(settings)
     await recorder.start()
     try:
         first = submit(recorder, 5, "before")
         assert await recorder.flush()
-        durable_redis.stop()
+        server.stop()
         down = submit(recorder, 12, "down")
         recorder.admit()  # still within spool_max_bytes: requests go on
         assert not await recorder.flush(wait_s=0.5)
@@ -159,11 +171,11 @@ async def test_store_down_records_wait_in_the_spool_then_arrive_in_order(
         with pytest.raises(ServiceUnavailableError) as refused:
             recorder.admit()
         assert refused.value.status == 503 and refused.value.retry_after
-        durable_redis.start()
+        server.start()
         assert await recorder.flush(wait_s=30)
         recorder.admit()
     finally:
-        durable_redis.start()
+        server.start()
         await recorder.aclose()
     assert await stored_ids(settings) == first + down + many
     assert await chain_ok(settings)

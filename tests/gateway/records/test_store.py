@@ -1,4 +1,5 @@
-"""Both stores (SQLite, Redis Streams): appends, queries, and tampering caught by verification.
+"""Every store (SQLite, Redis Streams, PostgreSQL): appends, queries, and tampering caught by
+verification.
 
 Every test runs once per store; tampering edits the store directly, as someone with write access
 to the database would.
@@ -13,12 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import psycopg
 import redis
 
 from gateway.records.audit import ChainReport, verify_store
 from gateway.records.chain import Signer, content_sha256, link_digest
 from gateway.records.sinks import RecordQuery, create_sink
 from gateway.records.sinks.base import RecordSink
+from gateway.records.sinks.postgres import PostgresSink
 from gateway.records.sinks.redis import RedisSink
 from gateway.records.sinks.sqlite import SQLiteSink
 from router.decision import Decision
@@ -72,7 +75,17 @@ class Editor:
     def __init__(self, sink: RecordSink, chain: str = "main") -> None:
         self.sink, self.chain = sink, chain
 
+    def postgres(self) -> psycopg.Connection[Any]:
+        assert isinstance(self.sink, PostgresSink)
+        return psycopg.connect(self.sink.url, autocommit=True,
+                               options=f"-c search_path={self.sink.schema}")
+
     def entries(self) -> list[Entry]:
+        if isinstance(self.sink, PostgresSink):
+            with self.postgres() as conn:
+                return [Entry(*row) for row in conn.execute(
+                    "SELECT seq, record_id, prev_digest, stored_at, digest, body FROM records "
+                    "WHERE chain_id = %s ORDER BY seq", (self.chain,))]
         if isinstance(self.sink, SQLiteSink):
             with sqlite3.connect(self.sink.path) as conn:
                 return [Entry(*row) for row in conn.execute(
@@ -87,6 +100,16 @@ class Editor:
 
     def rewrite(self, entries: list[Entry]) -> None:
         """Replace the chain's rows by ``entries`` (stored under their ``seq``)."""
+        if isinstance(self.sink, PostgresSink):
+            with self.postgres() as conn, conn.transaction():
+                conn.execute("DELETE FROM records WHERE chain_id = %s", (self.chain,))
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO records VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                        [(self.chain, e.seq, e.record_id, e.data()["received_at"], "small",
+                          ["small"], False, None, e.prev_digest, e.stored_at, e.digest, e.body)
+                         for e in entries])
+            return
         if isinstance(self.sink, SQLiteSink):
             with sqlite3.connect(self.sink.path) as conn:
                 conn.execute("DELETE FROM records WHERE chain_id = ?", (self.chain,))
@@ -108,6 +131,10 @@ class Editor:
                         id=f"0-{e.seq}")
 
     def drop_checkpoints(self) -> None:
+        if isinstance(self.sink, PostgresSink):
+            with self.postgres() as conn:
+                conn.execute("DELETE FROM checkpoints")
+            return
         if isinstance(self.sink, SQLiteSink):
             with sqlite3.connect(self.sink.path) as conn:
                 conn.execute("DELETE FROM checkpoints")
