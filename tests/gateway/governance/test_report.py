@@ -12,7 +12,9 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
+from gateway.cli.main import main
 from tests.conftest import REPO, write_config
 from tests.gateway.governance.conftest import ADMIN, Gated, complete, sections
 
@@ -85,3 +87,18 @@ def test_the_governance_numbers_are_the_stores_counts(refusing: Gated, tmp_path:
     assert "eval coverage, tuples   1/5 (20.0%)" in text
     assert "ref-small-overridden (evaluated, quantized): TICKET-42: eval pending" in text
     assert "drift catches           0 canary alarms raised in the window" in text
+
+
+def test_a_section_without_its_source_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "registry.sqlite3"
+    monkeypatch.setenv("TIERGATE_GOVERNANCE__HISTORY_PATH", str(missing))
+    model = {"backend": "http", "base_url": "http://127.0.0.1:9/v1"}  # never loaded
+    config = write_config(tmp_path / "tiergate.toml", {"models.echo": model})
+    assert main(["report", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tiergate report: the first record .. ")
+    assert f"governance\n  not available: no registry history (governance.history_path " \
+           f"{missing} does not exist)" in out
+    assert main(["report", "--since", "yesterday", "--config", str(config)]) == 2
+    assert "tiergate: --since: not a time: 'yesterday'" in capsys.readouterr().err
