@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from gateway.governance.registry import GovernanceDeployment, Verdict, judge
-from gateway.kernel.errors import ConflictError
+from gateway.kernel.errors import ConflictError, ServiceUnavailableError
 from gateway.models.registry import ModelRegistry
 
 log = logging.getLogger("tiergate.governance")
@@ -21,9 +21,14 @@ log = logging.getLogger("tiergate.governance")
 def check_pin(settings: GovernanceDeployment, models: ModelRegistry,
               name: str) -> Verdict | None:
     """Whether ``name``'s served tuple may be pinned: its verdict (``None``: a model that is not
-    governed), after logging an override or a warning. Refused: a 409
+    governed), after logging an override or a warning. Not loaded yet: 503 ``model_loading``.
+    Refused: a 409
     :class:`~gateway.kernel.errors.ConflictError` (code ``model_not_validated``) naming the
     failed gates — the request is well formed; the tuple's state forbids it."""
+    backend = models.get(name)
+    if not backend.started:  # its tuple is known once loaded: gating it now would mislead
+        raise ServiceUnavailableError(f"model {name} is {backend.load_status}: pin it once it "
+                                      "serves", code="model_loading", retry_after=5.0)
     verdict = judge(settings, models, name)
     if verdict is None:
         return None

@@ -13,7 +13,8 @@
 
 The same operations as ``tiergate canary ...``; errors are OpenAI-shaped (404 not pinned or not
 configured, 409 the canary set changed since the pin or — code ``model_not_validated`` — the
-tuple to pin fails its gates, 502 the model failed to answer).
+tuple to pin fails its gates, 503 ``model_loading`` a model to pin not loaded yet, 502 the
+model failed to answer).
 """
 
 from __future__ import annotations

@@ -11,7 +11,12 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
+from gateway.governance.pinning import check_pin
+from gateway.kernel.errors import ServiceUnavailableError
+from gateway.models.registry import ModelRegistry
+from gateway.settings import Settings
 from tests.conftest import REPO, write_config
 from tests.gateway.governance.conftest import ADMIN, Gated, sections
 
@@ -81,3 +86,12 @@ def test_the_cli_pins_with_a_warning_when_ungated_is_warn(refusing: Gated,
     assert "pinning ref-small-refused ungated (governance.ungated = warn): evaluated:" \
         in run.stderr
     assert run.stdout.startswith("pinned ref-small-refused v1: tuple sha256:")
+
+
+def test_a_model_not_loaded_yet_is_not_gated_but_told_to_wait() -> None:
+    settings = Settings.model_validate(
+        {"models": {"later": {"backend": "http", "base_url": "http://127.0.0.1:9/v1"}}})
+    with pytest.raises(ServiceUnavailableError, match="model later is not loaded: pin it once "
+                                                      "it serves") as raised:
+        check_pin(settings, ModelRegistry(settings), "later")
+    assert raised.value.code == "model_loading"
