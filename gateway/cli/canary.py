@@ -2,7 +2,10 @@
 
 Each handler builds a :class:`~canary.service.CanaryService` on the configured store
 (``canary.dir``); ``pin`` and ``run`` start only the backends they need, through the same
-:class:`~gateway.models.registry.ModelRegistry` the gateway uses.
+:class:`~gateway.models.registry.ModelRegistry` the gateway uses. ``pin`` first runs the gates
+as serving does (:mod:`gateway.governance.pinning`): a tuple that fails them is not pinned (one
+line naming the gates, exit 2) unless the model has a ``gate_override`` or
+``governance.ungated = "warn"``.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ def run_pin(args: argparse.Namespace, settings: Settings) -> int:
     from canary.pins import Pin
     from canary.service import CanaryService
     from canary.sets import load_canary_set
+    from gateway.governance.pinning import check_pin
 
     service = CanaryService(settings)
     service.require_configured(args.model)  # fail before loading any model
@@ -90,9 +94,12 @@ def run_pin(args: argparse.Namespace, settings: Settings) -> int:
     note(f"pinning {args.model}: loading it, then decoding the {items} items of {set_path} ...")
 
     async def pin(registry: Any) -> Pin:
+        check_pin(settings, registry, args.model)  # refused: one line, exit 2 (main)
         return await service.pin(args.model, registry.get(args.model), args.set_path)
 
-    result = asyncio.run(_with_backends(settings, [args.model], pin))
+    teacher = settings.models[args.model].teacher  # the distilled gate compares with it
+    names = [args.model] + ([teacher] if teacher in settings.models else [])
+    result = asyncio.run(_with_backends(settings, names, pin))
     if args.json:
         _print_json(result.model_dump(mode="json"))
         return 0

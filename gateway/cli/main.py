@@ -203,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_registry_commands(sub, common)
 
+    from gateway.cli.report import add_commands as add_report_commands
+
+    add_report_commands(sub, common)
+
     keys = sub.add_parser("keys", help="make or hash client API keys", parents=[common])
     keys.add_argument("action", choices=["new", "hash"])
     keys.add_argument("key", nargs="?")

@@ -122,6 +122,15 @@ class ServingHistory:
                              "DESC LIMIT 1", (digest,)).fetchone()
         return None if row is None else (float(row[0]), str(row[1]))
 
+    def evaluation_times(self) -> dict[str, list[float]]:
+        """Every tuple digest's evaluations, oldest first (``tiergate report``)."""
+        with self._db() as db:
+            rows = db.execute("SELECT digest, at FROM evaluations ORDER BY at").fetchall()
+        times: dict[str, list[float]] = {}
+        for digest, at in rows:
+            times.setdefault(str(digest), []).append(float(at))
+        return times
+
     def servings(self, name_or_digest: str | None = None) -> list[Serving]:
         """Every start (of one model name or tuple digest prefix), newest first."""
         query = "SELECT * FROM served"

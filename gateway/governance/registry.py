@@ -89,6 +89,75 @@ class TupleEntry:
                 "reevaluate_days": self.reevaluate_days, "stale": self.stale(now)}
 
 
+def governed(settings: GovernanceDeployment, name: str) -> bool:
+    """Whether ``name`` passes gates: generation models (embedding models have no eval harness
+    yet: docs/governance.md)."""
+    return not isinstance(settings.models[name], EmbeddingModelSettings)
+
+
+def gate_input(settings: GovernanceDeployment, models: ModelRegistry, name: str) -> GateInput:
+    """What the gates look at for ``name``: the tuple its backend serves, its eval files."""
+    model = settings.models[name]
+    problems: dict[str, str] = {}
+    evidence = general = None
+    if model.eval is not None:
+        try:
+            evidence = EvalEvidence.load(model.eval, model.eval_sha256)
+        except EvidenceError as exc:
+            problems["eval"] = str(exc)
+    if model.general_eval is not None:
+        try:
+            general = EvalEvidence.load(model.general_eval)
+        except EvidenceError as exc:
+            problems["general_eval"] = str(exc)
+    teacher = None
+    if model.teacher is not None and model.teacher in models.backends:
+        teacher = models.get(model.teacher).describe()
+    return GateInput(models.get(name).describe(), model, evidence, general, teacher,
+                     settings.governance.slice_tolerance, problems)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the gates say of one model's served tuple, and the status that gives it."""
+
+    name: str
+    status: Status
+    results: list[GateResult]
+    override: str | None
+    gate_input: GateInput = field(repr=False)
+
+    @property
+    def failed(self) -> list[GateResult]:
+        return [r for r in self.results if not r.passed]
+
+    @property
+    def why(self) -> str:
+        """The failed gates and their details, on one line."""
+        return "; ".join(f"{r.gate}: {r.detail}" for r in self.failed).replace("\n", " ")
+
+    @property
+    def digest(self) -> str:
+        return self.gate_input.model.digest()
+
+
+def judge(settings: GovernanceDeployment, models: ModelRegistry, name: str) -> Verdict | None:
+    """The gates on the tuple ``name`` serves now and the status they give it, without side
+    effects (nothing logged, recorded or refused): ``None`` for a model that is not governed.
+    The gateway admits with it at start; a canary pin checks with it
+    (:func:`gateway.governance.pinning.check_pin`)."""
+    if not governed(settings, name):
+        return None
+    model = settings.models[name]
+    given = gate_input(settings, models, name)
+    results = run_gates(given)
+    status: Status = "gated"
+    if any(not r.passed for r in results):
+        status = ("overridden" if model.gate_override else
+                  "warned" if settings.governance.ungated == "warn" else "refused")
+    return Verdict(name, status, results, model.gate_override, given)
+
+
 class TupleRegistry:
     """Admits the gateway's models, keeps their entries and history, watches staleness."""
 
@@ -117,11 +186,6 @@ class TupleRegistry:
 
     # -- admission ---------------------------------------------------------------------------
 
-    def governed(self, name: str) -> bool:
-        """Whether ``name`` passes gates: generation models (embedding models have no eval
-        harness yet: docs/governance.md)."""
-        return not isinstance(self.settings.models[name], EmbeddingModelSettings)
-
     async def start(self) -> None:
         """Admit the models already started (the others as they load), watch staleness."""
         for name, backend in self.models.backends.items():
@@ -139,43 +203,18 @@ class TupleRegistry:
         if self.history is not None and rows:
             await asyncio.to_thread(self.history.seen, rows)
 
-    def gate_input(self, name: str) -> GateInput:
-        settings = self.settings.models[name]
-        problems: dict[str, str] = {}
-        evidence = general = None
-        if settings.eval is not None:
-            try:
-                evidence = EvalEvidence.load(settings.eval, settings.eval_sha256)
-            except EvidenceError as exc:
-                problems["eval"] = str(exc)
-        if settings.general_eval is not None:
-            try:
-                general = EvalEvidence.load(settings.general_eval)
-            except EvidenceError as exc:
-                problems["general_eval"] = str(exc)
-        teacher = None
-        if settings.teacher is not None and settings.teacher in self.models.backends:
-            teacher = self.models.get(settings.teacher).describe()
-        return GateInput(self.models.get(name).describe(), settings, evidence, general, teacher,
-                         self.config.slice_tolerance, problems)
-
     async def admit(self, name: str) -> TupleEntry | None:
         """Run the gates on ``name``'s served tuple and apply the outcome (``None``: a model
         that is not governed)."""
-        if not self.governed(name):
+        verdict = judge(self.settings, self.models, name)
+        if verdict is None:
             return None
         settings = self.settings.models[name]
-        gate_input = self.gate_input(name)
-        results = run_gates(gate_input)
-        failed = [r for r in results if not r.passed]
-        status: Status = "gated"
-        if failed:
-            status = ("overridden" if settings.gate_override else
-                      "warned" if self.config.ungated == "warn" else "refused")
+        given, results, status, why = (verdict.gate_input, verdict.results, verdict.status,
+                                       verdict.why)
         backend = self.models.get(name)
-        evidence = gate_input.evidence
+        evidence = given.evidence
         backend.validating_eval = evidence.ref() if evidence is not None else None
-        why = "; ".join(f"{r.gate}: {r.detail}" for r in failed)
         if status == "refused":
             backend.refusal = (f"model {name} is not served: it did not pass its gates ({why})")
             log.error("model %s refused: %s", name, why)
@@ -186,7 +225,7 @@ class TupleRegistry:
                             settings.gate_override)
             elif status == "warned":
                 log.warning("model %s serves ungated (governance.ungated = warn): %s", name, why)
-        model = gate_input.model
+        model = given.model
         entry = TupleEntry(name, model.digest(), status, results, settings.owner,
                            evidence.report.id if evidence is not None else None,
                            settings.gate_override,

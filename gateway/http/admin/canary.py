@@ -3,14 +3,18 @@
 - ``GET /admin/canary`` — every pinned model's status (pin, last run, drift state, rollback);
 - ``GET /admin/canary/{model}`` — one model's status;
 - ``POST /admin/canary/{model}/pin`` — pin the model's live version on its configured canary
-  set (golden outputs decoded now, greedily);
+  set (golden outputs decoded now, greedily), if its tuple passes its gates as serving does
+  (:mod:`gateway.governance.pinning`; a ``gate_override`` or ``governance.ungated = "warn"``
+  pins with a WARNING);
 - ``POST /admin/canary/{model}/run`` — a canary run now (rollback follows its result);
 - ``POST /admin/canary/{model}/ack`` — acknowledge the model's alarm (body, optional:
   ``{"by": "who"}``): rollback ends on every replica, the drift evidence restarts;
 - ``DELETE /admin/canary/{model}/pin`` — unpin (older pins and run history stay in the store).
 
 The same operations as ``tiergate canary ...``; errors are OpenAI-shaped (404 not pinned or not
-configured, 409 the canary set changed since the pin, 502 the model failed to answer).
+configured, 409 the canary set changed since the pin or — code ``model_not_validated`` — the
+tuple to pin fails its gates, 503 ``model_loading`` a model to pin not loaded yet, 502 the
+model failed to answer).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from canary.monitor import CanaryMonitor
+from gateway.governance.pinning import check_pin
 from gateway.http.exchange import Call, Reply, json_reply
 from gateway.http.frontdoor import Endpoint
 from gateway.http.parsing import json_object
@@ -61,6 +66,7 @@ async def get_status(call: Call) -> Reply:
 
 async def pin(call: Call) -> Reply:
     monitor, model = _monitor(call), call.path_params["model"]
+    check_pin(call.gateway.settings, call.gateway.registry, model)  # 409: it fails its gates
 
     async def pin_now() -> dict[str, Any]:
         await monitor.pin(model)

@@ -11,56 +11,23 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
-import pytest
 
-from gateway.http.auth import hash_key
-from tests.conftest import REPO, GatewayFactory, ServerProcess, write_config
-
-MODELS = REPO / "gateway" / "reference" / "models"
-EVALS = REPO / "deploy" / "local" / "evals"
-ADMIN = "tg-admin-governance-test"
-LARGE_SHA = "17020a59524937ac4559b54889953e1fed3ca25a4fa37e83ceebe92bff5929a4"
-SMALL_SHA = "d4ebc9ca047d340475ad90bac0d3922f5a5b54cb14c4daa0ca267228fa770b5f"
-
-
-def sections(tmp_path: Path) -> dict[str, dict[str, Any]]:
-    large = {"backend": "engine", "path": str(MODELS / "ref-large"), "weights_sha256": LARGE_SHA,
-             "eval": str(EVALS / "ref-large.json"), "owner": "reference-team"}
-    # ref-small at int8, pointed at ref-large's eval: the eval of another tuple
-    small = {"backend": "engine", "path": str(MODELS / "ref-small"), "int8": True,
-             "weights_sha256": SMALL_SHA, "eval": str(EVALS / "ref-large.json")}
-    return {
-        "models.ref-large": large,
-        "models.ref-large-stale": {**large, "reevaluate_days": 1e-6},
-        "models.ref-small-refused": small,
-        "models.ref-small-fallback": {**small, "fallbacks": ["ref-large"]},
-        "models.ref-small-overridden": {**small, "gate_override": "TICKET-42: eval pending"},
-        "auth": {"admin_keys": [{"id": "sre", "sha256": hash_key(ADMIN)}]},
-        "canary": {"alert_sinks": ["log", "metric"]},
-    }
+from tests.conftest import REPO, write_config
+from tests.gateway.governance.conftest import (
+    ADMIN,
+    EVALS,
+    LARGE_SHA,
+    Gated,
+    complete,
+    sections,
+)
 
 
-@pytest.fixture(scope="module")
-def refusing(gateway_factory: GatewayFactory,
-             tmp_path_factory: pytest.TempPathFactory) -> tuple[ServerProcess, dict[str, str]]:
-    directory = tmp_path_factory.mktemp("gates")
-    env = {"TIERGATE_GOVERNANCE__UNGATED": "refuse",
-           "TIERGATE_GOVERNANCE__HISTORY_PATH": str(directory / "registry.sqlite3")}
-    return gateway_factory(sections(directory), env=env), env
-
-
-def complete(server: ServerProcess, model: str) -> httpx.Response:
-    return httpx.post(server.url + "/v1/completions", timeout=60,
-                      json={"model": model, "prompt": "rev(3+4)=", "max_tokens": 3})
-
-
-def test_a_gated_model_serves_with_its_eval_in_its_tuple(
-        refusing: tuple[ServerProcess, dict[str, str]]) -> None:
-    server, _ = refusing
+def test_a_gated_model_serves_with_its_eval_in_its_tuple(refusing: Gated) -> None:
+    server = refusing.server
     answer = complete(server, "ref-large")
     assert answer.status_code == 200, answer.text
     eval_file = (EVALS / "ref-large.json").read_bytes()
@@ -71,9 +38,8 @@ def test_a_gated_model_serves_with_its_eval_in_its_tuple(
     assert evaluation["sha256"] == hashlib.sha256(eval_file).hexdigest()
 
 
-def test_a_model_failing_its_gates_is_refused_and_a_fallback_answers(
-        refusing: tuple[ServerProcess, dict[str, str]]) -> None:
-    server, _ = refusing
+def test_a_model_failing_its_gates_is_refused_and_a_fallback_answers(refusing: Gated) -> None:
+    server = refusing.server
     refused = complete(server, "ref-small-refused")
     assert refused.status_code == 503
     error = refused.json()["error"]
@@ -84,17 +50,15 @@ def test_a_model_failing_its_gates_is_refused_and_a_fallback_answers(
     assert "model ref-small-refused refused: evaluated:" in server.logs()
 
 
-def test_an_override_serves_with_its_reason_logged(
-        refusing: tuple[ServerProcess, dict[str, str]]) -> None:
-    server, _ = refusing
+def test_an_override_serves_with_its_reason_logged(refusing: Gated) -> None:
+    server = refusing.server
     assert complete(server, "ref-small-overridden").status_code == 200
     assert "model ref-small-overridden serves despite failed gates" in server.logs()
     assert "override: TICKET-42: eval pending" in server.logs()
 
 
-def test_the_registry_in_health_metrics_and_the_admin_api(
-        refusing: tuple[ServerProcess, dict[str, str]]) -> None:
-    server, _ = refusing
+def test_the_registry_in_health_metrics_and_the_admin_api(refusing: Gated) -> None:
+    server = refusing.server
     health = httpx.get(server.url + "/health").json()["governance"]
     assert health["refused"] == ["ref-small-refused", "ref-small-fallback"]
     # ref-large-stale: evaluated when its eval ran, a period of 0.09 s; the override: never
@@ -128,8 +92,8 @@ def test_the_registry_in_health_metrics_and_the_admin_api(
 
 
 def test_the_cli_reads_what_the_gateway_recorded(
-        refusing: tuple[ServerProcess, dict[str, str]], tmp_path: Path) -> None:
-    _, env = refusing
+        refusing: Gated, tmp_path: Path) -> None:
+    env = refusing.env
     config = write_config(tmp_path / "tiergate.toml", sections(tmp_path))
     run = subprocess.run([sys.executable, "-m", "gateway", "registry", "list", "--config",
                           str(config)], capture_output=True, text=True, cwd=REPO, timeout=60,
