@@ -161,7 +161,7 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
         sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     start = _when(window.since) if window.since is not None else "the first record"
-    print(f"tiergate report: {start} .. {_when(window.until)}")
+    print(f"report window: {start} .. {_when(window.until)}")
     for name, section in SECTIONS.items():
         print(f"\n{section.title}")
         print("\n".join(section.lines(sections[name])))

@@ -97,7 +97,7 @@ def test_a_section_without_its_source_says_so(tmp_path: Path, monkeypatch: pytes
     config = write_config(tmp_path / "tiergate.toml", {"models.echo": model})
     assert main(["report", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("tiergate report: the first record .. ")
+    assert out.startswith("report window: the first record .. ")
     assert f"governance\n  not available: no registry history (governance.history_path " \
            f"{missing} does not exist)" in out
     assert main(["report", "--since", "yesterday", "--config", str(config)]) == 2
