@@ -89,7 +89,7 @@ class OpenAIServing:
             headers["x-tiergate-escalated"] = "true" if decision.escalated else "false"
             if decision.score is not None:
                 headers["x-tiergate-score"] = f"{decision.score:.6f}"
-        if gen.sampling.seed is not None:
+        if gen.sampling.seed is not None and model.takes_seed:
             headers["x-tiergate-seed"] = str(gen.sampling.seed)
         for listener in self.listeners.heading:
             headers.update(listener.headers(gen))

@@ -46,6 +46,12 @@ ERROR_STATUSES = {429: "rate_limit_error", 529: "overloaded_error", 503: "overlo
 class AnthropicBackend(HTTPBackend):
     settings: AnthropicModelSettings
 
+    def _build_tuple(self, engine: str, version: str | None,
+                     inner: dict[str, Any] | None = None) -> ModelTuple:
+        # the Messages API takes no seed: a sampled answer is not reproducible from one
+        return super()._build_tuple(engine, version, inner).model_copy(
+            update={"takes_seed": False})
+
     def __init__(self, name: str, settings: AnthropicModelSettings) -> None:
         super().__init__(name, settings)
         self._tuple = self._build_tuple(engine="anthropic", version=settings.anthropic_version)

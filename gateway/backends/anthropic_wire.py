@@ -64,7 +64,8 @@ def _check_sampling(request: GenerationRequest) -> None:
         ("return_token_ids", request.return_token_ids, ""),
     ]
     # ``seed`` is not refused: the gateway draws one for every sampled request (to record it);
-    # the Messages API has none, so a sampled answer from it cannot be replayed exactly.
+    # the Messages API has none, so a sampled answer from it cannot be replayed exactly (the
+    # tuple says so: ``takes_seed`` false, and no ``x-tiergate-seed`` header is sent).
     for name, refuse, what in refused:
         if refuse:
             raise unsupported(name, what)

@@ -74,6 +74,9 @@ class ModelTuple(BaseModel):
     """Where it is served from: a directory, or an upstream base URL."""
     teacher_digest: str | None = None
     """A distilled student's teacher: that tuple's digest (provenance, not identity)."""
+    takes_seed: bool = True
+    """Whether the engine honours a sampling seed (the Anthropic Messages API has none): the
+    gateway reports its drawn seed (``x-tiergate-seed``) only for a model that takes it."""
 
     def identity(self) -> dict[str, Any]:
         """The fields that make two tuples the same model (the name and where it lives do not)."""

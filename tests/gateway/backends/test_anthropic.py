@@ -237,6 +237,18 @@ def test_chat_through_the_gateway(client: openai.OpenAI, fake_anthropic: ServerP
     assert limited.choices[0].finish_reason == "length"
 
 
+def test_a_sampled_answer_reports_a_seed_only_where_the_engine_takes_one(
+        client: openai.OpenAI) -> None:
+    """The gateway draws a seed for every sampled request; Anthropic takes none, so it reports
+    none for Claude's answer (a seed there would promise a replay that cannot be made)."""
+    ask = {"max_tokens": 20, "temperature": 0.7,
+           "messages": [{"role": "user", "content": "hi"}]}
+    claude = client.chat.completions.with_raw_response.create(model="claude-echo", **ask)
+    assert "x-tiergate-seed" not in claude.headers
+    small = client.chat.completions.with_raw_response.create(model="small", **ask)
+    assert small.headers["x-tiergate-seed"].isdigit()
+
+
 def test_streaming_with_usage(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
         model="claude-echo", stream=True, stream_options={"include_usage": True},
