@@ -5,7 +5,8 @@ PostgreSQL record store, in front of the scriptable upstream.
 Under load one replica is killed with SIGKILL — its whole process group, the records delivery
 process with it — and HAProxy routes around it; the replica is then restarted on the same spool,
 delivers what it had spooled, and every request that got a 200 has its decode record in the
-shared store, whose chain ``tiergate audit verify`` finds intact."""
+shared store, whose chain ``tiergate audit verify`` finds intact. A threshold changed through
+one replica's admin API reaches the others through Redis."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import psycopg
 import pytest
 
 from gateway.cli.main import main
+from gateway.http.auth import hash_key
 from tests.conftest import (
     PostgresServer,
     RedisProcess,
@@ -39,6 +41,7 @@ from tests.conftest import (
 
 REPLICAS = ("g1", "g2", "g3")
 SCHEMA = "fleet"
+ADMIN_KEY = "tg-fleet-admin"
 CLIENTS = 3
 """Client threads, each sending chat requests one after the other through HAProxy."""
 BEFORE_KILL, AFTER_KILL = 5, 10
@@ -112,6 +115,8 @@ def replica_config(upstream: ServerProcess, postgres: PostgresServer, redis_url:
     directory.mkdir(parents=True)
     path = write_config(directory / "tiergate.toml", {
         "models.echo": upstream_model(upstream, "echo"),
+        "routes.auto": {"mode": "fixed", "small": "echo", "large": "echo"},
+        "auth": {"admin_keys": [{"id": "sre", "sha256": hash_key(ADMIN_KEY)}]},
         "records": {"sink": "postgres", "postgres_url": postgres.url,
                     "postgres_schema": SCHEMA, "spool_dir": str(directory / "spool"),
                     "store_interval_s": 0.2},
@@ -212,6 +217,22 @@ class Load:
                 if replica is None or served_by == replica:
                     found[client] += 1
             return found
+
+
+def test_a_threshold_changed_on_one_replica_reaches_the_others(fleet: Fleet) -> None:
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    path = "/admin/routes/auto/threshold"
+    first, *others = (fleet.replicas[name].url for name in REPLICAS)
+    changed = httpx.put(first + path, json={"threshold": 0.37}, headers=admin, timeout=30)
+    assert changed.status_code == 200, changed.text
+
+    def everywhere() -> bool:
+        return all(httpx.get(url + path, headers=admin, timeout=30).json()["threshold"] == 0.37
+                   for url in others)
+
+    wait_for(everywhere, timeout=60, what="the new threshold on every replica")
+    answer = httpx.get(others[0] + path, headers=admin, timeout=30).json()
+    assert answer["shared"] is True, answer
 
 
 def test_a_killed_replica_is_routed_around_and_every_answer_is_recorded(fleet: Fleet) -> None:
