@@ -59,6 +59,9 @@ system-deps:
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q postgresql; }
+	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q haproxy; }
 
 test: install-dev embeddings system-deps
 	$(BIN)/pytest -q

@@ -3,22 +3,18 @@ requests to record."""
 
 from __future__ import annotations
 
-import glob
 import itertools
 import os
-import pwd
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import pytest_asyncio
 import redis
@@ -39,7 +35,7 @@ from gateway.records.settings import RecordsSettings
 from gateway.records.sinks import create_sink
 from gateway.records.sinks.base import PendingRecord, RecordSink
 from router.decision import Decision
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, PostgresServer, free_port
 
 WEIGHTS = "ab" * 32
 
@@ -100,97 +96,6 @@ def durable_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
     server = RedisServer(_spawn_redis(port, directory), port, directory)
     yield server
     server.stop()
-
-
-@dataclass
-class PostgresServer:
-    process: subprocess.Popen[bytes]
-    port: int
-    directory: Path
-    command: list[str]
-    user: dict[str, Any]
-    """``user``/``group`` to run the server as (PostgreSQL refuses root)."""
-    password: str = "pg-secret-Zq81"
-    """In every URL; the server trusts loopback, so only what tiergate shows of it matters."""
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://tiergate:{self.password}@127.0.0.1:{self.port}/postgres"
-
-    def connect(self, schema: str) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.url, autocommit=True, options=f"-c search_path={schema}")
-
-    def start(self) -> None:
-        """(Re)start the server on the same port and data (after :meth:`stop`)."""
-        if self.process.poll() is not None:
-            self.process = _spawn_postgres(self.command, self.directory, self.user, self.url)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            # fast shutdown: gateways of the session may still be connected
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def _postgres_bin() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent
-    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(versions[-1]).parent if versions else None
-
-
-def _spawn_postgres(command: list[str], directory: Path, user: dict[str, Any],
-                    url: str) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                               cwd=directory, **user)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            psycopg.connect(url, connect_timeout=2).close()
-            return process
-        except psycopg.OperationalError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"PostgreSQL did not start (exit {process.poll()})") from None
-            time.sleep(0.1)
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """A real PostgreSQL on a free loopback port, in a directory of its own (``make test``
-    installs the server: ``make system-deps``). PostgreSQL refuses to run as root: as root the
-    server runs as the ``postgres`` system user the package creates."""
-    bindir = _postgres_bin()
-    if bindir is None:
-        pytest.skip("PostgreSQL is not installed (no initdb on PATH or in /usr/lib/postgresql): "
-                    "apt-get install postgresql (make system-deps)")
-    directory = Path(tempfile.mkdtemp(prefix="tiergate-pg-"))
-    user: dict[str, Any] = {}
-    if os.geteuid() == 0:
-        try:
-            account = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.fail("running as root needs the 'postgres' system user to run PostgreSQL")
-        os.chown(directory, account.pw_uid, account.pw_gid)
-        user = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
-    data = directory / "data"
-    subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "tiergate", "-A", "trust",
-                    "-E", "UTF8", "--no-sync"], check=True, stdout=subprocess.DEVNULL,
-                   cwd=directory, **user)
-    port = free_port()
-    command = [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-c",
-               "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={directory}"]
-    server = PostgresServer(subprocess.Popen(["true"]), port, directory, command, user)
-    server.process.wait()
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 _prefixes = itertools.count()
