@@ -261,12 +261,15 @@ class OpenAIServing:
         status = 200
         error: BaseException | None = None
         usage: Usage | None = None
-        first_s = time.perf_counter() - started[0]
+        first_s: float | None = None  # the first output text's, from the call's start
         event, sequence, response = first, -1, None
         self._schedule_started(ctx, req, gen)
         try:
             while True:
-                sequence = event.data.get("sequence_number", sequence + 1)
+                number = event.data.get("sequence_number")
+                sequence = number if isinstance(number, int) else sequence + 1
+                if first_s is None and event.type == "response.output_text.delta":
+                    first_s = time.perf_counter() - started[0]
                 response = event.data.get("response", response)
                 if event.type in TERMINAL_EVENTS and isinstance(response, dict):
                     result = backend.forwarded_result(
@@ -292,7 +295,8 @@ class OpenAIServing:
         finally:
             await aclose(events)
             self._finish(span, ctx, req.model, backend.name, status,
-                         first_s + (started[0] - ctx.received), usage, error)
+                         None if first_s is None else first_s + (started[0] - ctx.received),
+                         usage, error)
 
     async def embed(self, req: protocol.EmbeddingsRequest, ctx: RequestContext) -> Served:
         """``/v1/embeddings``: one model (a route chooses between generating tiers), its

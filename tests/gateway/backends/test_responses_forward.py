@@ -14,7 +14,9 @@ import openai
 import orjson
 import pytest
 
+from gateway.backends.responses_wire import EventReader, choice_of, usage_of
 from gateway.cli.main import main
+from gateway.kernel.errors import UpstreamError
 from tests.conftest import GatewayFactory, ServerProcess, upstream_model, write_config
 
 API_KEY = "sk-forward-secret-0123456789"
@@ -153,3 +155,26 @@ def test_replay_refuses_a_forwarded_call(client: openai.OpenAI, sections: dict[s
     out = capsys.readouterr()
     assert code == 3 and "REFUSED" in out.out + out.err
     assert "/v1/responses" in out.out + out.err
+
+
+def test_event_reader_splits_events_across_reads() -> None:
+    reader = EventReader("fwd")
+    first = b'event: response.created\ndata: {"type": "response.created", "sequence_number": 0}'
+    assert reader.feed(first) == []  # not complete yet
+    events = reader.feed(b'\r\n\r\n: a comment\n\ndata: {"type": "response.output_text.delta"'
+                         b', "delta": "a"}\n\ndata: {"type"')
+    assert [e.type for e in events] == ["response.created", "response.output_text.delta"]
+    assert events[0].raw.startswith(b"event: response.created\n")
+    with pytest.raises(UpstreamError, match="invalid SSE event"):
+        reader.feed(b'"\n\n')
+
+
+def test_usage_and_choice_of_an_incomplete_response() -> None:
+    response = {"status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"},
+                "output": [{"type": "message", "content": [
+                    {"type": "output_text", "text": "ab"}, {"type": "refusal"},
+                    {"type": "output_text", "text": "c"}]}],
+                "usage": {"input_tokens": 4, "output_tokens": 2, "total_tokens": 6}}
+    assert choice_of(response).text == "abc" and choice_of(response).finish_reason == "length"
+    usage = usage_of(response)
+    assert (usage.prompt_tokens, usage.completion_tokens) == (4, 2)
