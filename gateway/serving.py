@@ -17,7 +17,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway import protocol
-from gateway.kernel.errors import InvalidRequestError, TiergateError, internal_error
+from gateway.backends.http import HTTPBackend
+from gateway.backends.responses_wire import TERMINAL_EVENTS, Event, failure_events
+from gateway.kernel.backend import Backend
+from gateway.kernel.errors import (
+    InvalidRequestError,
+    TiergateError,
+    UpstreamError,
+    internal_error,
+)
 from gateway.kernel.generation import (
     GenerationChunk,
     GenerationRequest,
@@ -30,6 +38,7 @@ from gateway.kernel.modeltuple import ModelTuple
 from gateway.listener import CompletedRequest, Listeners, RequestContext, RequestListener
 from gateway.models.dispatch import Dispatcher, aclose
 from gateway.models.registry import ModelRegistry
+from gateway.models.resilience import GuardedBackend
 from gateway.settings import Settings
 from gateway.telemetry.instruments import Telemetry, clip
 from router.decision import Decision
@@ -169,6 +178,10 @@ class OpenAIServing:
                 for listener in self.listeners.admitting:
                     listener.admit()
                 gen = self._prepare(req, ctx)
+                if isinstance(req, protocol.ResponsesRequest) and route is None \
+                        and getattr(self.registry.settings_of(req.model), "responses",
+                                    "translate") == "forward":
+                    return await self._forward(req, gen, ctx, span)
                 if not req.stream:
                     self._schedule_started(ctx, req, gen)
                 plan = await self._plan(route, req.model, gen)
@@ -194,6 +207,96 @@ class OpenAIServing:
         self._completed(ctx, req, gen, [*plan.prior, result], plan.decision)
         return Served(headers=self._headers(result.model, gen, plan.decision),
                       body=body)
+
+    async def _forward(self, req: protocol.ResponsesRequest, gen: GenerationRequest,
+                       ctx: RequestContext, span: Any) -> Served:
+        """A Responses request to a model with ``responses = "forward"``: the client's body to
+        the upstream's own ``/v1/responses`` (retries and fallbacks as for any call; a fallback
+        must forward too), the upstream's answer or events relayed as they come."""
+        body = req.model_dump(mode="json", exclude_unset=True)
+        gen.sampling.seed = req.seed  # the upstream draws its own: none is sent or reported
+
+        def forwarder(backend: Backend) -> HTTPBackend:
+            if not isinstance(backend, HTTPBackend) or not backend.forwards_responses:
+                raise UpstreamError(f"model {backend.name} does not forward /v1/responses")
+            return backend
+
+        def guarded(backend: Backend) -> GuardedBackend:
+            assert isinstance(backend, GuardedBackend)
+            return backend
+
+        if not req.stream:
+            self._schedule_started(ctx, req, gen)
+            result = await self.dispatcher.call(req.model, gen, lambda backend: guarded(
+                backend).call(lambda inner: forwarder(inner).respond(
+                    body, gen.request_id, gen.trace_headers)))
+            self._finish(span, ctx, req.model, result.model.name, 200, None, result.usage)
+            self._completed(ctx, req, gen, [result], None)
+            return Served(headers=self._headers(result.model, gen, None),
+                          body=result.extra["response"])
+
+        async def open_events(backend: Backend
+                              ) -> tuple[HTTPBackend, Event, AsyncIterator[Event]]:
+            inner = forwarder(guarded(backend).inner)
+            events = guarded(backend).call_stream(lambda _: inner.respond_stream(
+                body, gen.request_id, gen.trace_headers))
+            try:
+                return inner, await anext(events), events
+            except BaseException:
+                await aclose(events)
+                raise
+
+        started, started_at = time.perf_counter(), time.time()
+        backend, first, events = await self.dispatcher.call(req.model, gen, open_events)
+        return Served(headers=self._headers(backend.describe(), gen, None),
+                      stream=self._relay(backend, body, first, events, gen, req, ctx, span,
+                                         (started, started_at)))
+
+    async def _relay(self, backend: HTTPBackend, body: dict[str, Any], first: Event,
+                     events: AsyncIterator[Event], gen: GenerationRequest,
+                     req: protocol.ResponsesRequest, ctx: RequestContext, span: Any,
+                     started: tuple[float, float]) -> AsyncIterator[bytes]:
+        """A forwarded stream's events, as the upstream sent them; the call recorded from the
+        response its last event carries, before that event goes out."""
+        status = 200
+        error: BaseException | None = None
+        usage: Usage | None = None
+        first_s: float | None = None  # the first output text's, from the call's start
+        event, sequence, response = first, -1, None
+        self._schedule_started(ctx, req, gen)
+        try:
+            while True:
+                number = event.data.get("sequence_number")
+                sequence = number if isinstance(number, int) else sequence + 1
+                if first_s is None and event.type == "response.output_text.delta":
+                    first_s = time.perf_counter() - started[0]
+                response = event.data.get("response", response)
+                if event.type in TERMINAL_EVENTS and isinstance(response, dict):
+                    result = backend.forwarded_result(
+                        {**body, "model": backend.upstream_model}, response, *started, first_s)
+                    usage = result.usage
+                    self._completed(ctx, req, gen, [result], None)
+                yield event.raw
+                try:
+                    event = await anext(events)
+                except StopAsyncIteration:
+                    break
+        except TiergateError as exc:
+            log.warning("request %s: stream failed: %s", gen.request_id, clip(exc.message))
+            status, error = exc.status, exc
+            yield failure_events(exc.body(), sequence, response)
+        except Exception as exc:
+            log.exception("request %s: stream failed", gen.request_id)
+            status, error = 500, exc
+            yield failure_events(internal_error().body(), sequence, response)
+        except BaseException as exc:  # the client went away (cancelled / generator closed)
+            status, error = 499, exc
+            raise
+        finally:
+            await aclose(events)
+            self._finish(span, ctx, req.model, backend.name, status,
+                         None if first_s is None else first_s + (started[0] - ctx.received),
+                         usage, error)
 
     async def embed(self, req: protocol.EmbeddingsRequest, ctx: RequestContext) -> Served:
         """``/v1/embeddings``: one model (a route chooses between generating tiers), its

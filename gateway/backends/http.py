@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from gateway.backends.httpclient import ClientError, ConnectError, Pool, Response
+from gateway.backends.responses_wire import TERMINAL_EVENTS, Event, EventReader, choice_of, usage_of
 from gateway.backends.settings import UpstreamSettings
 from gateway.backends.wire import (
     parse_chunk,
@@ -120,6 +121,8 @@ class HTTPBackend(Backend):
         """Why the upstream could not be reached, last time (redacted)."""
         self._probed_at = -PROBE_EVERY_S
         self._probe: asyncio.Task[None] | None = None
+        self.forwards_responses = getattr(settings, "responses", "translate") == "forward"
+        """Whether ``/v1/responses`` goes to the upstream's own (:meth:`respond`)."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -414,6 +417,70 @@ class HTTPBackend(Backend):
         finally:
             # Not read to the end (client gone, error): close the connection, which cancels the
             # upstream request, rather than returning a half-read connection to the pool.
+            if done:
+                await _drain(resp)
+            else:
+                resp.close()
+        if not done:
+            raise UpstreamError(f"model {self.name}: upstream closed the stream mid-answer")
+
+
+    # -- the upstream's own /v1/responses (responses = "forward") ---------------------------
+
+    async def _open_responses(self, body: dict[str, Any], request_id: str,
+                              trace: dict[str, str]) -> tuple[Response, dict[str, Any]]:
+        sent = {**body, "model": await self._upstream_model()}
+        resp = await self._post(f"{self._prefix}/responses", orjson.dumps(sent), request_id,
+                                trace)
+        return resp, sent
+
+    def forwarded_result(self, sent: dict[str, Any], response: dict[str, Any],
+                         started: float, started_at: float,
+                         first_event_s: float | None = None) -> GenerationResult:
+        """A forwarded call as a model call's result: the text and usage read from the
+        upstream's response object, which is kept whole under ``extra["response"]`` and the
+        body sent under ``runtime["forwarded"]`` (records show both)."""
+        return GenerationResult(
+            model=self._tuple, choices=[choice_of(response)], usage=usage_of(response),
+            timing=Timing(started_at=started_at, first_token_s=first_event_s,
+                          total_s=time.perf_counter() - started),
+            extra={"response": response},
+            runtime={"upstream": self.shown_url, "upstream_model": self.upstream_model,
+                     "forwarded": {"path": "/v1/responses", "body": sent}},
+        )
+
+    async def respond(self, body: dict[str, Any], request_id: str, trace: dict[str, str]
+                      ) -> GenerationResult:
+        """``body`` (a Responses request) to the upstream's ``/v1/responses``, not streamed."""
+        started, started_at = time.perf_counter(), time.time()
+        resp, sent = await self._open_responses(body, request_id, trace)
+        data, _ = await self._read_json(resp)
+        if not isinstance(data, dict) or data.get("object") != "response":
+            raise UpstreamError(f"model {self.name}: upstream sent a malformed response object")
+        return self.forwarded_result(sent, data, started, started_at)
+
+    async def respond_stream(self, body: dict[str, Any], request_id: str,
+                             trace: dict[str, str]) -> AsyncIterator[Event]:
+        """``body`` streamed at the upstream's ``/v1/responses``: its events as they come, to
+        the one that ends the response (``response.completed``, ``.incomplete``, ``.failed``)."""
+        resp, _ = await self._open_responses(body, request_id, trace)
+        reader, done = EventReader(self.name), False
+        try:
+            if resp.content_type != "text/event-stream":
+                raise UpstreamError(f"model {self.name}: upstream answered {resp.content_type!r} "
+                                    "to a streaming request")
+            async for data in resp.iter_any():
+                for event in reader.feed(data):
+                    yield event
+                    done = done or event.type in TERMINAL_EVENTS
+                if done:
+                    break
+        except TimeoutError as exc:
+            raise UpstreamTimeoutError(f"model {self.name}: upstream stream timed out") from exc
+        except ClientError as exc:
+            raise UpstreamError(
+                f"model {self.name}: upstream stream failed: {redact_error(exc)}") from exc
+        finally:
             if done:
                 await _drain(resp)
             else:

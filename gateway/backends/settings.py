@@ -99,6 +99,10 @@ class HTTPModelSettings(UpstreamSettings):
     backend: Literal["http"] = "http"
     upstream_model: str | None = None
     """The model name the upstream serves; default: the first of its ``/v1/models``."""
+    responses: Literal["translate", "forward"] = "translate"
+    """How ``/v1/responses`` reaches this model: ``translate`` (to chat completions, as for
+    every backend) or ``forward`` (to the upstream's own ``/v1/responses``, its answer and
+    events relayed as they come; for upstreams that serve it)."""
 
 
 class AnthropicModelSettings(UpstreamSettings):

@@ -90,6 +90,12 @@ class Dispatcher:
         # every model refused before a call (loading, say): the client hears of the one it named
         raise first if last.code in NOT_LOADED and first.code in NOT_LOADED else last
 
+    async def call(self, name: str, request: GenerationRequest,
+                   call: Callable[[Backend], Awaitable[T]]) -> T:
+        """``call`` on ``name``'s backend, with its retries and fallbacks (a call of another
+        kind than generate / stream / embed: a forwarded ``/v1/responses``)."""
+        return await self._first_success(name, request, call)
+
     async def generate(self, name: str, request: GenerationRequest) -> GenerationResult:
         async def call(backend: Backend) -> GenerationResult:
             return await backend.generate(request)

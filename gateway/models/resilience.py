@@ -18,9 +18,9 @@ Retries and fallbacks across backends live in :mod:`gateway.models.dispatch`.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.kernel.backend import Backend
 from gateway.kernel.errors import (
@@ -38,6 +38,8 @@ from gateway.kernel.generation import (
     GenerationResult,
 )
 from gateway.kernel.modeltuple import EvalRef, ModelTuple
+
+T = TypeVar("T")
 
 BACKEND_FAILURES = (UpstreamError, ServiceUnavailableError, UpstreamTimeoutError)
 """Errors that say the backend is unwell (as opposed to the request being wrong)."""
@@ -215,6 +217,31 @@ class GuardedBackend(Backend):
             raise
         self._exit(None)
         return result
+
+    async def call(self, run: Callable[[Backend], Awaitable[T]]) -> T:
+        """``run`` on the inner backend, guarded as ``generate`` is (a call of another kind: a
+        forwarded ``/v1/responses``)."""
+        self._enter()
+        try:
+            result = await run(self.inner)
+        except BaseException as exc:
+            self._exit(exc)
+            raise
+        self._exit(None)
+        return result
+
+    async def call_stream(self, run: Callable[[Backend], AsyncIterator[T]]) -> AsyncIterator[T]:
+        """``run``'s stream from the inner backend, guarded as ``stream`` is."""
+        self._enter()
+        error: BaseException | None = None
+        try:
+            async for item in run(self.inner):
+                yield item
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._exit(error)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         self._enter()

@@ -6,7 +6,9 @@ every model call with the recorded parameters and effective seed, and re-run the
 decision with the recorded verifier and threshold (:func:`rerun_decision`). The verdict is
 ``identical`` (token ids equal — the text when a backend gave no token ids — and the decision
 the same or not re-runnable, which the report says), ``diverged`` (the first divergent position
-with both tokens and their logprobs, or a changed decision) or ``refused`` (with the reason).
+with both tokens and their logprobs, or a changed decision) or ``refused`` (with the reason: a
+call forwarded to an upstream's own ``/v1/responses`` is always refused, its request was not a
+chat request replay can decode again).
 
 Replay asks for the sampled token's logprob (``logprobs = 0``) when the original request did not,
 to show it at a divergence; engines compute logprobs after choosing the token, so this does not
@@ -255,6 +257,13 @@ class Replayer:
             return report
 
     async def _replay(self, record: DecodeRecord, report: ReplayReport) -> ReplayReport:
+        forwarded = [str(call.model.get("name")) for call in record.calls
+                     if "forwarded" in call.runtime]
+        if forwarded:  # an upstream's own Responses API: no chat request to decode again
+            raise ReplayRefused(
+                f"model(s) {', '.join(forwarded)}: the call was forwarded to the upstream's own "
+                "/v1/responses (responses = \"forward\"), which replay cannot decode again; "
+                "the record keeps the body sent and the response received")
         names = [str(call.model.get("name")) for call in record.calls]
         missing = [n for n in dict.fromkeys(names) if n not in self.registry.backends]
         if missing:

@@ -21,8 +21,12 @@ kind of broken one:
                    ``refusal: null``, ``annotations: []`` and a field of its own
 =================  ==============================================================================
 
-``/v1/embeddings`` answers every model with vectors that say what they embed. It is also an
-OTLP/HTTP trace receiver (``POST /v1/traces``) for telemetry tests.
+``/v1/responses`` (its own Responses API) answers ``"responses: <input>"`` — a marker that the
+request was forwarded, not translated to chat — whole or as OpenAI's events (``response.created``,
+``response.output_text.delta`` per piece, ``response.completed`` with ``usage``); ``status-NNN``
+and ``cut`` behave there as for chat. ``/v1/embeddings`` answers every model with vectors that
+say what they embed. It is also an OTLP/HTTP trace receiver (``POST /v1/traces``) for
+telemetry tests.
 
 Every request it served is counted at ``GET /stats`` (``{"requests": N, "open_streams": K}``), so
 tests can check that cancelled requests really ended upstream.
@@ -87,6 +91,8 @@ def _logprob_item(piece: str, i: int, top: int) -> dict[str, Any]:
 class FakeUpstream:
     def __init__(self) -> None:
         self.requests = 0
+        self.responses = 0
+        """Requests served at ``/v1/responses``."""
         self.open_streams = 0
         self.last_body: dict[str, Any] | None = None
         self.last_headers: dict[str, str] = {}
@@ -101,6 +107,7 @@ class FakeUpstream:
         app.router.add_post("/v1/chat/completions", self.robust_complete)
         app.router.add_post("/v1/completions", self.robust_complete)
         app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/v1/responses", self.respond)
         return app
 
     async def embeddings(self, request: web.Request) -> web.Response:
@@ -129,6 +136,7 @@ class FakeUpstream:
 
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response({"requests": self.requests, "open_streams": self.open_streams,
+                                  "responses": self.responses,
                                   "trace_exports": [e.hex() for e in self.trace_exports]})
 
     async def traces(self, request: web.Request) -> web.Response:
@@ -174,6 +182,62 @@ class FakeUpstream:
         option = orjson.OPT_INDENT_2 if model == "pretty" else None
         return web.Response(body=orjson.dumps(self._whole(body, model, chat), option=option),
                             content_type="application/json")
+
+    async def respond(self, request: web.Request) -> web.StreamResponse:
+        """``/v1/responses``: ``"responses: <input>"`` in CHUNKS pieces, cut at
+        ``max_output_tokens`` (then ``incomplete``)."""
+        self.requests += 1
+        self.responses += 1
+        body = orjson.loads(await request.read())
+        self.last_body, self.last_headers = body, dict(request.headers)
+        model = str(body.get("model", "echo"))
+        if model.startswith("status-"):
+            status = int(model.split("-")[1])
+            error = {"message": f"fake upstream error {status}", "type": "fake", "param": None,
+                     "code": None}
+            return web.json_response({"error": error}, status=status)
+        given = body.get("input")
+        if isinstance(given, list):
+            content = given[-1].get("content") if given and isinstance(given[-1], dict) else ""
+            given = content if isinstance(content, str) else " ".join(
+                str(p.get("text", "")) for p in content or [] if isinstance(p, dict))
+        text = f"responses: {given}"
+        size = max(1, -(-len(text) // CHUNKS))
+        pieces = [text[i:i + size] for i in range(0, len(text), size)]
+        limit = body.get("max_output_tokens")
+        complete = not (isinstance(limit, int) and limit < len(pieces))
+        pieces = pieces if complete else pieces[:limit]
+        whole = {
+            "id": "resp_fake", "object": "response", "created_at": int(time.time()),
+            "model": model, "status": "completed" if complete else "incomplete",
+            "incomplete_details": None if complete else {"reason": "max_output_tokens"},
+            "output": [{"type": "message", "id": "msg_fake", "role": "assistant",
+                        "status": "completed", "content": [
+                            {"type": "output_text", "text": "".join(pieces),
+                             "annotations": []}]}],
+            "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+            "usage": {"input_tokens": len(str(given).split()), "output_tokens": len(pieces),
+                      "total_tokens": len(str(given).split()) + len(pieces)},
+        }
+        if not body.get("stream"):
+            return web.json_response(whole)
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        started = {**whole, "status": "in_progress", "output": [], "usage": None}
+        events: list[tuple[str, dict[str, Any]]] = [("response.created", {"response": started})]
+        events += [("response.output_text.delta", {"item_id": "msg_fake", "output_index": 0,
+                                                   "content_index": 0, "delta": piece,
+                                                   "logprobs": []}) for piece in pieces]
+        events.append(("response.completed" if complete else "response.incomplete",
+                       {"response": whole}))
+        for number, (kind, fields) in enumerate(events):
+            if model == "cut" and number == 3:
+                request.transport.close()  # type: ignore[union-attr]
+                return response
+            data = {"type": kind, "sequence_number": number, **fields}
+            await response.write(b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data)
+                                 + b"\n\n")
+        return response
 
     async def _tool_call(self, request: web.Request, body: dict[str, Any]
                          ) -> web.StreamResponse:
