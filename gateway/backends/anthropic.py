@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import orjson
@@ -23,11 +24,18 @@ from gateway.backends.anthropic_wire import (
     messages_body,
     parse_message,
 )
-from gateway.backends.http import HTTPBackend, _drain, _retry_after, map_status
-from gateway.backends.httpclient import ClientError, Response
+from gateway.backends.http import (
+    HTTPBackend,
+    Read,
+    SseLines,
+    _retry_after,
+    delivered_together,
+    map_status,
+)
+from gateway.backends.httpclient import Response
 from gateway.backends.settings import AnthropicModelSettings
 from gateway.kernel.backend import Backend
-from gateway.kernel.errors import TiergateError, UpstreamError, UpstreamTimeoutError
+from gateway.kernel.errors import TiergateError, UpstreamError
 from gateway.kernel.generation import (
     EmbeddingRequest,
     EmbeddingResult,
@@ -37,7 +45,6 @@ from gateway.kernel.generation import (
     Timing,
 )
 from gateway.kernel.modeltuple import ModelTuple
-from gateway.kernel.secrets import redact_error
 
 ERROR_STATUSES = {429: "rate_limit_error", 529: "overloaded_error", 503: "overloaded_error"}
 """Statuses whose meaning does not depend on the body's ``error.type``."""
@@ -105,49 +112,25 @@ class AnthropicBackend(HTTPBackend):
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         resp = await self._open(request, stream=True)
-        translator = StreamTranslator()
-        try:
-            if resp.content_type != "text/event-stream":
-                raise UpstreamError(f"model {self.name}: upstream answered {resp.content_type!r} "
-                                    "to a streaming request")
-            tail = b""
-            async for data in resp.iter_any():
-                lines = (tail + data if tail else data).split(b"\n")
-                tail = lines.pop()
-                chunks: list[GenerationChunk] = []
-                failure: TiergateError | None = None
-                for line in lines:
-                    if not line.startswith(b"data:"):
-                        continue  # "event:" lines name what the data's "type" says again
-                    try:
-                        chunks.extend(translator.event(orjson.loads(line[5:].strip())))
-                    except orjson.JSONDecodeError as exc:
-                        failure = UpstreamError(f"model {self.name}: upstream sent an invalid "
-                                                "SSE event")
-                        failure.__cause__ = exc
-                    except TiergateError as exc:
-                        failure = exc
-                    if failure is not None or translator.done:
-                        break
-                for chunk in chunks:  # sent on together, as they arrived together
-                    chunk.buffered = True
-                if chunks and failure is None:
-                    chunks[-1].buffered = False
-                for chunk in chunks:
-                    yield chunk
-                if failure is not None:
-                    raise failure
-                if translator.done:
+        translator, lines = StreamTranslator(), SseLines()
+
+        def take(data: bytes) -> Read[GenerationChunk]:
+            read: Read[GenerationChunk] = Read()
+            for payload in lines.feed(data):  # "event:" lines repeat the data's "type"
+                try:
+                    read.items.extend(translator.event(orjson.loads(payload)))
+                except orjson.JSONDecodeError as exc:
+                    read.failure = self.invalid_event(exc)
+                except TiergateError as exc:
+                    read.failure = exc
+                if read.failure is not None or translator.done:
                     break
-        except TimeoutError as exc:
-            raise UpstreamTimeoutError(f"model {self.name}: upstream stream timed out") from exc
-        except ClientError as exc:
-            raise UpstreamError(
-                f"model {self.name}: upstream stream failed: {redact_error(exc)}") from exc
-        finally:
-            if translator.done:
-                await _drain(resp)
-            else:
-                resp.close()
-        if not translator.done:
-            raise UpstreamError(f"model {self.name}: upstream closed the stream mid-answer")
+            read.done = translator.done
+            return read
+
+        async with aclosing(self.reads(resp, take)) as reads:
+            async for read in reads:
+                for chunk in delivered_together(read):
+                    yield chunk
+                if read.failure is not None:
+                    raise read.failure

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -50,6 +52,8 @@ from gateway.kernel.generation import (
 from gateway.kernel.modeltuple import ModelTuple, Quantization
 from gateway.kernel.secrets import redact, redact_error
 from gateway.telemetry.instruments import trace_headers_for_upstream
+
+T = TypeVar("T")
 
 log = logging.getLogger("tiergate.backends.http")
 
@@ -368,46 +372,54 @@ class HTTPBackend(Backend):
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         resp = await self._open(request, stream=True)
-        chat = request.kind == "chat"
+        chat, lines = request.kind == "chat", SseLines()
+
+        def take(data: bytes) -> Read[GenerationChunk]:
+            read: Read[GenerationChunk] = Read()
+            for payload in lines.feed(data):
+                if payload == b"[DONE]":
+                    read.done = True
+                    break
+                try:
+                    read.items.extend(parse_chunk(orjson.loads(payload), chat))
+                except orjson.JSONDecodeError as exc:
+                    read.failure = self.invalid_event(exc)
+                    break
+                except UpstreamError as exc:
+                    read.failure = exc
+                    break
+            return read
+
+        async with aclosing(self.reads(resp, take)) as reads:
+            async for read in reads:
+                for chunk in delivered_together(read):
+                    yield chunk
+                if read.failure is not None:
+                    raise read.failure
+
+    def invalid_event(self, exc: Exception) -> UpstreamError:
+        failure = UpstreamError(f"model {self.name}: upstream sent an invalid SSE event")
+        failure.__cause__ = exc
+        return failure
+
+    async def reads(self, resp: Response, take: Callable[[bytes], Read[T]]
+                    ) -> AsyncGenerator[Read[T], None]:
+        """An upstream's event stream, one read at a time as ``take`` makes it out, with the
+        stream's life in one place: refused unless it is an event stream; timeouts and
+        connection failures mapped; read to its end, the connection is drained back to the
+        pool, else (client gone, a failure, the caller stopped) closed, which cancels the
+        upstream request; a stream that ends before its end was seen is an error. Iterate it
+        under ``contextlib.aclosing`` so that it closes when the caller stops."""
         done = False
         try:
             if resp.content_type != "text/event-stream":
                 raise UpstreamError(f"model {self.name}: upstream answered {resp.content_type!r} "
                                     "to a streaming request")
-            tail = b""
             async for data in resp.iter_any():
-                lines = (tail + data if tail else data).split(b"\n")
-                tail = lines.pop()  # a line not complete yet
-                chunks: list[GenerationChunk] = []
-                failure: UpstreamError | None = None
-                for line in lines:
-                    if not line.startswith(b"data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == b"[DONE]":
-                        done = True
-                        break
-                    try:
-                        chunks.extend(parse_chunk(orjson.loads(payload), chat))
-                    except orjson.JSONDecodeError as exc:
-                        failure = UpstreamError(f"model {self.name}: upstream sent an invalid "
-                                                "SSE event")
-                        failure.__cause__ = exc
-                        break
-                    except UpstreamError as exc:
-                        failure = exc
-                        break
-                # Chunks that arrived together are marked so that they are sent on together;
-                # those before a failure are delivered before it.
-                for chunk in chunks:
-                    chunk.buffered = True
-                if chunks and failure is None:
-                    chunks[-1].buffered = False
-                for chunk in chunks:
-                    yield chunk
-                if failure is not None:
-                    raise failure
-                if done:
+                read = take(data)
+                done = read.done
+                yield read
+                if done or read.failure is not None:
                     break
         except TimeoutError as exc:
             raise UpstreamTimeoutError(f"model {self.name}: upstream stream timed out") from exc
@@ -415,15 +427,12 @@ class HTTPBackend(Backend):
             raise UpstreamError(
                 f"model {self.name}: upstream stream failed: {redact_error(exc)}") from exc
         finally:
-            # Not read to the end (client gone, error): close the connection, which cancels the
-            # upstream request, rather than returning a half-read connection to the pool.
             if done:
                 await _drain(resp)
             else:
                 resp.close()
         if not done:
             raise UpstreamError(f"model {self.name}: upstream closed the stream mid-answer")
-
 
     # -- the upstream's own /v1/responses (responses = "forward") ---------------------------
 
@@ -464,29 +473,48 @@ class HTTPBackend(Backend):
         """``body`` streamed at the upstream's ``/v1/responses``: its events as they come, to
         the one that ends the response (``response.completed``, ``.incomplete``, ``.failed``)."""
         resp, _ = await self._open_responses(body, request_id, trace)
-        reader, done = EventReader(self.name), False
-        try:
-            if resp.content_type != "text/event-stream":
-                raise UpstreamError(f"model {self.name}: upstream answered {resp.content_type!r} "
-                                    "to a streaming request")
-            async for data in resp.iter_any():
-                for event in reader.feed(data):
+        reader = EventReader(self.name)
+
+        def take(data: bytes) -> Read[Event]:
+            events = reader.feed(data)
+            return Read(events, done=any(event.type in TERMINAL_EVENTS for event in events))
+
+        async with aclosing(self.reads(resp, take)) as reads:
+            async for read in reads:
+                for event in read.items:
                     yield event
-                    done = done or event.type in TERMINAL_EVENTS
-                if done:
-                    break
-        except TimeoutError as exc:
-            raise UpstreamTimeoutError(f"model {self.name}: upstream stream timed out") from exc
-        except ClientError as exc:
-            raise UpstreamError(
-                f"model {self.name}: upstream stream failed: {redact_error(exc)}") from exc
-        finally:
-            if done:
-                await _drain(resp)
-            else:
-                resp.close()
-        if not done:
-            raise UpstreamError(f"model {self.name}: upstream closed the stream mid-answer")
+
+
+@dataclass(slots=True)
+class Read(Generic[T]):
+    """What one read of an upstream's event stream gave: its items, a failure after them, and
+    whether the stream's end was seen."""
+
+    items: list[T] = field(default_factory=list)
+    failure: TiergateError | None = None
+    done: bool = False
+
+
+class SseLines:
+    """The ``data:`` payloads of an event stream's complete lines, across reads."""
+
+    def __init__(self) -> None:
+        self.tail = b""  # a line not complete yet
+
+    def feed(self, data: bytes) -> list[bytes]:
+        lines = (self.tail + data if self.tail else data).split(b"\n")
+        self.tail = lines.pop()
+        return [line[5:].strip() for line in lines if line.startswith(b"data:")]
+
+
+def delivered_together(read: Read[GenerationChunk]) -> list[GenerationChunk]:
+    """Chunks that arrived together are marked so that they are sent on together; those before
+    a failure are delivered before it."""
+    for chunk in read.items:
+        chunk.buffered = True
+    if read.items and read.failure is None:
+        read.items[-1].buffered = False
+    return read.items
 
 
 async def _drain(resp: Response) -> None:
