@@ -47,7 +47,6 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     train.add_argument("--folds", type=int, default=5,
                        help="with --refit: cross-fitting folds, by prompt hash (5)")
     train.add_argument("--strict", action="store_true", help="fail on the first bad row")
-    train.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads (1)")
     train.set_defaults(handler=run_train, reads_settings=False)
 
     evaluate = actions.add_parser("eval", parents=[common],
@@ -87,19 +86,16 @@ def _problems(problems: list[str]) -> None:
 
 
 def run_train(args: argparse.Namespace, settings: object) -> int:
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, unused-ignore]
-
     from verifiers.evaluation import format_report
     from verifiers.training import train_artifact
 
     print(f"training a {args.kind} verifier ({args.recipe} recipe) on {args.data}, "
-          f"{max(1, args.threads)} thread(s) ...", file=sys.stderr, flush=True)
+          "one thread ...", file=sys.stderr, flush=True)
     try:
-        with threadpool_limits(limits=max(1, args.threads)):
-            result = train_artifact(args.data, args.kind, args.out, target=args.target,
-                                    validation_data=args.validation, strict=args.strict,
-                                    recipe=args.recipe, embeddings=args.embeddings,
-                                    refit=args.refit, folds=args.folds)
+        result = train_artifact(args.data, args.kind, args.out, target=args.target,
+                                validation_data=args.validation, strict=args.strict,
+                                recipe=args.recipe, embeddings=args.embeddings,
+                                refit=args.refit, folds=args.folds)
     except (VerifierError, OSError) as exc:
         return _fail(exc)
     _problems(result.problems)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -352,9 +353,24 @@ class Labels:
     large_right: FloatArray | None
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run on one BLAS and one OpenMP thread: the order of a parallel sum depends on the thread
+    count, so a verifier trained on two threads differs in its low bits, and its artifact in its
+    bytes, from one trained on one. The estimators' libraries are loaded first: a native
+    library that loads inside the limit (scikit-learn's OpenMP loads with its gradient boosting)
+    would not be limited, and the first fit in a process would differ from the next."""
+    from sklearn import ensemble  # noqa: F401  (loads scikit-learn's OpenMP runtime)
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, unused-ignore]
+
+    with threadpool_limits(limits=1):
+        yield
+
+
 def fit_state(spec: VerifierSpec, items: Sequence[VerifierInput], labels: Labels,
               extractors: Sequence[NumericExtractor] | None = None) -> State:
-    """Train every part of a verifier; returns the state that the artifact stores.
+    """Train every part of a verifier; returns the state that the artifact stores. Always on
+    one thread (:func:`one_thread`): the same rows give the same artifact, byte for byte.
 
     With ``spec.slice_dropout`` every row that has a slice is used twice, once with and once
     without it, so the text features learn to stand in for a missing slice label; the two
@@ -369,6 +385,12 @@ def fit_state(spec: VerifierSpec, items: Sequence[VerifierInput], labels: Labels
         raise SpecError("inputs and labels differ in length")
     if extractors is None:
         extractors = extractors_of(spec)
+    with one_thread():
+        return _fit_state(spec, items, labels, extractors)
+
+
+def _fit_state(spec: VerifierSpec, items: Sequence[VerifierInput], labels: Labels,
+               extractors: Sequence[NumericExtractor]) -> State:
     groups = np.arange(len(items))
     small_wrong, large_right = labels.small_wrong, labels.large_right
     if spec.answer_formats:

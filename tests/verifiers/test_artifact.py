@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import skops.io
 from sklearn.preprocessing import FunctionTransformer
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, unused-ignore]
 
 from verifiers.artifact import (
     MANIFEST_FILE,
@@ -83,9 +84,12 @@ def test_prompt_verifier_fast_path_matches_batch(prompt_verifier: Verifier,
                                              + prediction.p_small_wrong - 1)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 def test_same_data_gives_the_same_artifact(gsm8k_split: tuple[list[Example], list[Example]],
-                                           answer_dir: Path, tmp_path: Path) -> None:
-    again = fit(gsm8k_split[0][:300], preset("answer"))
+                                           answer_dir: Path, tmp_path: Path, threads: int) -> None:
+    """Whatever thread pools the caller set (the session fixture fitted under the defaults)."""
+    with threadpool_limits(limits=threads):
+        again = fit(gsm8k_split[0][:300], preset("answer"))
     assert saved(again, tmp_path / "again") and \
         file_sha256(tmp_path / "again" / MODEL_FILE) == file_sha256(answer_dir / MODEL_FILE)
 
