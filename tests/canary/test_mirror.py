@@ -7,14 +7,13 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from openai import OpenAI
 
 from canary.shadow import ShadowLog, ShadowPair
-from tests.conftest import REPO, GatewayFactory, ServerProcess, upstream_model
+from tests.conftest import REPO, GatewayFactory, ServerProcess, upstream_model, wait_for
 
 REFERENCE = REPO / "gateway" / "reference" / "models"
 
@@ -23,14 +22,6 @@ def shadow_counts(gateway: ServerProcess) -> dict[tuple[str, str, str], float]:
     text = httpx.get(gateway.url + "/metrics").text
     pattern = r'^tiergate_shadow_total\{model="([^"]+)",target="([^"]+)",outcome="([^"]+)"\} (\S+)'
     return {(m, t, o): float(v) for m, t, o, v in re.findall(pattern, text, re.MULTILINE)}
-
-
-def wait_for(condition: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for the shadow calls")
-        time.sleep(0.05)
 
 
 def stored_pairs(directory: Path) -> list[ShadowPair]:

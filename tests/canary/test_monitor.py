@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from tests.conftest import (
     ServerProcess,
     free_port,
     start_server,
+    wait_for,
     write_config,
 )
 
@@ -96,16 +97,6 @@ class Upstream:
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop()
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def metric(gateway: ServerProcess, name: str) -> dict[str, float]:

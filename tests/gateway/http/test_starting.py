@@ -29,6 +29,7 @@ from tests.conftest import (
     free_port,
     start_server,
     upstream_model,
+    wait_for,
     write_config,
 )
 
@@ -76,16 +77,6 @@ def held() -> Iterator[HeldUpstream]:
     upstream = HeldUpstream()
     yield upstream
     upstream.close()
-
-
-def wait_for(condition: Any, timeout: float = 60.0) -> None:
-    """Poll ``condition()`` until true (an event, not a duration, is what is asserted)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def serve(tmp_path: Path, sections: dict[str, dict[str, Any]],
@@ -149,7 +140,7 @@ def test_the_port_is_bound_while_a_model_loads(upstream: ServerProcess, held: He
         assert served.status_code == 200
 
         held.release()
-        wait_for(lambda: httpx.get(gateway.url + "/readyz").status_code == 200)
+        wait_for(lambda: httpx.get(gateway.url + "/readyz").status_code == 200, timeout=60)
         cards = {c["id"]: c["tiergate"] for c in httpx.get(gateway.url + "/v1/models").json()
                  ["data"]}
         assert cards["held"]["status"] == "ready"
@@ -180,14 +171,14 @@ def test_a_group_sigterm_stops_gateway_and_delivery_cleanly(upstream: ServerProc
         return answer.headers["x-tiergate-record-id"]
 
     first = ask()
-    wait_for(lambda: first in stored(tmp_path))  # the delivery process runs its loop
+    wait_for(lambda: first in stored(tmp_path), timeout=60)  # the delivery process runs its loop
     spooled = {ask() for _ in range(3)}
     children = gateway.children()
     assert children, "the records delivery process runs beside the gateway"
     os.killpg(gateway.process.pid, signal.SIGTERM)
     # uvicorn re-raises the signal it handled once its graceful stop is done
     assert gateway.process.wait(30) in (0, -signal.SIGTERM)
-    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children))
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), timeout=60)
     logs = gateway.logs()
     assert "ERROR" not in logs and "Traceback" not in logs, logs
     assert "delivery process exited" not in logs and "stopped with status" not in logs, logs
