@@ -22,7 +22,13 @@ from gateway.kernel.errors import (
     TiergateError,
     UpstreamError,
 )
-from gateway.kernel.generation import ChoiceResult, GenerationChunk, GenerationRequest, Usage
+from gateway.kernel.generation import (
+    ChoiceResult,
+    GenerationChunk,
+    GenerationRequest,
+    Usage,
+    message_text,
+)
 from gateway.kernel.secrets import redact
 
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
@@ -30,6 +36,7 @@ FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "le
 """Anthropic ``stop_reason`` → OpenAI ``finish_reason``."""
 
 IGNORED_FIELDS = frozenset({"store", "service_tier", "metadata"})
+READER = "the Anthropic Messages API"
 """Passthrough fields that do not change what the model generates."""
 NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
     "response_format": (None, {"type": "text"}),
@@ -72,21 +79,6 @@ def _check_sampling(request: GenerationRequest) -> None:
     if s.temperature > 1.0:
         raise InvalidRequestError("temperature: the Anthropic Messages API takes 0 to 1",
                                   param="temperature", code="unsupported_parameter")
-
-
-def _text(content: Any, where: str) -> str:
-    """A message's content as plain text (a system or tool message)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    texts = []
-    for part in content:
-        if not isinstance(part, dict) or part.get("type") != "text":
-            raise InvalidRequestError(f"{where}: only text parts are supported here",
-                                      param=where)
-        texts.append(str(part.get("text", "")))
-    return "\n".join(texts)
 
 
 def _image(part: dict[str, Any], where: str) -> dict[str, Any]:
@@ -155,7 +147,7 @@ def translate_messages(messages: list[dict[str, Any]]
         role, where = message.get("role"), f"messages[{index}]"
         content = message.get("content")
         if role in ("system", "developer"):
-            system.append(_text(content, f"{where}.content"))
+            system.append(message_text(content, f"{where}.content", READER))
         elif role == "user":
             add("user", _blocks(content, f"{where}.content"))
         elif role == "assistant":
@@ -168,7 +160,7 @@ def translate_messages(messages: list[dict[str, Any]]
                 raise InvalidRequestError(f"{where}: a tool message needs tool_call_id",
                                           param=f"{where}.tool_call_id")
             add("user", [{"type": "tool_result", "tool_use_id": str(message["tool_call_id"]),
-                          "content": _text(content, f"{where}.content")}])
+                          "content": message_text(content, f"{where}.content", READER)}])
         else:
             raise InvalidRequestError(f"{where}: role {role!r} is not supported by the "
                                       "Anthropic Messages API", param=f"{where}.role")

@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from gateway.kernel.errors import InvalidRequestError
 from gateway.kernel.modeltuple import ModelTuple
 
 RequestKind = Literal["chat", "completion"]
@@ -263,3 +264,21 @@ class EmbeddingResult:
     usage: Usage
     extra: dict[str, Any] = field(default_factory=dict)
     """Top-level response fields from an upstream that tiergate passes on."""
+
+
+def message_text(content: Any, param: str, reader: str) -> str:
+    """A chat message's ``content`` as plain text: a string, ``null`` (empty), or text parts
+    joined by newlines. Any other part is refused as a bad ``param``, naming the ``reader``
+    (e.g. "the in-process engine") that takes text only."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        if kind != "text" or not isinstance(part.get("text"), str):
+            raise InvalidRequestError(f"{param}: content parts of type {kind!r} are not "
+                                      f"supported by {reader} (text only)", param=param)
+        texts.append(part["text"])
+    return "\n".join(texts)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.kernel.errors import ConfigError, InvalidRequestError
-from gateway.kernel.generation import GenerationRequest, SamplingParams
+from gateway.kernel.generation import GenerationRequest, SamplingParams, message_text
 
 SEED_SPACE = 2**64
 
@@ -112,22 +112,6 @@ def check_passthrough(passthrough: dict[str, Any]) -> None:
         )
 
 
-def _message_text(content: Any, index: int) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    texts = []
-    for part in content:
-        kind = part.get("type")
-        if kind != "text" or not isinstance(part.get("text"), str):
-            raise InvalidRequestError(
-                f"messages[{index}]: content parts of type '{kind}' are not supported by the "
-                "in-process engine (text only)", param=f"messages[{index}].content")
-        texts.append(part["text"])
-    return "\n".join(texts)
-
-
 def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Plain-text messages for a template: ``developer`` → ``system``, text parts joined."""
     out = []
@@ -135,7 +119,8 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         role = message.get("role")
         normalized: dict[str, Any] = {
             "role": "system" if role == "developer" else role,
-            "content": _message_text(message.get("content"), index),
+            "content": message_text(message.get("content"), f"messages[{index}].content",
+                                    "the in-process engine"),
         }
         for key in ("name", "tool_calls", "tool_call_id"):
             if key in message:
