@@ -156,6 +156,9 @@ class FrontDoor:
                 call.caller = authenticate_admin(self._admin_keys, call.header(b"authorization"))
             reply = await endpoint.handler(call)
             if reply.stream is None:
+                if ticket is not None:  # settled before the answer: the key's next request
+                    await self.gateway.keys.release(ticket)  # sees its slot free
+                    ticket = None
                 await send_body(send, reply, request_id)
                 return
             started = True
@@ -172,8 +175,8 @@ class FrontDoor:
                 raise
             await send_body(send, error_reply(internal_error()), request_id)
         finally:
-            if ticket is not None:
-                self.gateway.keys.release(ticket)
+            if ticket is not None:  # a stream (as its last bytes went out), or an error
+                await self.gateway.keys.release(ticket)
 
     async def _admit(self, endpoint: Endpoint, call: Call) -> Ticket | None:
         """The client key and its policy (:class:`gateway.keys.gate.KeyGate`): the caller on

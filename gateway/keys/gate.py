@@ -144,12 +144,15 @@ class KeyGate:
         self.usage.pending[request_id] = ticket
         return ticket
 
-    def release(self, ticket: Ticket) -> None:
-        """The request is answered: settle its ticket in the background (the answer is out)."""
+    async def release(self, ticket: Ticket) -> None:
+        """The request is answered: settle its ticket (free its slot, reconcile its tokens,
+        charge its spend). A cancelled caller (the server stopping) leaves the settlement
+        running to its end."""
         self.usage.pending.pop(ticket.request_id, None)
         task = asyncio.get_running_loop().create_task(self.limiter.settle(ticket))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
+        await asyncio.shield(task)
 
     async def start(self) -> None:
         if self.store is not None:

@@ -286,6 +286,8 @@ class RedisLimiter(Limiter):
         self.url = url
         self.timeout_s = timeout_s
         self._redis: Any = None
+        self._down = False
+        """Redis was unreachable at the last admission (logged once per outage)."""
 
     def _client(self) -> Any:
         if self._redis is None:
@@ -326,13 +328,18 @@ class RedisLimiter(Limiter):
                 int(self.lease_s * 1000), int(periods.day_left_s * 1000),
                 int(periods.month_left_s * 1000))
         except (RedisError, OSError, TimeoutError) as exc:
+            if not self._down:
+                log.warning("Redis is unreachable (%s): keys with redis_down = open are served "
+                            "unmetered, the others refused (503)", redact_error(exc))
+                self._down = True
             if policy.redis_down == "open":
-                log.warning("key %s: limits unchecked, Redis is unreachable (%s); admitted "
-                            "(redis_down = open)", key_id, redact_error(exc))
                 return Ticket(key_id, request_id, policy, tokens, enforced=False)
             raise ServiceUnavailableError(
                 "The key's limits cannot be checked now (Redis is unreachable); try again.",
                 retry_after=5) from exc
+        if self._down:
+            log.warning("Redis is reachable again: key limits are counted")
+            self._down = False
         if kind != 0:
             raise refusal(int(kind), int(value) / 1000, policy)
         return Ticket(key_id, request_id, policy, int(value))

@@ -189,3 +189,20 @@ def test_redis_unreachable_fails_open_or_closed_per_key(
     for gateway in pair:
         wait_for(lambda g=gateway: chat(g, closed_key).status_code == 200,
                  what="the closed key served again once Redis is back")
+
+
+def test_a_sequential_client_never_meets_its_own_slot(
+        replicas: tuple[ServerProcess, ...]) -> None:
+    """A slot frees with its answer (a whole answer's before it is written, a stream's as its
+    last bytes go out), on either replica: a client that waits for each answer before the
+    next request is never refused by ``concurrency = 1``."""
+    key = create(replicas[0], "one-at-a-time", concurrency=1)
+    client = httpx.Client(headers={"authorization": f"Bearer {key}"}, timeout=30)
+    for i in range(12):
+        url = replicas[i % 2].url + "/v1/chat/completions"
+        if i % 3 == 0:
+            with client.stream("POST", url, json={**CHAT, "stream": True}) as stream:
+                assert stream.status_code == 200
+                assert stream.read().endswith(b"data: [DONE]\n\n")
+        else:
+            assert client.post(url, json=CHAT).status_code == 200
