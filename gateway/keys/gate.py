@@ -43,10 +43,14 @@ def used_tokens(done: CompletedRequest) -> int:
     return sum(r.usage.prompt_tokens + r.usage.completion_tokens for r in done.results)
 
 
-def token_price(usd_per_million_tokens: float) -> Spend:
-    """A flat price per token of usage (``keys.usd_per_million_tokens``): the interim spend
-    until the cost model prices each request."""
+def request_spend(usd_per_million_tokens: float) -> Spend:
+    """The spend of a completed request: its ``cost_usd`` when the request carries one (the
+    cost model's price of the request), else a flat price per token of its usage
+    (``keys.usd_per_million_tokens``, the interim until every request is priced)."""
     def spend(done: CompletedRequest) -> float:
+        priced = getattr(done, "cost_usd", None)
+        if isinstance(priced, int | float):
+            return float(priced)
         return used_tokens(done) * usd_per_million_tokens / 1e6
     return spend
 

@@ -55,8 +55,8 @@ class KeysSettings(Section):
     """How long a request's concurrency slot is held at most: the slots of a replica that died
     mid-request come free after it."""
     usd_per_million_tokens: float = Field(default=0.0, ge=0)
-    """Interim price of a request for the spend budgets, per million tokens of its usage,
-    until the cost model prices requests (issue #24); 0: nothing is charged."""
+    """What the spend budgets charge per million tokens of a request's usage when the request
+    carries no price of its own (``cost_usd``); 0: such requests are not charged."""
 
 
 class ClientKey(Section):
