@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway import protocol
-from gateway.keys.gate import estimate_tokens, request_spend, used_tokens
 from gateway.kernel.generation import ChoiceResult, GenerationResult, Usage
 from gateway.kernel.modeltuple import ModelTuple
+from gateway.keys.gate import estimate_tokens, request_spend, used_tokens
 from gateway.listener import CompletedRequest, RequestContext
 
 MODEL = ModelTuple(name="echo", engine="http")
@@ -17,7 +17,8 @@ MODEL = ModelTuple(name="echo", engine="http")
 def completed(*usages: tuple[int, int]) -> CompletedRequest:
     client = protocol.ChatCompletionRequest.model_validate(
         {"model": "auto", "messages": [{"role": "user", "content": "hi"}]})
-    results = [GenerationResult(model=MODEL, choices=[ChoiceResult(index=0, text="ok", finish_reason="stop")],
+    choice = ChoiceResult(index=0, text="ok", finish_reason="stop")
+    results = [GenerationResult(model=MODEL, choices=[choice],
                                 usage=Usage(prompt_tokens=p, completion_tokens=c))
                for p, c in usages]
     return CompletedRequest(RequestContext(request_id="r1", caller="team-a"), "auto", client,
