@@ -186,9 +186,8 @@ class FrontDoor:
         if caller is None:
             return None
         call.caller = caller.id
-        body = await call.body() if endpoint.metered and keys.needs_body(caller) else (
-            b"" if endpoint.metered else None)
-        return await keys.admit(caller, endpoint.path, call.request_id, body)
+        return await keys.admit(caller, endpoint.path, call.request_id,
+                                call.body if endpoint.metered else None)
 
     @asynccontextmanager
     async def lifespan(self, wait_for_models: bool = True) -> AsyncIterator[None]:

@@ -21,7 +21,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -122,29 +122,27 @@ class KeyGate:
             raise AuthenticationError("Incorrect API key provided.")
         return found
 
-    def needs_body(self, caller: Caller) -> bool:
-        """Whether :meth:`admit` needs the request body (the model, the token estimate)."""
-        return caller.policy.models is not None or caller.policy.tpm is not None
-
     async def admit(self, caller: Caller, path: str, request_id: str,
-                    body: bytes | None) -> Ticket | None:
-        """Hold a request to its key's policy: the path, the model, the limits. ``body``:
-        the request's body for a metered path (one that serves a model), None for others;
-        a ticket for a counted request, to :meth:`release` once it is answered."""
+                    body: Callable[[], Awaitable[bytes]] | None) -> Ticket | None:
+        """Hold a request to its key's policy: the path, then, for a metered request (one
+        that serves a model: ``body`` reads its body, read only when the policy needs it),
+        the model and the limits. A ticket for a counted request, to :meth:`release` once it
+        is answered."""
         policy = caller.policy
         if policy.routes is not None and path not in policy.routes:
             raise PermissionDeniedError(f"This key may not call {path[:200]}.",
                                         code="route_not_allowed")
-        if body is None:
+        if body is None or not (policy.limited or policy.models is not None):
             return None
+        raw = await body() if policy.models is not None or policy.tpm is not None else b""
         if policy.models is not None:
-            model = _model_of(body)
+            model = _model_of(raw)
             if model is not None and model not in policy.models:
                 raise PermissionDeniedError(f"This key may not use the model {model[:200]!r}.",
                                             param="model", code="model_not_allowed")
         if not policy.limited:
             return None
-        ticket = await self.limiter.admit(caller.id, policy, request_id, estimate_tokens(body))
+        ticket = await self.limiter.admit(caller.id, policy, request_id, estimate_tokens(raw))
         self.usage.pending[request_id] = ticket
         return ticket
 
