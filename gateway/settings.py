@@ -25,6 +25,7 @@ from gateway.governance.settings import GovernanceSettings
 from gateway.kernel.errors import ConfigError
 from gateway.kernel.secrets import redact
 from gateway.kernel.settings import Section
+from gateway.keys.settings import ClientKey, KeysSettings
 from gateway.protocol import LimitsSettings
 from gateway.records.settings import RecordsSettings
 from gateway.telemetry.settings import TelemetrySettings
@@ -66,7 +67,7 @@ class ServerSettings(Section):
 
 
 class ApiKey(Section):
-    """A client key, stored as the sha256 of the key (``tiergate keys hash``), never in clear."""
+    """An admin key, stored as the sha256 of the key (``tiergate keys hash``), never in clear."""
 
     id: str
     """Shown in logs and records as the caller."""
@@ -74,8 +75,9 @@ class ApiKey(Section):
 
 
 class AuthSettings(Section):
-    api_keys: list[ApiKey] = Field(default_factory=list)
-    """Client keys. Empty: the OpenAI surface is open (for loopback and development)."""
+    api_keys: list[ClientKey] = Field(default_factory=list)
+    """Static client keys, each with an optional policy. Empty and no key store
+    (``[keys] store``): the OpenAI surface is open (for loopback and development)."""
     admin_keys: list[ApiKey] = Field(default_factory=list)
     """Keys of the admin API (``/admin/...``: thresholds, records), separate from client keys.
     Empty: the admin API is off (403)."""
@@ -93,6 +95,8 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    keys: KeysSettings = Field(default_factory=KeysSettings)
+    """The key store of client keys made at run time, and how their limits are counted."""
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     """What one request body may hold (nesting, objects, messages, model-name length)."""
     records: RecordsSettings = Field(default_factory=RecordsSettings)
@@ -106,7 +110,8 @@ class Settings(BaseSettings):
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     """Shadow traffic: live requests mirrored to pinned versions or the other tier."""
     redis_url: str | None = None
-    """Redis shared by the replicas (thresholds hot reload); none: everything in-process."""
+    """Redis shared by the replicas (thresholds hot reload, key limits and spend, the
+    ``redis`` key store); none: everything in-process."""
     models_dir: Path = Path("var/models")
     """Where packaged models are converted to (relative paths: to the working directory)."""
     default_seed_draw: bool = True
@@ -130,6 +135,12 @@ class Settings(BaseSettings):
             if unknown:
                 raise ValueError(f"models.{name}.fallbacks: not other configured models: "
                                  f"{unknown}")
+        return self
+
+    @model_validator(mode="after")
+    def _key_store_reachable(self) -> Settings:
+        if self.keys.store == "redis" and self.redis_url is None:
+            raise ValueError('keys.store = "redis" needs redis_url')
         return self
 
     @model_validator(mode="after")

@@ -142,16 +142,6 @@ def _prepare(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _keys(args: argparse.Namespace, settings: Settings) -> int:
-    from gateway.http.auth import hash_key, new_key
-
-    key = args.key if args.action == "hash" else new_key()
-    if args.action == "new":
-        print(f"key:    {key}   (give this to the client; it is not stored)")
-    print(f"sha256: {hash_key(key)}   (put this in [[auth.api_keys]])")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tiergate", description=__doc__)
     parser.add_argument("--version", action="version", version=f"tiergate {__version__}")
@@ -207,18 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_report_commands(sub, common)
 
-    keys = sub.add_parser("keys", help="make or hash client API keys", parents=[common])
-    keys.add_argument("action", choices=["new", "hash"])
-    keys.add_argument("key", nargs="?")
-    keys.set_defaults(handler=_keys, reads_settings=False)
+    from gateway.cli.keys import add_commands as add_key_commands
+
+    add_key_commands(sub, common)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "action", None) == "hash" and not args.key:
-        parser.error("keys hash needs the KEY to hash")
     try:
         settings = load_settings(args.config, default=DEFAULT_CONFIG)
         if (args.config is None and settings.config_file == DEFAULT_CONFIG

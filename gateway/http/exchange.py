@@ -49,6 +49,7 @@ class Call:
     """The authenticated key's id (client or admin key, by the route's access)."""
     max_body_bytes: int = 0
     _headers: dict[bytes, bytes] | None = None
+    _body: bytes | None = None
 
     def header(self, name: bytes) -> str | None:
         """A request header by its lower-case name (the last, if sent several times)."""
@@ -63,8 +64,14 @@ class Call:
 
     async def body(self, limit: int | None = None) -> bytes:
         """The whole request body, refused with 413 past ``limit`` (default: the server's
-        ``max_body_bytes``) — by its declared length before a byte is read."""
-        limit = self.max_body_bytes if limit is None else limit
+        ``max_body_bytes``) — by its declared length before a byte is read. Read once: a
+        second call (the route, after the front door's key policy) gets the same bytes."""
+        if self._body is not None:
+            return self._body
+        self._body = await self._read(self.max_body_bytes if limit is None else limit)
+        return self._body
+
+    async def _read(self, limit: int) -> bytes:
         declared = self.header(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise RequestTooLargeError(f"Request body of {declared} bytes exceeds {limit} bytes.")

@@ -42,6 +42,7 @@ from gateway.kernel.errors import (
     TiergateError,
     internal_error,
 )
+from gateway.keys.limiter import Ticket
 
 log = logging.getLogger("tiergate.http")
 
@@ -61,6 +62,8 @@ class Endpoint:
     method: str
     handler: Handler
     access: Access = "client"
+    metered: bool = False
+    """A request that serves a model (its body names it): counted against its key's limits."""
 
 
 def mount(prefix: str, endpoints: Iterable[Endpoint], access: Access) -> list[Endpoint]:
@@ -142,16 +145,20 @@ class FrontDoor:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = new_request_id()
         started = False  # the answer's status line is out: errors become SSE events
+        ticket = None
         try:
             endpoint, params = self.routes.match(scope["method"], scope["path"])
             call = Call(scope, receive, request_id, self.gateway, params,
                         max_body_bytes=self.max_body_bytes)
             if endpoint.access == "client":
-                call.caller = self.gateway.auth.authenticate(call.header(b"authorization"))
+                ticket = await self._admit(endpoint, call)
             elif endpoint.access == "admin":
                 call.caller = authenticate_admin(self._admin_keys, call.header(b"authorization"))
             reply = await endpoint.handler(call)
             if reply.stream is None:
+                if ticket is not None:  # settled before the answer: the key's next request
+                    await self.gateway.keys.release(ticket)  # sees its slot free
+                    ticket = None
                 await send_body(send, reply, request_id)
                 return
             started = True
@@ -167,6 +174,20 @@ class FrontDoor:
             if started:
                 raise
             await send_body(send, error_reply(internal_error()), request_id)
+        finally:
+            if ticket is not None:  # a stream (as its last bytes went out), or an error
+                await self.gateway.keys.release(ticket)
+
+    async def _admit(self, endpoint: Endpoint, call: Call) -> Ticket | None:
+        """The client key and its policy (:class:`gateway.keys.gate.KeyGate`): the caller on
+        ``call``, a ticket when the request counts against its key's limits."""
+        keys = self.gateway.keys
+        caller = await keys.authenticate(call.header(b"authorization"))
+        if caller is None:
+            return None
+        call.caller = caller.id
+        return await keys.admit(caller, endpoint.path, call.request_id,
+                                call.body if endpoint.metered else None)
 
     @asynccontextmanager
     async def lifespan(self, wait_for_models: bool = True) -> AsyncIterator[None]:

@@ -67,10 +67,13 @@ async def retrieve_model(call: Call) -> Reply:
 
 
 ENDPOINTS = [
-    Endpoint("/v1/chat/completions", "POST", partial(complete, protocol.ChatCompletionRequest)),
-    Endpoint("/v1/completions", "POST", partial(complete, protocol.CompletionRequest)),
-    Endpoint("/v1/responses", "POST", partial(complete, protocol.ResponsesRequest)),
-    Endpoint("/v1/embeddings", "POST", embeddings),
+    Endpoint("/v1/chat/completions", "POST", partial(complete, protocol.ChatCompletionRequest),
+             metered=True),
+    Endpoint("/v1/completions", "POST", partial(complete, protocol.CompletionRequest),
+             metered=True),
+    Endpoint("/v1/responses", "POST", partial(complete, protocol.ResponsesRequest),
+             metered=True),
+    Endpoint("/v1/embeddings", "POST", embeddings, metered=True),
     Endpoint("/v1/models", "GET", list_models),
     Endpoint("/v1/models/{model:path}", "GET", retrieve_model),
 ]

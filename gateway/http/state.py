@@ -22,10 +22,12 @@ from canary.escalation import EscalationDrift, build_escalation_drift
 from canary.mirror import ShadowMirror
 from canary.monitor import CanaryMonitor
 from gateway.governance.registry import TupleRegistry
-from gateway.http.auth import KeyAuthenticator
 from gateway.http.openapi import openapi_document
 from gateway.kernel import secrets
 from gateway.kernel.errors import ServiceUnavailableError
+from gateway.keys.gate import KeyGate, request_spend
+from gateway.keys.limiter import Limiter, LocalLimiter, RedisLimiter
+from gateway.keys.store import open_store
 from gateway.models.registry import ModelRegistry, check_sources, usable
 from gateway.records.recorder import Recorder
 from gateway.serving import OpenAIServing
@@ -42,7 +44,7 @@ class GatewayState:
     settings: Settings
     registry: ModelRegistry
     serving: OpenAIServing
-    auth: KeyAuthenticator
+    keys: KeyGate
     openapi: dict[str, Any]
     telemetry: Telemetry
     canaries: CanaryMonitor
@@ -83,11 +85,14 @@ class GatewayState:
             serving.add_listener(shadow)
             queue = shadow.queue
             telemetry.gauge("tiergate_shadow_queue_depth", lambda: {"": queue.qsize()})
+        keys = build_key_gate(settings)
+        if keys.enabled:
+            serving.add_listener(keys.usage)  # what a request used, for its key's limits and budget
         return cls(
             settings=settings,
             registry=registry,
             serving=serving,
-            auth=KeyAuthenticator(settings.auth.api_keys),
+            keys=keys,
             openapi=openapi_document(settings.limits),
             telemetry=telemetry,
             recorder=recorder,
@@ -104,6 +109,7 @@ class GatewayState:
         stopped again before the error propagates."""
         secrets.install()  # logging is configured by now (the server, or the host application)
         try:
+            await self.keys.start()
             if self.recorder is not None:
                 await self.recorder.start()
             if wait_for_models:
@@ -138,6 +144,7 @@ class GatewayState:
             await self.router.thresholds.aclose()
         await self.tuples.aclose()
         await self.registry.aclose()
+        await self.keys.aclose()
         if self.recorder is not None:
             await self.recorder.aclose()  # delivers what is left to the store
         self.telemetry.shutdown()
@@ -175,3 +182,16 @@ class GatewayState:
         """Routes as ``/v1/models`` entries (``tiergate.kind = "route"``)."""
         return [] if self.router is None else route_cards(self.router, self.registry.created)
 
+
+def build_key_gate(settings: Settings) -> KeyGate:
+    """Client keys: the static ones, the store, the limiter (Redis when configured), and the
+    spend seam: the budgets are charged ``spend(completed_request)`` USD — the request's
+    ``cost_usd`` when the cost model sets one, else the flat ``keys.usd_per_million_tokens``."""
+    limiter: Limiter
+    if settings.redis_url is not None:
+        limiter = RedisLimiter(settings.redis_url, settings.keys.redis_timeout_s,
+                               settings.keys.concurrency_lease_s)
+    else:
+        limiter = LocalLimiter(settings.keys.concurrency_lease_s)
+    return KeyGate(settings.auth.api_keys, open_store(settings.keys, settings.redis_url),
+                   limiter, request_spend(settings.keys.usd_per_million_tokens))

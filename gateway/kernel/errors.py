@@ -17,7 +17,10 @@ Hierarchy (status, OpenAI ``type``)::
     │                                      e.g. a canary set edited since its pin)
     ├── AuthenticationError            401 authentication_error (code invalid_api_key)
     ├── PermissionDeniedError          403 permission_error
-    ├── RateLimitError                 429 rate_limit_error (+ Retry-After)
+    ├── RateLimitError                 429 rate_limit_error (code rate_limit_exceeded;
+    │   │                                  + Retry-After)
+    │   └── QuotaExceededError         429 insufficient_quota (a key's spend budget is spent;
+    │                                      + Retry-After: the budget's period end)
     ├── UpstreamError                  502 upstream_error (the model server failed / spoke nonsense)
     ├── ServiceUnavailableError        503 service_unavailable (+ Retry-After; circuit open)
     │   └── ModelNotValidatedError     503 service_unavailable (code model_not_validated: the
@@ -121,6 +124,13 @@ class RateLimitError(TiergateError):
     status = 429
     error_type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
+
+
+class QuotaExceededError(RateLimitError):
+    """A key's spend budget for the day or month is spent (OpenAI's ``insufficient_quota``)."""
+
+    error_type = "insufficient_quota"
+    default_code = "insufficient_quota"
 
 
 class UpstreamError(TiergateError):

@@ -82,6 +82,7 @@ def test_every_field_is_documented() -> None:
 
     from canary.settings import CanaryModelSettings, CanarySettings, ShadowMirror, ShadowSettings
     from gateway.governance.settings import GovernanceSettings
+    from gateway.keys.settings import ClientKey, KeyPolicy, KeysSettings
     from gateway.protocol import LimitsSettings
     from gateway.records.settings import RecordsSettings
     from gateway.settings import AuthSettings, ServerSettings, Settings
@@ -94,7 +95,7 @@ def test_every_field_is_documented() -> None:
                                        EngineModelSettings, CanarySettings,
                                        CanaryModelSettings, ShadowSettings, ShadowMirror,
                                        LimitsSettings, RouteSettings, GovernanceSettings,
-                                       RecordsSettings]
+                                       RecordsSettings, KeysSettings, KeyPolicy, ClientKey]
     missing = [f"{cls.__name__}.{name}" for cls in sections for name in cls.model_fields
                if f"`{name}`" not in doc]
     assert not missing, f"fields missing from docs/configuration.md: {missing}"
