@@ -1,180 +1,30 @@
-"""A fleet on one machine: three gateway processes behind a real HAProxy (Debian's package,
-``make system-deps``), sharing a Redis (thresholds, rollbacks, the canary leader lock) and one
-PostgreSQL record store, in front of the scriptable upstream.
+"""A fleet on one machine (tests/deploy/conftest.py): three gateway processes behind a real
+HAProxy, sharing a Redis and one PostgreSQL record store.
 
 Under load one replica is killed with SIGKILL — its whole process group, the records delivery
 process with it — and HAProxy routes around it; the replica is then restarted on the same spool,
 delivers what it had spooled, and every request that got a 200 has its decode record in the
 shared store, whose chain ``tiergate audit verify`` finds intact. A threshold changed through
-one replica's admin API reaches the others through Redis."""
+one replica's admin API reaches the others through Redis. A record one replica wrote replays to
+identical with another replica's settings."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
-import psycopg
 import pytest
 
 from gateway.cli.main import main
-from gateway.http.auth import hash_key
-from tests.conftest import (
-    PostgresServer,
-    RedisProcess,
-    ServerProcess,
-    free_port,
-    start_server,
-    upstream_model,
-    wait_for,
-    write_config,
-)
+from tests.conftest import wait_for, write_config
+from tests.deploy.conftest import ADMIN, REPLICAS, SCHEMA, Fleet
 
-REPLICAS = ("g1", "g2", "g3")
-SCHEMA = "fleet"
-ADMIN_KEY = "tg-fleet-admin"
 CLIENTS = 3
 """Client threads, each sending chat requests one after the other through HAProxy."""
 BEFORE_KILL, AFTER_KILL = 5, 10
 """Answers each client gets before the kill, and after it."""
-
-HAPROXY_CONFIG = """\
-global
-    maxconn 256
-
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 60s
-    timeout server 60s
-    timeout queue 30s
-    retries 3
-    retry-on conn-failure empty-response
-    option redispatch 1
-
-frontend fleet
-    bind 127.0.0.1:{port}
-    default_backend gateways
-
-backend gateways
-    balance roundrobin
-    option httpchk GET /readyz
-    http-check expect status 200
-    http-response set-header x-fleet-replica %s
-{servers}
-"""
-
-
-@dataclass
-class Fleet:
-    url: str
-    """HAProxy's frontend."""
-    directory: Path
-    replicas: dict[str, ServerProcess]
-    ports: dict[str, int]
-    env: dict[str, str]
-    config: Path
-    postgres: PostgresServer
-    haproxy: subprocess.Popen[bytes]
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def command(self, name: str) -> list[str]:
-        return [sys.executable, "-m", "gateway", "serve", "--config",
-                str(self.directory / name / "tiergate.toml"), "--port", str(self.ports[name])]
-
-    def start(self, name: str) -> None:
-        """(Re)start a replica on its port and spool, in a process group of its own."""
-        self.replicas[name] = start_server(
-            self.command(name), self.ports[name], self.directory / name / "gateway.log",
-            ready_path="/readyz", env=self.env, new_session=True)
-
-    def kill(self, name: str) -> None:
-        """SIGKILL the replica's process group: the gateway and its delivery process."""
-        process = self.replicas[name].process
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-    def stored_ids(self) -> set[str]:
-        with psycopg.connect(self.postgres.url, autocommit=True,
-                             options=f"-c search_path={SCHEMA}") as conn:
-            return {row[0] for row in conn.execute("SELECT record_id FROM records")}
-
-
-def replica_config(upstream: ServerProcess, postgres: PostgresServer, redis_url: str,
-                   directory: Path) -> Path:
-    """One replica's settings: the shared Redis and record store, a spool of its own."""
-    directory.mkdir(parents=True)
-    path = write_config(directory / "tiergate.toml", {
-        "models.echo": upstream_model(upstream, "echo"),
-        "routes.auto": {"mode": "fixed", "small": "echo", "large": "echo"},
-        "auth": {"admin_keys": [{"id": "sre", "sha256": hash_key(ADMIN_KEY)}]},
-        "records": {"sink": "postgres", "postgres_url": postgres.url,
-                    "postgres_schema": SCHEMA, "spool_dir": str(directory / "spool"),
-                    "store_interval_s": 0.2},
-        "canary": {"dir": str(directory / "canary")},
-        "shadow": {"dir": str(directory / "shadow")},
-    })
-    # a top-level key comes before the first table
-    path.write_text(f'redis_url = "{redis_url}"\n\n' + path.read_text())
-    return path
-
-
-@pytest.fixture(scope="module")
-def fleet(upstream: ServerProcess, postgres_server: PostgresServer, redis_server: RedisProcess,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    haproxy = shutil.which("haproxy") or ("/usr/sbin/haproxy"
-                                          if Path("/usr/sbin/haproxy").exists() else None)
-    if haproxy is None:
-        pytest.fail("haproxy is not installed: apt-get install haproxy (make system-deps)")
-    directory = tmp_path_factory.mktemp("fleet")
-    ports = {name: free_port() for name in REPLICAS}
-    for name in REPLICAS:
-        replica_config(upstream, postgres_server, redis_server.url, directory / name)
-    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    fleet = Fleet("", directory, {}, ports, env, directory / "haproxy.cfg", postgres_server,
-                  subprocess.Popen(["true"]))
-    fleet.haproxy.wait()
-    try:
-        for name in REPLICAS:
-            fleet.start(name)
-        port = free_port()
-        servers = "\n".join(f"    server {name} 127.0.0.1:{ports[name]} check inter 200ms "
-                            "fall 2 rise 1" for name in REPLICAS)
-        fleet.config.write_text(HAPROXY_CONFIG.format(port=port, servers=servers))
-        log = (directory / "haproxy.log").open("wb")
-        fleet.haproxy = subprocess.Popen([haproxy, "-db", "-f", str(fleet.config)],
-                                         stdout=log, stderr=subprocess.STDOUT)
-        fleet.url = f"http://127.0.0.1:{port}"
-
-        def all_replicas_answer() -> bool:
-            if fleet.haproxy.poll() is not None:
-                raise RuntimeError((directory / "haproxy.log").read_text())
-            seen = set()
-            for _ in range(6):
-                try:
-                    answer = httpx.get(fleet.url + "/readyz", timeout=5)
-                except httpx.HTTPError:
-                    return False
-                seen.add(answer.headers.get("x-fleet-replica"))
-            return seen == set(REPLICAS)
-
-        wait_for(all_replicas_answer, timeout=60, what="HAProxy sending to every replica")
-        yield fleet
-    finally:
-        if fleet.haproxy.poll() is None:
-            fleet.haproxy.terminate()
-            fleet.haproxy.wait(10)
-        for server in fleet.replicas.values():
-            server.stop()
 
 
 @dataclass
@@ -220,7 +70,7 @@ class Load:
 
 
 def test_a_threshold_changed_on_one_replica_reaches_the_others(fleet: Fleet) -> None:
-    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    admin = ADMIN
     path = "/admin/routes/auto/threshold"
     first, *others = (fleet.replicas[name].url for name in REPLICAS)
     changed = httpx.put(first + path, json={"threshold": 0.37}, headers=admin, timeout=30)
@@ -274,3 +124,30 @@ def test_a_killed_replica_is_routed_around_and_every_answer_is_recorded(fleet: F
     exported = {orjson.loads(line)["record_id"] for line in export.read_bytes().splitlines()}
     assert answered <= exported
     assert main(["audit", "verify", "--config", str(cli_config)]) == 0
+
+
+def test_a_record_written_by_one_replica_replays_identical_on_another(
+        fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
+    writer, other = "g1", "g3"
+
+    def answered_by_writer() -> str | None:
+        body = {"model": "echo", "temperature": 0.7, "max_tokens": 16,
+                "messages": [{"role": "user", "content": "replay me"}]}
+        answer = httpx.post(fleet.url + "/v1/chat/completions", json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        if answer.headers["x-fleet-replica"] != writer:
+            return None
+        record_id: str = answer.headers["x-tiergate-record-id"]
+        return record_id
+
+    record_id = wait_for(answered_by_writer, timeout=60, what=f"an answer from {writer}")
+    wait_for(lambda: record_id in fleet.stored_ids(), timeout=60,
+             what="the record in the shared store")
+    capsys.readouterr()
+    # the other replica's settings: its own models (the same upstream), the shared store
+    code = main(["replay", record_id, "--json", "--config", str(fleet.settings(other))])
+    report = orjson.loads(capsys.readouterr().out)
+    assert code == 0 and report["status"] == "identical", report
+    assert report["record_id"] == record_id and report["chain"]["ok"]
+    ((choice,),) = [call["choices"] for call in report["calls"]]
+    assert choice["status"] == "identical" and choice["recorded_length"] > 0

@@ -2,7 +2,8 @@
 validates strictly against the Kubernetes schemas (``kubernetes-validate``: unknown fields are
 errors), and the objects agree with the gateway and its image — the settings load, probes hit
 ``/readyz`` and ``/livez``, the grace period outlasts the graceful shutdown, pods run as the
-image's user, no ReadWriteMany volume, no untagged image."""
+image's user, no ReadWriteMany volume, no untagged image. The Grafana dashboard ships as a
+ConfigMap for Grafana's dashboard sidecar and plots only series a gateway exports."""
 
 from __future__ import annotations
 
@@ -14,15 +15,17 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import kubernetes_validate
 import pytest
 import yaml
 
 from gateway.settings import load_settings
-from tests.conftest import REPO
+from tests.conftest import REPO, GatewayFactory, ServerProcess, upstream_model
 
 KUBERNETES = REPO / "deploy" / "kubernetes"
 OVERLAYS = sorted(p.parent.name for p in (KUBERNETES / "overlays").glob("*/kustomization.yaml"))
+DASHBOARD = KUBERNETES / "components" / "prometheus-operator" / "grafana" / "tiergate.json"
 CUSTOM_KINDS = {"ServiceMonitor"}  # a CRD's schema is not in the Kubernetes schemas
 IMAGE_UID = int(re.search(r"--uid (\d+)", (REPO / "deploy" / "compose" / "Dockerfile")
                           .read_text()).group(1))  # type: ignore[union-attr]
@@ -151,3 +154,33 @@ def test_gpu_tiers_keep_their_weights_and_wait_for_them(
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert "/root/.cache/huggingface" in mounts
         assert json.dumps(container["args"]).count("--served-model-name") == 1
+
+
+def test_the_grafana_dashboard_ships_for_the_sidecar_and_plots_only_exported_series(
+        gateway_factory: GatewayFactory, upstream: ServerProcess) -> None:
+    [config_map] = [o for o in of_kind(render("production"), "ConfigMap")
+                    if o["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+    dashboard = json.loads(config_map["data"]["tiergate.json"])
+    assert dashboard == json.loads(DASHBOARD.read_text())
+    # provisioned as is (no import step): every panel queries the dashboard's data source
+    assert "__inputs" not in dashboard
+    assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"])
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = set(re.findall(r"\btiergate_[a-z_]+", " ".join(exprs)))
+    assert len(used) >= 10
+
+    # a gateway with a route and records, after a routed request and a stream
+    gateway = gateway_factory({
+        "models.echo": upstream_model(upstream, "echo"),
+        "routes.auto": {"mode": "fixed", "small": "echo", "large": "echo", "tier": "large"}})
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    assert httpx.post(gateway.url + "/v1/chat/completions", timeout=30,
+                      json={"model": "auto", **chat}).status_code == 200
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", timeout=30,
+                      json={"model": "echo", "stream": True, **chat}) as streamed:
+        assert streamed.status_code == 200
+        streamed.read()
+    text = httpx.get(gateway.url + "/metrics", timeout=30).text
+    exported = set(re.findall(r"^# TYPE (tiergate_[a-z_]+)", text, re.MULTILINE))
+    series = {name + suffix for name in exported for suffix in ("", "_bucket", "_count", "_sum")}
+    assert used <= series, sorted(used - series)

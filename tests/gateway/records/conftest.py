@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import redis
+from pydantic import SecretStr
 
 from gateway import protocol
 from gateway.kernel.generation import (
@@ -122,12 +123,13 @@ def postgres_settings(tmp_path: Path, server: PostgresServer, **extra: Any) -> R
 SinkSettings = Callable[..., RecordsSettings]
 
 
-@pytest.fixture(params=["sqlite", "redis", "postgres"])
-def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> SinkSettings:
-    """Settings factory for each store kind (tests run once per store)."""
-    if request.param == "sqlite":
+def _settings_factory(kind: str, request: pytest.FixtureRequest,
+                      tmp_path: Path) -> SinkSettings:
+    """Settings factory of one store kind: every call names the same store (file, schema or
+    stream) and the spool ``tmp_path / "spool"``."""
+    if kind == "sqlite":
         return lambda **extra: sqlite_settings(tmp_path, **extra)
-    if request.param == "postgres":
+    if kind == "postgres":
         pg: PostgresServer = request.getfixturevalue("postgres_server")
         schema = f"test{next(_prefixes)}"
         return lambda **extra: RecordsSettings(sink="postgres", postgres_url=pg.url,
@@ -139,6 +141,29 @@ def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> SinkSettin
     return lambda **extra: RecordsSettings(sink="redis", redis_url=server.url,
                                            redis_stream=prefix, spool_dir=tmp_path / "spool",
                                            **extra)
+
+
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
+def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> SinkSettings:
+    """Settings factory for each store kind (tests run once per store)."""
+    return _settings_factory(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def durable_settings(request: pytest.FixtureRequest, tmp_path: Path) -> SinkSettings:
+    """Settings factory of the durability tests (a killed writer, a killed delivery process,
+    several workers, the staging spool), which run on SQLite and on PostgreSQL alike."""
+    return _settings_factory(request.param, request, tmp_path)
+
+
+def records_section(settings: RecordsSettings) -> dict[str, Any]:
+    """``settings`` as a gateway config's ``[records]`` section (what was set explicitly)."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        return str(value) if isinstance(value, Path) else value
+
+    return {key: plain(getattr(settings, key)) for key in settings.model_fields_set}
 
 
 @pytest_asyncio.fixture

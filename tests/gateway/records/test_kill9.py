@@ -3,7 +3,8 @@
 A real tiergate process (models backed by the scriptable upstream) is killed with SIGKILL while
 clients stream and fetch answers. A request counts as answered when its client saw the whole
 answer (the JSON body, or ``data: [DONE]``). After a restart on the same spool and store, every
-answered request's record must be in the store and the chain must verify.
+answered request's record must be in the store and the chain must verify — with the store in
+SQLite and in PostgreSQL alike.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,10 @@ from typing import Any
 import httpx
 
 from gateway.records.audit import verify_store
-from gateway.records.chain import Signer
-from gateway.records.sinks.sqlite import SQLiteSink
+from gateway.records.sinks import create_sink, signer_for
 from tests.conftest import GatewayFactory, ServerProcess, upstream_model
+from tests.gateway.records.conftest import SinkSettings, records_section
+from tests.gateway.records.test_recorder import stored_ids
 
 PIN = "cd" * 32
 
@@ -59,26 +60,20 @@ async def load_then_kill(gateway: ServerProcess, answers: int, concurrency: int 
     return answered
 
 
-def stored_ids(path: Path) -> set[str]:
-    with sqlite3.connect(path) as conn:
-        return {row[0] for row in conn.execute("SELECT record_id FROM records")}
-
-
 async def test_kill_9_under_load_loses_no_answered_request(
-        gateway_factory: GatewayFactory, upstream: ServerProcess, tmp_path: Path) -> None:
-    store = tmp_path / "records.sqlite3"
-    paths = {"sqlite_path": str(store), "spool_dir": str(tmp_path / "spool"),
-             "signing_key": "k", "checkpoint_every": 50}
+        gateway_factory: GatewayFactory, upstream: ServerProcess, tmp_path: Path,
+        durable_settings: SinkSettings) -> None:
+    store = durable_settings(signing_key="k", checkpoint_every=50)
 
     def start(**records: Any) -> ServerProcess:
         return gateway_factory({"models.echo": upstream_model(upstream, "echo",
                                                               weights_sha256=PIN),
-                                "records": {**paths, **records}})
+                                "records": {**records_section(store), **records}})
 
     # 1. A writer that never got to deliver (long flush interval): everything is in the spool.
     first = await load_then_kill(start(flush_interval_s=60, batch_size=10_000), answers=150)
     assert len(set(first)) == len(first) >= 150
-    assert not store.exists() or not stored_ids(store) & set(first)
+    assert not set(await stored_ids(store)) & set(first)
     # 2. Default delivery: some records are in the store, the rest in the spool, at the kill.
     second = await load_then_kill(start(), answers=150)
     # 3. A restart recovers both dead processes' spools.
@@ -86,14 +81,14 @@ async def test_kill_9_under_load_loses_no_answered_request(
     deadline = time.monotonic() + 60
     missing = set(first + second)
     while missing and time.monotonic() < deadline:
-        missing -= stored_ids(store)
+        missing -= set(await stored_ids(store))
         await asyncio.sleep(0.1)
     assert not missing, f"{len(missing)} answered requests have no record"
 
-    sink = SQLiteSink(store)
+    sink = create_sink(store)
     await sink.open()
     try:
-        (report,) = await verify_store(sink, Signer(b"k"), 50)
+        (report,) = await verify_store(sink, signer_for(store), 50)
     finally:
         await sink.aclose()
     assert report.ok, report

@@ -1,4 +1,6 @@
-"""The recorder: spool first, store later, in order; store down → spool; backpressure; recovery."""
+"""The recorder: spool first, store later, in order; store down → spool; backpressure; recovery.
+
+The tests of delivery and recovery run on SQLite and on PostgreSQL (``durable_settings``)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from tests.conftest import free_port
 from tests.gateway.records.conftest import (
     PostgresServer,
     RedisServer,
+    SinkSettings,
     killed_writer,
     postgres_settings,
     record_of,
@@ -55,8 +58,9 @@ def submit(recorder: Recorder, count: int, tag: str = "q") -> list[str]:
     return [r["record_id"] for r in records]
 
 
-async def test_records_reach_the_store_in_order(tmp_path: Path) -> None:
-    settings = sqlite_settings(tmp_path, batch_size=16, flush_interval_s=0.01)
+async def test_records_reach_the_store_in_order(
+        tmp_path: Path, durable_settings: SinkSettings) -> None:
+    settings = durable_settings(batch_size=16, flush_interval_s=0.01)
     recorder = Recorder(settings)
     await recorder.start()
     ids = submit(recorder, 100)
@@ -69,8 +73,8 @@ async def test_records_reach_the_store_in_order(tmp_path: Path) -> None:
 
 
 async def test_the_store_work_runs_in_a_process_that_is_restarted_when_it_dies(
-        tmp_path: Path) -> None:
-    settings = sqlite_settings(tmp_path, batch_size=8, flush_interval_s=0.01)
+        durable_settings: SinkSettings) -> None:
+    settings = durable_settings(batch_size=8, flush_interval_s=0.01)
     recorder = Recorder(settings)
     await recorder.start()
     try:
@@ -90,8 +94,8 @@ async def test_the_store_work_runs_in_a_process_that_is_restarted_when_it_dies(
 
 
 async def test_records_wait_for_the_store_interval_unless_a_batch_or_a_flush_is_waiting(
-        tmp_path: Path) -> None:
-    settings = sqlite_settings(tmp_path, batch_size=8, flush_interval_s=0.01,
+        durable_settings: SinkSettings) -> None:
+    settings = durable_settings(batch_size=8, flush_interval_s=0.01,
                                store_interval_s=30.0)
     recorder = Recorder(settings)
     await recorder.start()
@@ -115,8 +119,9 @@ async def test_records_wait_for_the_store_interval_unless_a_batch_or_a_flush_is_
         await recorder.aclose()
 
 
-async def test_stopping_while_the_delivery_process_is_being_restarted(tmp_path: Path) -> None:
-    settings = sqlite_settings(tmp_path, flush_interval_s=0.01)
+async def test_stopping_while_the_delivery_process_is_being_restarted(
+        durable_settings: SinkSettings) -> None:
+    settings = durable_settings(flush_interval_s=0.01)
     recorder = Recorder(settings)
     await recorder.start()
     process = recorder._process
@@ -133,8 +138,9 @@ async def test_stopping_while_the_delivery_process_is_being_restarted(tmp_path: 
     assert await stored_ids(settings) == ids
 
 
-async def test_graceful_shutdown_delivers_what_is_left(tmp_path: Path) -> None:
-    settings = sqlite_settings(tmp_path, flush_interval_s=30.0)
+async def test_graceful_shutdown_delivers_what_is_left(
+        durable_settings: SinkSettings) -> None:
+    settings = durable_settings(flush_interval_s=30.0)
     recorder = Recorder(settings)
     await recorder.start()
     ids = submit(recorder, 10)
@@ -199,8 +205,9 @@ async def recovered_before_new(settings: RecordsSettings, crashed: list[str]) ->
     assert await chain_ok(settings)
 
 
-async def test_a_killed_process_spool_is_recovered_before_new_records(tmp_path: Path) -> None:
-    settings = sqlite_settings(tmp_path, flush_interval_s=0.01)
+async def test_a_killed_process_spool_is_recovered_before_new_records(
+        durable_settings: SinkSettings) -> None:
+    settings = durable_settings(flush_interval_s=0.01)
     crashed = crashed_spool(settings.spool_dir, 30)
     assert len(crashed) == 30
     (segment,) = settings.spool_dir.glob("*.spool")

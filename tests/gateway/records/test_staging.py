@@ -1,6 +1,7 @@
 """Shared-memory staging of the spool: records copied to a tmpfs twin on the request path, moved
 to the disk segment by the delivery process; nothing lost when either process dies or when the
-twin is gone (a reboot)."""
+twin is gone (a reboot). The tests that store what they recover run on SQLite and on
+PostgreSQL (``durable_settings``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from gateway.records.schema import canonical_json
 from gateway.records.settings import RecordsSettings
 from gateway.records.spool import Spool, encode_line, line_parts
 from gateway.records.staging import MemorySegment, Pump, staging_dir, whole_lines
-from tests.gateway.records.conftest import killed_writer, record_of, sqlite_settings
+from tests.gateway.records.conftest import SinkSettings, killed_writer, record_of
 from tests.gateway.records.test_recorder import (
     chain_ok,
     recovered_before_new,
@@ -79,9 +80,9 @@ def test_a_copy_cut_short_by_a_crash_is_cut_and_copied_again(tmp_path: Path) -> 
 
 
 async def test_records_of_a_killed_gateway_only_in_shared_memory_are_recovered(
-        tmp_path: Path) -> None:
+        durable_settings: SinkSettings) -> None:
     # Its delivery process never looked (flush_interval_s = 60): every record is in the twin.
-    settings = sqlite_settings(tmp_path, flush_interval_s=60.0)
+    settings = durable_settings(flush_interval_s=60.0)
     crashed = killed_writer(settings, 40)
     assert len(crashed) == 40
     (segment,) = settings.spool_dir.glob("*.spool")
@@ -91,11 +92,12 @@ async def test_records_of_a_killed_gateway_only_in_shared_memory_are_recovered(
     with twin.open("r+b") as torn:  # and a record half copied when the process died
         torn.seek(size)
         torn.write(encode_line(b'{"record_id": "torn"}')[:-9])
-    await recovered_before_new(sqlite_settings(tmp_path, flush_interval_s=0.01), crashed)
+    await recovered_before_new(durable_settings(flush_interval_s=0.01), crashed)
     assert list(settings.spool_dir.glob("*.spool")) == [] and twins(settings) == []
 
 
-async def test_after_a_reboot_the_disk_segment_has_what_was_fsynced(tmp_path: Path) -> None:
+async def test_after_a_reboot_the_disk_segment_has_what_was_fsynced(
+        tmp_path: Path, durable_settings: SinkSettings) -> None:
     # The store is unreachable, so the records stay in the spool; the delivery process copies
     # and fsyncs them every 10 ms. Then the machine "reboots": the tmpfs twin is gone.
     settings = RecordsSettings(sink="redis", redis_url="redis://127.0.0.1:9/0",
@@ -105,7 +107,7 @@ async def test_after_a_reboot_the_disk_segment_has_what_was_fsynced(tmp_path: Pa
     (segment,) = settings.spool_dir.glob("*.spool")
     assert segment.read_bytes() == twin.read_bytes()[:segment.stat().st_size] != b""
     twin.unlink()
-    stored = sqlite_settings(tmp_path)
+    stored = durable_settings()
     recorder = Recorder(stored)
     await recorder.start()
     assert await recorder.flush(wait_s=30)
@@ -132,8 +134,9 @@ def test_a_closed_spool_leaves_its_records_on_disk_not_in_memory(tmp_path: Path)
     assert b"".join(p.read_bytes() for p in segments) == b"".join(map(encode_line, bodies))
 
 
-async def test_a_stop_delivers_the_segments_started_just_before_it(tmp_path: Path) -> None:
-    settings = sqlite_settings(tmp_path, flush_interval_s=0.01)
+async def test_a_stop_delivers_the_segments_started_just_before_it(
+        durable_settings: SinkSettings) -> None:
+    settings = durable_settings(flush_interval_s=0.01)
     recorder = Recorder(settings)
     recorder.spool.memory_bytes = 16 << 10
     await recorder.start()
@@ -146,8 +149,9 @@ async def test_a_stop_delivers_the_segments_started_just_before_it(tmp_path: Pat
     assert list(settings.spool_dir.glob("*.spool")) == [] and twins(settings) == []
 
 
-async def test_records_keep_their_order_across_many_twins(tmp_path: Path) -> None:
-    settings = sqlite_settings(tmp_path, flush_interval_s=0.01, batch_size=7)
+async def test_records_keep_their_order_across_many_twins(
+        durable_settings: SinkSettings) -> None:
+    settings = durable_settings(flush_interval_s=0.01, batch_size=7)
     recorder = Recorder(settings)
     recorder.spool.memory_bytes = 16 << 10  # a new twin every few records
     await recorder.start()
@@ -169,14 +173,15 @@ async def test_records_keep_their_order_across_many_twins(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("how", ["no usable directory", "fsync always", "staging disk"])
-async def test_records_go_to_disk_directly_without_staging(tmp_path: Path, how: str) -> None:
+async def test_records_go_to_disk_directly_without_staging(
+        tmp_path: Path, how: str, durable_settings: SinkSettings) -> None:
     not_a_directory = tmp_path / "file"
     not_a_directory.write_bytes(b"")
     choices: dict[str, dict[str, Any]] = {
         "no usable directory": {"spool_memory_dir": not_a_directory},
         "fsync always": {"spool_fsync": "always"},
         "staging disk": {"spool_staging": "disk"}}
-    settings = sqlite_settings(tmp_path, flush_interval_s=60.0, **choices[how])
+    settings = durable_settings(flush_interval_s=60.0, **choices[how])
     recorder = Recorder(settings)
     await recorder.start()
     try:

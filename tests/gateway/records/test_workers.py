@@ -1,18 +1,19 @@
-"""``tiergate serve --workers 2``: each worker spools and delivers its own records to one store."""
+"""``tiergate serve --workers 2``: each worker spools and delivers its own records to one store
+(SQLite or PostgreSQL)."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
 import httpx
 
 from gateway.records.audit import verify_store
-from gateway.records.chain import Signer
-from gateway.records.sinks.sqlite import SQLiteSink
+from gateway.records.sinks import create_sink, signer_for
 from tests.conftest import GatewayFactory, ServerProcess, process_tree, upstream_model
+from tests.gateway.records.conftest import SinkSettings, records_section
 from tests.gateway.records.test_kill9 import PIN
+from tests.gateway.records.test_recorder import stored_ids
 
 
 def descendants(gateway: ServerProcess) -> list[bytes]:
@@ -23,12 +24,12 @@ def descendants(gateway: ServerProcess) -> list[bytes]:
 
 
 async def test_two_workers_record_every_answer_into_one_chain(
-        gateway_factory: GatewayFactory, upstream: ServerProcess, tmp_path: Path) -> None:
-    store = tmp_path / "records.sqlite3"
+        gateway_factory: GatewayFactory, upstream: ServerProcess, tmp_path: Path,
+        durable_settings: SinkSettings) -> None:
+    store = durable_settings(flush_interval_s=0.02)
     gateway = gateway_factory(
         {"models.echo": upstream_model(upstream, "echo", weights_sha256=PIN),
-         "records": {"sqlite_path": str(store), "spool_dir": str(tmp_path / "spool"),
-                     "flush_interval_s": 0.02}},
+         "records": records_section(store)},
         extra_args=["--workers", "2"])
     ids: list[str] = []
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
@@ -47,13 +48,12 @@ async def test_two_workers_record_every_answer_into_one_chain(
     assert sum(b"gateway.records.delivery" in c for c in commands) == 2, commands
     assert gateway.stop() == 0  # SIGTERM: each worker's delivery process delivers what is left
 
-    with sqlite3.connect(store) as conn:
-        stored = {row[0] for row in conn.execute("SELECT record_id FROM records")}
-    assert stored == set(ids) and len(ids) == 200
-    sink = SQLiteSink(store)
+    stored = await stored_ids(store)
+    assert set(stored) == set(ids) and len(stored) == len(ids) == 200
+    sink = create_sink(store)
     await sink.open()
     try:
-        (report,) = await verify_store(sink, Signer(None), 1000)
+        (report,) = await verify_store(sink, signer_for(store), 1000)
     finally:
         await sink.aclose()
     assert report.ok and report.records == 200, report
