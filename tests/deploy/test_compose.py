@@ -3,8 +3,9 @@
 - the compose file, structurally: every service it depends on exists and, where it waits for it
   to be healthy, has a health check; the gateway's probe is ``/readyz`` and only the load
   balancer publishes a port; the vLLM tiers reserve GPUs, keep a weight cache and wait for
-  their ``/health``; every file and named volume it mounts exists; the hosts the gateway's
-  settings name are its services;
+  their ``/health``; records go to the compose's PostgreSQL (its password only from the
+  environment), client keys to Redis; every file and named volume it mounts exists; the hosts
+  the gateway's settings name are its services;
 - the load balancer's config, ``deploy/compose/haproxy.cfg`` itself, run by a real HAProxy in
   front of gateways on loopback addresses (127.0.0.2, ...) on one port, as compose replicas
   are on the compose network: a DNS server of the test answers the service name with the
@@ -22,6 +23,7 @@ import sys
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -66,8 +68,8 @@ def test_dependencies_exist_and_the_healthy_ones_have_health_checks(
                 assert "healthcheck" in services[dependency], (name, dependency)
     # the gateway waits for what it needs; the load balancer for a healthy gateway
     assert depends_on(services["tiergate"]) == {
-        "redis": "service_healthy", "vllm-small": "service_healthy",
-        "vllm-large": "service_healthy"}
+        "redis": "service_healthy", "postgres": "service_healthy",
+        "vllm-small": "service_healthy", "vllm-large": "service_healthy"}
     assert depends_on(services["lb"]) == {"tiergate": "service_healthy"}
 
 
@@ -113,6 +115,26 @@ def test_gpu_tiers_reserve_gpus_keep_weights_and_report_health(
         services["vllm-large"]["deploy"]["resources"]["reservations"]["devices"][0]["count"]
 
 
+def test_records_go_to_postgres_with_the_password_from_the_environment(
+        compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    settings = load_settings(COMPOSE / "tiergate.toml")
+    assert settings.records.sink == "postgres" and settings.keys.store == "redis"
+    url = urlsplit(settings.records.postgres_url)
+    assert url.hostname in services and url.password is None  # no password in the file
+    database = services[url.hostname]
+    env = database["environment"]
+    assert env["POSTGRES_USER"] == url.username and env["POSTGRES_DB"] == url.path.lstrip("/")
+    assert int(env.get("PGPORT", 5432)) == (url.port or 5432)
+    # one password, the operator's (compose refuses to start without it), given to both sides
+    password = env["POSTGRES_PASSWORD"]
+    assert re.fullmatch(r"\$\{POSTGRES_PASSWORD:\?[^}]+\}", password), password
+    assert services["tiergate"]["environment"]["PGPASSWORD"] == password
+    check = " ".join(database["healthcheck"]["test"])
+    assert "pg_isready" in check and f"-U {url.username}" in check
+    assert any(v.split(":", 1)[1] == "/var/lib/postgresql/data" for v in database["volumes"])
+
+
 def test_mounted_files_and_volumes_exist_and_hosts_are_services(
         compose: dict[str, Any]) -> None:
     services = compose["services"]
@@ -128,11 +150,10 @@ def test_mounted_files_and_volumes_exist_and_hosts_are_services(
         if "image" in service:
             assert ":" in service["image"] and not service["image"].endswith(":latest")
     settings = load_settings(COMPOSE / "tiergate.toml")
-    urls = [settings.redis_url or "", settings.records.redis_url or "",
+    urls = [settings.redis_url or "", settings.records.postgres_url,
             *(str(getattr(m, "base_url", "")) for m in settings.models.values())]
     for url in urls:
-        host = re.match(r"\w+://([^:/]+)", url)
-        assert host and host.group(1) in services, url
+        assert urlsplit(url).hostname in services, url
 
 
 # -- the load balancer's config, run ------------------------------------------------------------

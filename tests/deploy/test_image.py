@@ -2,8 +2,8 @@
 daemon here: its build stage's COPY lines assemble the sources, its install step
 (``deploy/compose/install.sh`` with the Dockerfile's default build arguments) builds a fresh venv,
 and its CMD, environment and health check start and probe a gateway serving the compose config,
-with the compose hosts (``redis``, ``vllm-small``, ``vllm-large``) played by a real Redis and
-the scriptable upstream on loopback."""
+with the compose hosts (``redis``, ``postgres``, ``vllm-small``, ``vllm-large``) played by a real
+Redis, a real PostgreSQL and the scriptable upstream on loopback."""
 
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 import redis
 
 from tests.conftest import (
     REPO,
+    PostgresServer,
     RedisProcess,
     ServerProcess,
     free_port,
@@ -120,7 +122,8 @@ def test_the_image_installs_its_integrations_and_not_the_engine(
         image: tuple[Path, list[Stage]]) -> None:
     root, _ = image
     python = in_root(root, "/opt/tiergate/bin/python")
-    for module in ("gateway.http.app", "redis", "opentelemetry.exporter.otlp.proto.http"):
+    for module in ("gateway.http.app", "redis", "psycopg",
+                   "opentelemetry.exporter.otlp.proto.http"):
         found = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True,
                                text=True, cwd=root)
         assert found.returncode == 0, found.stderr
@@ -131,10 +134,11 @@ def test_the_image_installs_its_integrations_and_not_the_engine(
 
 def test_the_image_starts_the_compose_config_and_is_healthy(
         image: tuple[Path, list[Stage]], upstream: ServerProcess, redis_server: RedisProcess,
-        tmp_path: Path) -> None:
+        postgres_server: PostgresServer, tmp_path: Path) -> None:
     root, (_, final) = image
     config = in_root(root, "/etc/tiergate/tiergate.toml")
     hosts = {"redis:6379": f"127.0.0.1:{redis_server.port}",
+             "@postgres:5432/tiergate": f"@127.0.0.1:{postgres_server.port}/postgres",
              "vllm-small:8000": upstream.url.removeprefix("http://"),
              "vllm-large:8000": upstream.url.removeprefix("http://"),
              '"/var/lib/tiergate/canary"': json.dumps(str(tmp_path / "canary"))}
@@ -152,8 +156,16 @@ def test_the_image_starts_the_compose_config_and_is_healthy(
     env["PATH"] = f"{in_root(root, '/opt/tiergate/bin')}:{os.environ['PATH']}"
     env["TIERGATE_SERVER__PORT"] = str(port)  # the CMD as written; the port free here
     env["TIERGATE_TELEMETRY__OTLP_ENDPOINT"] = upstream.url  # compose's collector
+    env["PGPASSWORD"] = postgres_server.password  # as compose gives it (POSTGRES_PASSWORD)
+    env["TIERGATE_RECORDS__POSTGRES_SCHEMA"] = "image"  # the test server's other stores aside
     command = [str(in_root(root, part)) if part.startswith("/") else part for part in final.cmd]
     assert command[0] == "tiergate"
+    # a client key made with the image's CLI in the config's key store (Redis)
+    made = subprocess.run([str(in_root(root, "/opt/tiergate/bin/tiergate")), "keys", "create",
+                           "image-client", "--config", str(config)], env=env, cwd=workdir,
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stdout + made.stderr
+    key = re.search(r"^key: (\S+)", made.stdout, re.MULTILINE).group(1)  # type: ignore[union-attr]
     gateway = start_server(command, port, tmp_path / "gateway.log", ready_path="/readyz",
                            env=env, cwd=workdir, timeout=120)
     try:
@@ -162,15 +174,25 @@ def test_the_image_starts_the_compose_config_and_is_healthy(
                  *(part.replace(":8000/", f":{port}/") for part in final.healthcheck[1:])]
         assert any(":8000/readyz" in part for part in final.healthcheck)
         assert subprocess.run(probe, timeout=30).returncode == 0
-        answer = httpx.post(gateway.url + "/v1/chat/completions", timeout=30, json={
-            "model": "small", "messages": [{"role": "user", "content": "from the image"}]})
+        chat = {"model": "small", "messages": [{"role": "user", "content": "from the image"}]}
+        anonymous = httpx.post(gateway.url + "/v1/chat/completions", timeout=30, json=chat)
+        assert anonymous.status_code == 401  # a key store: the OpenAI surface needs a key
+        answer = httpx.post(gateway.url + "/v1/chat/completions", timeout=30, json=chat,
+                            headers={"authorization": f"Bearer {key}"})
         assert answer.status_code == 200, answer.text
         assert answer.json()["choices"][0]["message"]["content"] == "echo: from the image"
-        store = redis.Redis(port=redis_server.port)
+        assert redis.Redis(port=redis_server.port).dbsize() > 0  # the key lives in Redis
+        record_id = answer.headers["x-tiergate-record-id"]
 
-        def stored() -> int:  # records in the compose config's Redis streams
-            return sum(store.xlen(key) for key in store.scan_iter("tiergate:records:chain:*"))
+        def stored() -> list[tuple[str]]:  # the record, in the compose config's PostgreSQL
+            with postgres_server.connect("image") as conn:
+                try:
+                    return conn.execute("SELECT caller FROM records WHERE record_id = %s",
+                                        (record_id,)).fetchall()
+                except psycopg.errors.UndefinedTable:  # the store is not made yet
+                    return []
 
-        wait_for(stored, what="the request's record in Redis")
+        assert wait_for(stored, what="the request's record in PostgreSQL") == [
+            ("image-client",)]
     finally:
         assert gateway.stop() in (0, -15)

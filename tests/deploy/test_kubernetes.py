@@ -2,18 +2,22 @@
 validates strictly against the Kubernetes schemas (``kubernetes-validate``: unknown fields are
 errors), and the objects agree with the gateway and its image — the settings load, probes hit
 ``/readyz`` and ``/livez``, the grace period outlasts the graceful shutdown, pods run as the
-image's user, no ReadWriteMany volume, no untagged image. The Grafana dashboard ships as a
-ConfigMap for Grafana's dashboard sidecar and plots only series a gateway exports."""
+image's user, no ReadWriteMany volume, no untagged image; records go to PostgreSQL through a URL
+in a Secret (no password in any ConfigMap), client keys to Redis. The Grafana dashboard ships as
+a ConfigMap for Grafana's dashboard sidecar and plots only series a gateway exports."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import kubernetes_validate
@@ -83,12 +87,16 @@ def gateway_settings(objects: list[dict[str, Any]], tmp_path: Path,
     config_map = next(o for o in of_kind(objects, "ConfigMap") if "tiergate.toml" in o["data"])
     path = tmp_path / "tiergate.toml"
     path.write_text(config_map["data"]["tiergate.toml"])
-    for secret in of_kind(objects, "Secret"):
-        for key, value in secret.get("data", {}).items():
-            import base64
-
-            monkeypatch.setenv(key, base64.b64decode(value).decode())
+    for key, value in secret_values(objects).get("tiergate-secrets", {}).items():
+        monkeypatch.setenv(key, value)
     return load_settings(path)
+
+
+def secret_values(objects: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Each rendered Secret's entries, decoded, by the Secret's name."""
+    return {s["metadata"]["name"]: {k: base64.b64decode(v).decode()
+                                    for k, v in s.get("data", {}).items()}
+            for s in of_kind(objects, "Secret")}
 
 
 def test_the_gateway_pods_fit_the_gateway_and_its_image(
@@ -120,6 +128,58 @@ def test_the_gateway_pods_fit_the_gateway_and_its_image(
     assert settings.canary.interval_s == 0
     cron = named(objects, "CronJob", "tiergate-canary")
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+
+
+URL_WITH_PASSWORD = re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s:@]*:[^@\s/]+@")
+
+
+def test_records_go_to_postgres_through_a_secret_and_keys_to_redis(
+        rendered: tuple[str, list[dict[str, Any]]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    overlay, objects = rendered
+    config_maps = of_kind(objects, "ConfigMap")
+    [config] = [c for c in config_maps if "tiergate.toml" in c["data"]]
+    file = tomllib.loads(config["data"]["tiergate.toml"])
+    assert file["records"]["sink"] == "postgres" and "postgres_url" not in file["records"]
+    assert file["keys"]["store"] == "redis"  # a key made on one replica works on all
+    # the URL reaches the gateway only from its Secret, which the pods cannot start without
+    [container] = named(objects, "Deployment", "tiergate")["spec"]["template"]["spec"][
+        "containers"]
+    [source] = [s["secretRef"] for s in container["envFrom"] if "secretRef" in s]
+    assert source["name"] == "tiergate-secrets" and not source.get("optional", False)
+    # no ConfigMap holds a password: neither in a URL nor any Secret's password
+    secrets = secret_values(objects)
+    passwords = [v for entries in secrets.values() for k, v in entries.items() if "PASSWORD" in k]
+    passwords += [urlsplit(v).password or "" for entries in secrets.values()
+                  for k, v in entries.items() if k.endswith("_URL")]
+    for config_map in config_maps:
+        for text in config_map["data"].values():
+            assert not URL_WITH_PASSWORD.search(text), config_map["metadata"]["name"]
+            assert not any(p and p in text for p in passwords), config_map["metadata"]["name"]
+    statefulsets = {s["metadata"]["name"]: s for s in of_kind(objects, "StatefulSet")}
+    if overlay == "production":  # a managed PostgreSQL; the Secrets are made out of band
+        assert "postgres" not in statefulsets and not secrets
+        return
+    # the example: the postgres component's database, reached with its own credentials
+    settings = gateway_settings(objects, tmp_path, monkeypatch)
+    assert settings.records.sink == "postgres" and settings.keys.store == "redis"
+    url = urlsplit(settings.records.postgres_url)
+    service = named(objects, "Service", url.hostname or "")
+    assert url.port in [p["port"] for p in service["spec"]["ports"]]
+    pod = statefulsets["postgres"]["spec"]["template"]["spec"]
+    assert service["spec"]["selector"].items() <= \
+        statefulsets["postgres"]["spec"]["template"]["metadata"]["labels"].items()
+    [database] = pod["containers"]
+    env = {e["name"]: e for e in database["env"]}
+    credentials = {name: secrets[ref["name"]][ref["key"]] for name, ref in (
+        (n, env[n]["valueFrom"]["secretKeyRef"]) for n in ("POSTGRES_USER", "POSTGRES_PASSWORD",
+                                                          "POSTGRES_DB"))}
+    assert credentials == {"POSTGRES_USER": url.username, "POSTGRES_PASSWORD": url.password,
+                           "POSTGRES_DB": url.path.lstrip("/")}
+    assert "pg_isready" in " ".join(database["readinessProbe"]["exec"]["command"])
+    assert database["resources"]["requests"] and database["resources"]["limits"]["memory"]
+    [data] = [m for m in database["volumeMounts"] if m["name"] == "data"]
+    assert env["PGDATA"]["value"].startswith(data["mountPath"] + "/")  # kept on the volume
 
 
 def test_no_shared_volume_and_every_image_pinned(
