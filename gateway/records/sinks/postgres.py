@@ -37,11 +37,11 @@ from gateway.records.sinks.base import (
     RecordSink,
     chain_batch,
 )
+from gateway.records.sinks.sql import COLUMNS, STORED, Dialect, checkpoint, stored
 
 T = TypeVar("T")
 STORE_VERSION = "1"
 """The layout of the tables below; a store of another layout is refused, not written to."""
-_PAGE = 1000
 _PARTITION = re.compile(r"^records_y(\d{4})m(\d{2})$")
 _CREATE_LOCK = 0x7469_6572_6761_7465  # pg_advisory_xact_lock key: creating partitions
 
@@ -84,23 +84,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 """
 
-_COLUMNS = ("chain_id, seq, record_id, received_at, route, models, escalated, caller, "
-            "prev_digest, stored_at, digest, body")
-_STORED = "chain_id, seq, record_id, prev_digest, stored_at, digest, body"
+POSTGRES = Dialect(mark="%s", models=list, has_model="models @> ARRAY[%s]::text[]")
 _CHECKPOINT = "chain_id, seq, kind, digest, created_at, signature"
-
-
-def _stored(row: tuple[Any, ...]) -> StoredRecord:
-    return StoredRecord(row[0], int(row[1]), row[2], row[3], row[4], row[5], bytes(row[6]))
-
-
-def _indexed(row: tuple[Any, ...]) -> IndexedRecord:
-    stored = StoredRecord(row[0], int(row[1]), row[2], row[8], row[9], row[10], bytes(row[11]))
-    return IndexedRecord(stored, row[3], row[4], list(row[5]), bool(row[6]), row[7])
-
-
-def _checkpoint(row: tuple[Any, ...]) -> Checkpoint:
-    return Checkpoint(row[0], int(row[1]), row[3], row[4], row[2], row[5])
 
 
 def month_of(epoch: float) -> tuple[int, int]:
@@ -283,7 +268,7 @@ class PostgresSink(RecordSink):
         batch = chain_batch(chain_id, (int(head[0]), str(head[1])), fresh, signer, every)
         async with conn.cursor() as cur:
             await cur.executemany(
-                f"INSERT INTO records ({_COLUMNS}) VALUES "
+                f"INSERT INTO records ({COLUMNS}) VALUES "
                 "(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
                 [(r.stored.chain_id, r.stored.seq, r.stored.record_id, r.received_at, r.route,
                   r.models, r.escalated, r.caller, r.stored.prev_digest, r.stored.stored_at,
@@ -312,49 +297,16 @@ class PostgresSink(RecordSink):
         return [r[0] for r in await self._fetch(
             "SELECT chain_id FROM chains UNION SELECT chain_id FROM checkpoints ORDER BY 1", ())]
 
-    async def scan(self, chain_id: str, from_seq: int = 1) -> AsyncIterator[StoredRecord]:
-        seq = from_seq
-        while True:
-            rows = await self._fetch(f"SELECT {_STORED} FROM records WHERE chain_id = %s AND "
-                                     "seq >= %s ORDER BY seq LIMIT %s", (chain_id, seq, _PAGE))
-            for row in rows:
-                yield _stored(row)
-            if len(rows) < _PAGE:
-                return
-            seq = int(rows[-1][1]) + 1
+    def scan(self, chain_id: str, from_seq: int = 1) -> AsyncIterator[StoredRecord]:
+        return POSTGRES.scan(chain_id, from_seq, self._fetch)
 
     async def get(self, record_id: str) -> StoredRecord | None:
-        rows = await self._fetch(f"SELECT {_STORED} FROM records WHERE record_id = %s LIMIT 1",
+        rows = await self._fetch(f"SELECT {STORED} FROM records WHERE record_id = %s LIMIT 1",
                                  (record_id,))
-        return _stored(rows[0]) if rows else None
+        return stored(rows[0]) if rows else None
 
-    async def query(self, query: RecordQuery) -> AsyncIterator[IndexedRecord]:
-        where, args = ["TRUE"], []
-        for column, op, value in (("received_at", ">=", query.since),
-                                  ("received_at", "<", query.until), ("route", "=", query.route),
-                                  ("caller", "=", query.caller),
-                                  ("chain_id", "=", query.chain_id),
-                                  ("escalated", "=", query.escalated)):
-            if value is not None:
-                where.append(f"{column} {op} %s")
-                args.append(value)
-        if query.model is not None:
-            where.append("models @> ARRAY[%s]::text[]")
-            args.append(query.model)
-        order = "DESC" if query.newest_first else "ASC"
-        sql = (f"SELECT {_COLUMNS} FROM records WHERE {' AND '.join(where)} "
-               f"ORDER BY received_at {order}, chain_id, seq {order} LIMIT %s OFFSET %s")
-        remaining = query.limit if query.limit is not None else -1
-        offset = 0
-        while remaining != 0:
-            page = _PAGE if remaining < 0 else min(_PAGE, remaining)
-            rows = await self._fetch(sql, (*args, page, offset))
-            for row in rows:
-                yield _indexed(row)
-            if len(rows) < page:
-                return
-            offset += len(rows)
-            remaining = remaining - len(rows) if remaining > 0 else remaining
+    def query(self, query: RecordQuery) -> AsyncIterator[IndexedRecord]:
+        return POSTGRES.query(query, self._fetch)
 
     async def first_seq_since(self, chain_id: str, since: float) -> int | None:
         rows = await self._fetch("SELECT MIN(seq) FROM records WHERE chain_id = %s AND "
@@ -362,7 +314,7 @@ class PostgresSink(RecordSink):
         return None if not rows or rows[0][0] is None else int(rows[0][0])
 
     async def checkpoints(self, chain_id: str) -> list[Checkpoint]:
-        return [_checkpoint(r) for r in await self._fetch(
+        return [checkpoint(r) for r in await self._fetch(
             f"SELECT {_CHECKPOINT} FROM checkpoints WHERE chain_id = %s AND kind = 'checkpoint' "
             "ORDER BY seq", (chain_id,))]
 
@@ -370,7 +322,7 @@ class PostgresSink(RecordSink):
         rows = await self._fetch(
             f"SELECT {_CHECKPOINT} FROM checkpoints WHERE chain_id = %s AND kind = 'anchor' "
             "ORDER BY seq DESC LIMIT 1", (chain_id,))
-        return _checkpoint(rows[0]) if rows else None
+        return checkpoint(rows[0]) if rows else None
 
     # -- retention ----------------------------------------------------------------------------
 

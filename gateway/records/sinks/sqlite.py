@@ -30,6 +30,7 @@ from gateway.records.sinks.base import (
     RecordSink,
     chain_batch,
 )
+from gateway.records.sinks.sql import COLUMNS, STORED, Dialect, checkpoint, stored
 
 T = TypeVar("T")
 
@@ -65,27 +66,13 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 """
 
-_COLUMNS = ("chain_id, seq, record_id, received_at, route, models, escalated, caller, "
-            "prev_digest, stored_at, digest, body")
-_STORED = "chain_id, seq, record_id, prev_digest, stored_at, digest, body"
-_PAGE = 1000
-
-
-def _stored(row: tuple[Any, ...]) -> StoredRecord:
-    return StoredRecord(row[0], row[1], row[2], row[3], row[4], row[5], bytes(row[6]))
-
-
-def _indexed(row: tuple[Any, ...]) -> IndexedRecord:
-    stored = StoredRecord(row[0], row[1], row[2], row[8], row[9], row[10], bytes(row[11]))
-    return IndexedRecord(stored, row[3], row[4], orjson.loads(row[5]), bool(row[6]), row[7])
+SQLITE = Dialect(mark="?", models=orjson.loads,
+                 has_model="EXISTS (SELECT 1 FROM json_each(records.models) WHERE value = ?)")
+_CHECKPOINT = "chain_id, seq, kind, digest, created_at, signature"
 
 
 def _fetch(sql: str, args: tuple[Any, ...], conn: sqlite3.Connection) -> list[Any]:
     return conn.execute(sql, args).fetchall()
-
-
-def _checkpoint(row: tuple[Any, ...]) -> Checkpoint:
-    return Checkpoint(row[0], row[1], row[3], row[4], row[2], row[5])
 
 
 class SQLiteSink(RecordSink):
@@ -179,7 +166,7 @@ class SQLiteSink(RecordSink):
         head = self._head(conn, chain_id)
         batch = chain_batch(chain_id, head, fresh, signer, every)
         conn.executemany(
-            f"INSERT INTO records ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO records ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             [(r.stored.chain_id, r.stored.seq, r.stored.record_id, r.received_at, r.route,
               orjson.dumps(r.models).decode(), int(r.escalated), r.caller, r.stored.prev_digest,
               r.stored.stored_at, r.stored.digest, r.stored.body) for r in batch.rows])
@@ -208,52 +195,19 @@ class SQLiteSink(RecordSink):
             "SELECT DISTINCT chain_id FROM records UNION "
             "SELECT DISTINCT chain_id FROM checkpoints ORDER BY 1")])
 
-    async def scan(self, chain_id: str, from_seq: int = 1) -> AsyncIterator[StoredRecord]:
-        seq = from_seq
-        while True:
-            rows = await self._run(partial(_fetch, f"SELECT {_STORED} FROM records WHERE "
-                                           "chain_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
-                                           (chain_id, seq, _PAGE)))
-            for row in rows:
-                yield _stored(row)
-            if len(rows) < _PAGE:
-                return
-            seq = rows[-1][1] + 1
+    async def _fetch(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        return await self._run(partial(_fetch, sql, args))
+
+    def scan(self, chain_id: str, from_seq: int = 1) -> AsyncIterator[StoredRecord]:
+        return SQLITE.scan(chain_id, from_seq, self._fetch)
 
     async def get(self, record_id: str) -> StoredRecord | None:
         row = await self._run(lambda c: c.execute(
-            f"SELECT {_STORED} FROM records WHERE record_id = ?", (record_id,)).fetchone())
-        return None if row is None else _stored(row)
+            f"SELECT {STORED} FROM records WHERE record_id = ?", (record_id,)).fetchone())
+        return None if row is None else stored(row)
 
-    async def query(self, query: RecordQuery) -> AsyncIterator[IndexedRecord]:
-        where, args = ["1"], []
-        for column, op, value in (("received_at", ">=", query.since),
-                                  ("received_at", "<", query.until), ("route", "=", query.route),
-                                  ("caller", "=", query.caller),
-                                  ("chain_id", "=", query.chain_id)):
-            if value is not None:
-                where.append(f"{column} {op} ?")
-                args.append(value)
-        if query.escalated is not None:
-            where.append("escalated = ?")
-            args.append(int(query.escalated))
-        if query.model is not None:
-            where.append("EXISTS (SELECT 1 FROM json_each(records.models) WHERE value = ?)")
-            args.append(query.model)
-        order = "DESC" if query.newest_first else "ASC"
-        sql = (f"SELECT {_COLUMNS} FROM records WHERE {' AND '.join(where)} "
-               f"ORDER BY received_at {order}, chain_id, seq {order} LIMIT ? OFFSET ?")
-        remaining = query.limit if query.limit is not None else -1
-        offset = 0
-        while remaining != 0:
-            page = _PAGE if remaining < 0 else min(_PAGE, remaining)
-            rows = await self._run(partial(_fetch, sql, (*args, page, offset)))
-            for row in rows:
-                yield _indexed(row)
-            if len(rows) < page:
-                return
-            offset += len(rows)
-            remaining = remaining - len(rows) if remaining > 0 else remaining
+    def query(self, query: RecordQuery) -> AsyncIterator[IndexedRecord]:
+        return SQLITE.query(query, self._fetch)
 
     async def first_seq_since(self, chain_id: str, since: float) -> int | None:
         row = await self._run(lambda c: c.execute(
@@ -262,16 +216,16 @@ class SQLiteSink(RecordSink):
         return None if row is None or row[0] is None else int(row[0])
 
     async def checkpoints(self, chain_id: str) -> list[Checkpoint]:
-        return await self._run(lambda c: [_checkpoint(r) for r in c.execute(
-            "SELECT chain_id, seq, kind, digest, created_at, signature FROM checkpoints "
-            "WHERE chain_id = ? AND kind = 'checkpoint' ORDER BY seq", (chain_id,))])
+        return await self._run(lambda c: [checkpoint(r) for r in c.execute(
+            f"SELECT {_CHECKPOINT} FROM checkpoints WHERE chain_id = ? AND kind = 'checkpoint' "
+            "ORDER BY seq", (chain_id,))])
 
     async def anchor(self, chain_id: str) -> Checkpoint | None:
         row = await self._run(lambda c: c.execute(
-            "SELECT chain_id, seq, kind, digest, created_at, signature FROM checkpoints "
-            "WHERE chain_id = ? AND kind = 'anchor' ORDER BY seq DESC LIMIT 1",
+            f"SELECT {_CHECKPOINT} FROM checkpoints WHERE chain_id = ? AND kind = 'anchor' "
+            "ORDER BY seq DESC LIMIT 1",
             (chain_id,)).fetchone())
-        return None if row is None else _checkpoint(row)
+        return None if row is None else checkpoint(row)
 
     async def prune(self, chain_id: str, before: float, signer: Signer) -> int:
         def work(conn: sqlite3.Connection) -> int:

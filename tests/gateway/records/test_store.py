@@ -15,11 +15,12 @@ from typing import Any
 
 import orjson
 import psycopg
+import pytest
 import redis
 
 from gateway.records.audit import ChainReport, verify_store
 from gateway.records.chain import Signer, content_sha256, link_digest
-from gateway.records.sinks import RecordQuery, create_sink
+from gateway.records.sinks import RecordQuery, create_sink, sql
 from gateway.records.sinks.base import RecordSink
 from gateway.records.sinks.postgres import PostgresSink
 from gateway.records.sinks.redis import RedisSink
@@ -191,6 +192,25 @@ async def test_queries_filter_by_time_route_model_escalated_caller(sink: RecordS
     assert await ids(limit=2) == 2
     (newest,) = [r async for r in sink.query(RecordQuery(limit=1))]  # by time
     assert newest.route == "auto" and newest.models == ["small", "large"] and newest.escalated
+
+
+async def test_queries_read_every_page_in_order(sink: RecordSink,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages of 2 (keyset: each page after the last row's time, chain and seq) give every
+    record once, in the order one read would, for both directions and any limit."""
+    monkeypatch.setattr(sql, "PAGE", 2)
+    await fill(sink, 7, chain="a")
+    await fill(sink, 5, chain="b")
+    every = [r async for r in sink.query(RecordQuery(limit=None, newest_first=False))]
+    keys = [(r.received_at, r.stored.chain_id, r.stored.seq) for r in every]
+    assert len(every) == 12 and keys == sorted(keys)
+    newest = [r async for r in sink.query(RecordQuery(limit=None))]
+    assert [r.stored.record_id for r in newest] == [r.stored.record_id for r in every][::-1]
+    for limit in (1, 2, 5, 12, 30):
+        got = [r async for r in sink.query(RecordQuery(limit=limit, newest_first=False))]
+        assert got == every[:limit]
+    in_b = [r async for r in sink.query(RecordQuery(limit=None, chain_id="b"))]
+    assert [r.stored.seq for r in in_b] == [5, 4, 3, 2, 1]
 
 
 async def test_concurrent_appenders_share_one_chain(store_settings: SinkSettings) -> None:
