@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.kernel.errors import ConfigError
+from gateway.kernel.errors import ConfigError, TiergateError
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -41,11 +41,13 @@ async def collect_savings(settings: Settings, window: Window,
     try:
         sink = create_sink(settings.records, create=False)
         await sink.open()
-    except ConfigError as exc:
-        return {"error": str(exc)}
+    except TiergateError as exc:  # no store (yet), or one that cannot be read
+        return {"error": exc.message}
     try:
         data = await collect(settings, sink, window.since, window.until,
                              getattr(args, "route", None), bucket, items)
+    except TiergateError as exc:
+        return {"error": exc.message}
     finally:
         await sink.aclose()
     plot = getattr(args, "plot", None)
