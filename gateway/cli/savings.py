@@ -5,6 +5,8 @@ figures over time as a PNG (``--plot``)."""
 from __future__ import annotations
 
 import argparse
+import itertools
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -130,9 +132,9 @@ def _quality_lines(quality: dict[str, Any]) -> list[str]:
 
 
 def plot_savings(data: dict[str, Any], path: Path) -> Path:
-    """Per route, over time: actual cost against always-large and always-small (top), and the
-    escalation share (bottom)."""
-    from datetime import UTC, datetime
+    """Per route, over time: the cost so far, actual against always-large and always-small
+    (top), and each time step's escalation share (bottom)."""
+    from datetime import UTC, datetime, timedelta
 
     import matplotlib
 
@@ -140,40 +142,50 @@ def plot_savings(data: dict[str, Any], path: Path) -> Path:
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
+    step = data["bucket_s"]
     figure, (cost, share) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     try:
         for name in data["routes"]:
             points = [p for p in data["series"] if p["route"] == name]
-            when = [datetime.fromtimestamp(p["start"], UTC) for p in points]
-            line, = cost.plot(when, [p["actual_usd"] for p in points], "o-",
+            when = [datetime.fromtimestamp(p["start"] + step, UTC) for p in points]
+            line, = cost.plot(when, _so_far(p["actual_usd"] for p in points), "o-",
                               label=f"{name}: actual")
-            for key, style in (("always_large_usd", "--"), ("always_small_usd", ":")):
+            for key, style in (("always_large_usd", "s--"), ("always_small_usd", "^:")):
                 values = [p[key] for p in points]
-                if any(v is not None for v in values):
-                    cost.plot(when, [float("nan") if v is None else v for v in values], style,
-                              color=line.get_color(),
+                if all(v is not None for v in values):
+                    cost.plot(when, _so_far(values), style, color=line.get_color(),
                               label=f"{name}: {key.removesuffix('_usd').replace('_', '-')}")
             shares = [p["escalation_share"] for p in points]
             if any(s is not None for s in shares):
                 share.plot(when, [float("nan") if s is None else 100 * s for s in shares], "o-",
                            color=line.get_color(), label=name)
-        step = data["bucket_s"]
-        cost.set_ylabel(f"USD per {_step(step)}")
-        cost.set_title("what routing cost, against always-large and always-small")
+        cost.set_ylabel("USD so far")
+        cost.set_title("what routing cost so far, against always-large and always-small")
         cost.grid(alpha=0.3)
         cost.legend(fontsize=8)
-        share.set_ylabel("requests escalated (%)")
-        share.set_xlabel("time (UTC)")
+        share.set_ylabel(f"requests escalated per {_step(step)} (%)")
+        share.set_xlabel("end of each time step (UTC)")
         share.grid(alpha=0.3)
+        if data["series"]:
+            first = min(p["start"] for p in data["series"])
+            last = max(p["start"] for p in data["series"]) + step
+            pad = timedelta(seconds=step / 2)
+            share.set_xlim(datetime.fromtimestamp(first, UTC) + pad,
+                           datetime.fromtimestamp(last, UTC) + pad)
+        locator = mdates.AutoDateLocator()  # type: ignore[no-untyped-call]
+        share.xaxis.set_major_locator(locator)
         share.xaxis.set_major_formatter(
-            mdates.DateFormatter("%m-%d %H:%M"))  # type: ignore[no-untyped-call]
-        figure.autofmt_xdate()
+            mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
         figure.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, dpi=110)
     finally:
         plt.close(figure)
     return path
+
+
+def _so_far(values: Iterable[float]) -> list[float]:
+    return list(itertools.accumulate(values))
 
 
 def _step(seconds: float) -> str:

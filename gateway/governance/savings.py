@@ -12,7 +12,7 @@ was made). **Counterfactuals** (a route with a small and a large tier):
   answer is priced as if it had, on the tokens of the call that answered (the small model's
   prompt and completion tokens) at the large model's *configured* prices. A ``serving-time``
   model's seconds for those tokens: its observed seconds per completion token over the
-  window's calls it served (no call of it in the window: the estimate is not available);
+  window's calls it made, on any route (no call of it in the window: not available);
 - *always-small*: the same rule the other way round (a cascade's small call was made for every
   request: always-small is what those calls cost).
 
@@ -331,10 +331,10 @@ async def collect_savings(settings: SavingsDeployment, sink: RecordSink, since: 
                           items: Iterable[TaskItem] = ()) -> dict[str, Any]:
     """The savings figures of the window ``[since, until)`` from an opened record store and the
     shadow log (what ``tiergate report`` and ``GET /admin/savings`` return)."""
-    items = list(items)
     tally = tally_for(settings, route, bucket_s, items)
-    query = RecordQuery(since=since, until=until, route=None if items else route, limit=None,
-                        newest_first=False)
+    # every route's records: a model's serving-time rate and its graded answers come from all
+    # of its calls in the window, whichever route made them
+    query = RecordQuery(since=since, until=until, limit=None, newest_first=False)
     async for row in sink.query(query):
         tally.record(row.stored.body)
     shadow_error = None
