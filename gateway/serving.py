@@ -181,6 +181,7 @@ class OpenAIServing:
     async def create(self, req: protocol.OpenAIRequest, ctx: RequestContext) -> Served:
         span = self.telemetry.start_request_span(f"POST {ctx.operation}", ctx.trace_headers,
                                                  ctx.request_id, req.model)
+        plan: Plan | None = None
         try:
             with self.telemetry.use(span):
                 route = self._route(req.model)
@@ -200,11 +201,13 @@ class OpenAIServing:
             answer = _for_client(result, gen, plan.prior)
         except TiergateError as exc:
             self._finish(span, ctx, req.model, req.model, exc.status, None, None, exc)
+            self._count_unanswered(req, ctx, plan)
             if isinstance(req, protocol.ResponsesRequest):
                 exc.param = protocol.responses_param(exc.param)
             raise
         except BaseException as exc:
             self._finish(span, ctx, req.model, req.model, 500, None, None, exc)
+            self._count_unanswered(req, ctx, plan)
             raise
         if isinstance(req, protocol.ResponsesRequest):
             body = protocol.response_object(req, gen, ctx.request_id, result.model.name,
@@ -427,6 +430,14 @@ class OpenAIServing:
             self._finish(span, ctx, req.model, model.name, status,
                          None if ttft is None else ttft + (accumulator.started - ctx.received),
                          accumulator.usage, error)
+
+    def _count_unanswered(self, req: protocol.OpenAIRequest, ctx: RequestContext,
+                          plan: Plan | None) -> None:
+        """The calls made for a request that then failed (a cascade's small answer, before the
+        large call failed): no record, but their cost is counted in the metrics."""
+        for prior in plan.prior if plan is not None else ():
+            cost = self.prices.call(prior)
+            self.telemetry.count_cost(req.model, cost.model, ctx.caller, cost.usd)
 
     def _cut_short(self, accumulator: StreamAccumulator, gen: GenerationRequest,
                    req: protocol.OpenAIRequest, ctx: RequestContext, plan: Plan,

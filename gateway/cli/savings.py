@@ -100,6 +100,8 @@ def savings_lines(data: dict[str, Any]) -> list[str]:
         if notes:
             lines.append(f"    ({'; '.join(notes)})")
         lines.extend(_quality_lines(route["quality"]))
+    if data.get("canary_error"):
+        lines.append(f"  canary: {data['canary_error']}")
     if data.get("shadow_error"):
         lines.append(f"  shadow: {data['shadow_error']}")
     if data.get("plot"):
@@ -109,6 +111,16 @@ def savings_lines(data: dict[str, Any]) -> list[str]:
 
 def _quality_lines(quality: dict[str, Any]) -> list[str]:
     lines = []
+    canary = quality["canary"]
+    if canary is not None:
+        for tier in ("small", "large"):
+            run = canary[tier]
+            if run is None:
+                continue
+            slices = ", ".join(f"{name} {rate:.0%}" for name, rate in run["slices"].items())
+            lines.append(f"    canary ({tier}, {_when(run['started_at'])}): pass rate "
+                         f"{_share(run['pass_rate'])} on {run['items']} items (at pin "
+                         f"{_share(run['golden_pass_rate'])}); {slices}")
     shadow = quality["shadow"]
     if shadow is not None:
         kept = "" if shadow["kept"] is None else \
@@ -129,6 +141,12 @@ def _quality_lines(quality: dict[str, Any]) -> list[str]:
                          f"{_share(figures['accuracy']):>9}"
                          f"{_share(figures['large_accuracy']):>9}{_share(figures['kept']):>9}")
     return lines
+
+
+def _when(epoch: float) -> str:
+    from gateway.records.sinks.base import format_time
+
+    return format_time(epoch)[:16]
 
 
 def plot_savings(data: dict[str, Any], path: Path) -> Path:

@@ -16,13 +16,14 @@ was made). **Counterfactuals** (a route with a small and a large tier):
 - *always-small*: the same rule the other way round (a cascade's small call was made for every
   request: always-small is what those calls cost).
 
-**Quality**, when the sources are there: the shadow pairs of the route's small answers mirrored
-to its large model (``[shadow.mirrors]``) give the share of small answers that *agree* with the
-large one; ``kept`` is then ``escalated + (1 - escalated) * agreement``, the share of answers
-the route gives as always-large would. Graded (``tiergate report --task-set``): records whose
-input is an item of a task set are graded with its grader — accuracy per slice of the route,
-and of its large model on the same items where the window holds its answers (requests sent to
-it directly, or a cascade's escalated calls).
+**Quality**, when the sources are there: the latest canary run in the window of each tier (pass
+rate per slice of its canary set, :mod:`canary.runs`); the shadow pairs of the route's small
+answers mirrored to its large model (``[shadow.mirrors]``) give the share of small answers that
+*agree* with the large one; ``kept`` is then ``escalated + (1 - escalated) * agreement``, the
+share of answers the route gives as always-large would. Graded (``tiergate report --task-set``):
+records whose input is an item of a task set are graded with its grader — accuracy per slice of
+the route, and of its large model on the same items where the window holds its answers (requests
+sent to it directly, or a cascade's escalated calls).
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ from typing import Any, Protocol
 
 import orjson
 
-from canary.settings import ShadowSettings
+from canary.runs import CanaryRun
+from canary.settings import CanarySettings, ShadowSettings
 from canary.shadow import ShadowLog
+from canary.state import FileCanaryStore
 from gateway.backends.settings import ModelSettings
 from gateway.evals.tasksets import TaskItem
+from gateway.kernel.errors import ConfigError
 from gateway.models.cost import CostModel, PriceBook, TokenCounts, Unpriced, cached_tokens
 from gateway.records.sinks import RecordQuery, RecordSink
 from router.settings import RouteSettings
@@ -115,6 +119,8 @@ class SavingsTally:
         """Per model, item id -> right, from its calls on any route (a cascade's escalations)."""
         self.shadow: dict[str, list[int]] = {}
         """Per route: [small answers mirrored to the large model, of them agreeing]."""
+        self.canary: dict[str, dict[str, Any]] = {}
+        """Per model: its latest canary run in the window (pass rates per slice)."""
 
     # -- records --------------------------------------------------------------------------------
 
@@ -192,6 +198,16 @@ class SavingsTally:
         counts[0] += 1
         counts[1] += agree
 
+    def canary_run(self, run: CanaryRun) -> None:
+        """A canary run of the window: the latest of each model is the one reported."""
+        known = self.canary.get(run.model)
+        if known is not None and known["started_at"] >= run.started_at:
+            return
+        self.canary[run.model] = {
+            "started_at": run.started_at, "items": run.overall.items,
+            "pass_rate": run.overall.pass_rate, "golden_pass_rate": run.overall.golden_pass_rate,
+            "slices": {name: f.pass_rate for name, f in sorted(run.slices.items())}}
+
     # -- figures --------------------------------------------------------------------------------
 
     def price(self, model: str, tokens: Tokens) -> float | None:
@@ -229,7 +245,11 @@ class SavingsTally:
         return out
 
     def quality(self, route: str, escalation: float | None) -> dict[str, Any]:
-        out: dict[str, Any] = {"shadow": None, "graded": None}
+        out: dict[str, Any] = {"canary": None, "shadow": None, "graded": None}
+        tiers = self.routes.get(route)
+        if tiers is not None and (tiers.small in self.canary or tiers.large in self.canary):
+            out["canary"] = {"small": self.canary.get(tiers.small),
+                             "large": self.canary.get(tiers.large)}
         mirrored = self.shadow.get(route)
         if mirrored and mirrored[0]:
             agreement = mirrored[1] / mirrored[0]
@@ -239,7 +259,6 @@ class SavingsTally:
                 else escalation + (1 - escalation) * agreement}
         graded = self.graded.get(route)
         if graded:
-            tiers = self.routes.get(route)
             large = self.graded_large.get(tiers.large, {}) if tiers else {}
             for name, answers in self.graded.items():  # the large model's own traffic
                 if tiers is not None and name == tiers.large:
@@ -316,6 +335,8 @@ class SavingsDeployment(Protocol):
     def routes(self) -> Mapping[str, RouteSettings]: ...
     @property
     def shadow(self) -> ShadowSettings: ...
+    @property
+    def canary(self) -> CanarySettings: ...
 
 
 def tally_for(settings: SavingsDeployment, route: str | None = None, bucket_s: float = 3600.0,
@@ -345,5 +366,17 @@ async def collect_savings(settings: SavingsDeployment, sink: RecordSink, since: 
                                   pair.comparison.agree)
     except OSError as exc:
         shadow_error = f"the shadow log is not readable: {exc}"
+    canary_error = None
+    models = {m for tiers in tally.routes.values() for m in (tiers.small, tiers.large)
+              if route is None or tiers is tally.routes.get(route)}
+    if settings.canary.dir.is_dir():
+        store = FileCanaryStore(settings.canary.dir)
+        try:
+            for model in sorted(models):
+                for run in await store.runs(model):
+                    if (since is None or run.started_at >= since) and run.started_at < until:
+                        tally.canary_run(run)
+        except (ConfigError, OSError) as exc:
+            canary_error = f"the canary store is not readable: {exc}"
     return {**tally.result(), "window": {"since": since, "until": until},
-            "shadow_error": shadow_error}
+            "shadow_error": shadow_error, "canary_error": canary_error}

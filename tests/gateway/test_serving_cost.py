@@ -43,9 +43,14 @@ def config(tmp_path_factory: pytest.TempPathFactory, upstream: ServerProcess) ->
         "models.small": {**upstream_model(upstream, "echo"), "cost": SMALL},
         "models.large": {**upstream_model(upstream, "echo"), "cost": LARGE},
         "models.stall": {**upstream_model(upstream, "stall-500"), "cost": STALL},
+        "models.broken": {**upstream_model(upstream, "status-500"), "cost": LARGE,
+                          "retries": 0},
         "routes.cascade": {"mode": "cascade", "small": "small", "large": "large",
                            "verifier": str(base / "answer"), "threshold": 0.5,
                            "verifier_sha256": manifest_sha256(base / "answer")},
+        "routes.broken-cascade": {"mode": "cascade", "small": "small", "large": "broken",
+                                  "verifier": str(base / "answer"), "threshold": 0.5,
+                                  "verifier_sha256": manifest_sha256(base / "answer")},
         "auth": {"admin_keys": [{"id": "sre", "sha256": hash_key(ADMIN)}]},
         "records": {"sqlite_path": str(base / "records.sqlite3"),
                     "spool_dir": str(base / "spool"), "store_interval_s": 0.1},
@@ -106,6 +111,16 @@ def test_an_escalated_cascade_accounts_both_calls(priced_gateway: ServerProcess)
         cost_metric(priced_gateway, "cascade", "large")
     assert after[0] - before[0] == pytest.approx(small["cost"]["usd"])
     assert after[1] - before[1] == pytest.approx(large["cost"]["usd"])
+
+
+def test_a_failed_escalation_still_counts_the_small_call(priced_gateway: ServerProcess) -> None:
+    before = cost_metric(priced_gateway, "broken-cascade", "small")
+    prompt = "hard puzzle number 25"
+    failed = ask(priced_gateway, "broken-cascade", prompt)
+    assert failed.status_code >= 500 and "x-tiergate-record-id" not in failed.headers
+    usage = ask(priced_gateway, "small", prompt).json()["usage"]  # the same small call
+    assert cost_metric(priced_gateway, "broken-cascade", "small") - before == \
+        pytest.approx(priced(usage, SMALL))
 
 
 def test_a_streamed_cascade_records_both_calls_cost(priced_gateway: ServerProcess) -> None:

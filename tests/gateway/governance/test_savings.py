@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from canary.settings import ShadowSettings
+from canary.runs import CanaryRun, SliceFigures
+from canary.settings import CanarySettings, ShadowSettings
 from gateway.backends.settings import HTTPModelSettings
 from gateway.evals.tasksets import TaskItem
 from gateway.governance.savings import RouteTiers, SavingsTally, collect_savings
@@ -35,6 +36,7 @@ class Deployment:
                        for name, cost in (("small", SMALL), ("large", LARGE))}
         self.routes = {"auto": RouteSettings(mode="fixed", small="small", large="large")}
         self.shadow = ShadowSettings(dir=tmp_path / "shadow")
+        self.canary = CanarySettings(dir=tmp_path / "canary")
 
 
 def escalation(escalated: bool) -> Decision:
@@ -119,3 +121,32 @@ def test_quality_kept_from_shadow_agreement_and_graded_items() -> None:
     # escalated call), wrong on q0 (asked directly)
     assert (graded["items"], graded["accuracy"], graded["compared"]) == (2, 0.5, 2)
     assert graded["large_accuracy"] == 0.5 and graded["kept"] == 1.0
+    assert quality["canary"] is None  # no canary run of either tier
+
+
+def figures(items: int, pass_rate: float) -> SliceFigures:
+    return SliceFigures(items=items, pass_rate=pass_rate, golden_pass_rate=pass_rate,
+                        agreement=1.0, diverged=0, mean_first_divergence=None,
+                        logprob_shift=None, logprob_abs_shift=None, latency_p50_ms=1.0,
+                        latency_p99_ms=1.0, prompt_tokens=1, completion_tokens=1, errors=0)
+
+
+def canary_run(model: str, at: float, rates: dict[str, float]) -> CanaryRun:
+    return CanaryRun(id=f"run-{model}-{at}", model=model, started_at=at, wall_s=1.0,
+                     pin_version=1, set_sha256="s", pinned_digest="d", served_digest="d",
+                     items=[], slices={name: figures(10, r) for name, r in rates.items()},
+                     overall=figures(10 * len(rates), sum(rates.values()) / len(rates)))
+
+
+def test_quality_names_each_tiers_latest_canary_run() -> None:
+    tally = SavingsTally({}, {"auto": RouteTiers("cascade", "small", "large")})
+    tally.record(build_record(answered("question", route="auto", decision=escalation(False)),
+                              TupleCache()))
+    tally.canary_run(canary_run("large", 20.0, {"add": 0.9, "sort": 1.0}))
+    tally.canary_run(canary_run("large", 10.0, {"add": 0.1, "sort": 0.1}))  # older: not shown
+    tally.canary_run(canary_run("other", 30.0, {"add": 0.5}))
+    canary = tally.result()["routes"]["auto"]["quality"]["canary"]
+    assert canary["small"] is None
+    assert canary["large"]["started_at"] == 20.0
+    assert canary["large"]["slices"] == {"add": 0.9, "sort": 1.0}
+    assert canary["large"]["pass_rate"] == pytest.approx(0.95)
