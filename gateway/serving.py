@@ -399,6 +399,8 @@ class OpenAIServing:
                     yield b"".join(held) if len(held) > 1 else held[0]
                     held.clear()
             result = accumulator.result()
+            if plan.ready is not None:  # replayed here: the model call's time is its own
+                result.timing = plan.ready.timing
             usage = billed(result.usage, plan.prior)
             held.append(chunks.end(result, usage if req.include_usage
                                    or isinstance(req, protocol.ResponsesRequest) else None))
@@ -445,12 +447,16 @@ class OpenAIServing:
         """A stream that ended before its end (the client went away, the upstream failed):
         what was generated is still accounted — recorded with ``status`` and priced, its usage
         counted here when the model never reported it."""
-        if not any(accumulator.pieces) and not plan.prior and accumulator.usage is None:
+        if not any(accumulator.pieces) and not plan.prior and plan.ready is None \
+                and accumulator.usage is None:
             return  # nothing was generated: nothing to account
         try:
-            result = accumulator.result()
-            result.usage, estimated = usage_so_far(accumulator.usage, result,
-                                                   accumulator.pieces, gen)
+            if plan.ready is not None:  # a cascade's answer, whole before the stream began
+                result, estimated = plan.ready, False
+            else:
+                result = accumulator.result()
+                result.usage, estimated = usage_so_far(accumulator.usage, result,
+                                                       accumulator.pieces, gen)
             accumulator.usage = result.usage  # the request's metrics count the same tokens
             self._completed(ctx, req, gen, [*plan.prior, result], plan.decision, status,
                             estimated)

@@ -165,17 +165,20 @@ class PriceBook:
 
     def __init__(self, models: Mapping[str, ModelSettings]) -> None:
         self.models = {name: cost_model(m.cost) for name, m in models.items()}
+        self._rates = {name: model.rates() for name, model in self.models.items()}
+        """Built once: every call's cost shares its model's (read-only) dict."""
 
     def model(self, name: str) -> CostModel:
         return self.models.get(name) or Unpriced()
 
     def call(self, result: GenerationResult, estimated: bool = False) -> CallCost:
         """The cost of one call (priced by the model that answered it)."""
-        model = self.model(result.model.name)
+        name = result.model.name
+        model = self.model(name)
         tokens = TokenCounts.of(result.usage)
         seconds = result.timing.total_s
-        return CallCost(result.model.name, model.kind, model.usd(tokens, seconds), tokens,
-                        seconds, model.rates(), estimated)
+        return CallCost(name, model.kind, model.usd(tokens, seconds), tokens, seconds,
+                        self._rates.get(name, {}), estimated)
 
 
 def prompt_tokens_estimate(request: GenerationRequest) -> int:

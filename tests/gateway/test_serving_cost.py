@@ -133,7 +133,21 @@ def test_a_streamed_cascade_records_both_calls_cost(priced_gateway: ServerProces
     assert lines[-1] == "data: [DONE]"
     stored = record(priced_gateway, record_id)
     assert [c["model"]["name"] for c in stored["calls"]] == ["small", "large"]
-    assert [c["cost"]["usd"] > 0 for c in stored["calls"]] == [True, True]
+    for call, prices in zip(stored["calls"], (SMALL, LARGE), strict=True):
+        assert call["usage"]["completion_tokens"] > 0
+        assert call["cost"]["usd"] == pytest.approx(priced(call["usage"], prices))
+    # an accepted answer, verified before the stream began: one call, at its own time
+    with httpx.stream("POST", priced_gateway.url + "/v1/chat/completions", timeout=30, json={
+            "model": "cascade", "stream": True,
+            "messages": [{"role": "user", "content": "easy sum number 27"}]}) as response:
+        assert response.headers["x-tiergate-escalated"] == "false"
+        record_id = response.headers["x-tiergate-record-id"]
+        assert [line for line in response.iter_lines() if line][-1] == "data: [DONE]"
+    (call,) = record(priced_gateway, record_id)["calls"]
+    alone = ask(priced_gateway, "small", "easy sum number 27").json()["usage"]
+    assert call["usage"]["completion_tokens"] == alone["completion_tokens"]
+    assert call["cost"]["usd"] == pytest.approx(priced(alone, SMALL))
+    assert call["cost"]["seconds"] == call["timing"]["total_s"] > 0
 
 
 def test_a_stream_cut_mid_answer_accounts_what_was_generated(
