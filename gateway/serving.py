@@ -27,6 +27,7 @@ from gateway.kernel.errors import (
     internal_error,
 )
 from gateway.kernel.generation import (
+    ChoiceResult,
     GenerationChunk,
     GenerationRequest,
     GenerationResult,
@@ -276,14 +277,18 @@ class OpenAIServing:
         error: BaseException | None = None
         usage: Usage | None = None
         first_s: float | None = None  # the first output text's, from the call's start
+        deltas: list[str] = []  # the output text so far: what a stream cut short accounts
         event, sequence, response = first, -1, None
         self._schedule_started(ctx, req, gen)
         try:
             while True:
                 number = event.data.get("sequence_number")
                 sequence = number if isinstance(number, int) else sequence + 1
-                if first_s is None and event.type == "response.output_text.delta":
-                    first_s = time.perf_counter() - started[0]
+                if event.type == "response.output_text.delta":
+                    if first_s is None:
+                        first_s = time.perf_counter() - started[0]
+                    if isinstance(delta := event.data.get("delta"), str):
+                        deltas.append(delta)
                 response = event.data.get("response", response)
                 if event.type in TERMINAL_EVENTS and isinstance(response, dict):
                     result = backend.forwarded_result(
@@ -298,19 +303,50 @@ class OpenAIServing:
         except TiergateError as exc:
             log.warning("request %s: stream failed: %s", gen.request_id, clip(exc.message))
             status, error = exc.status, exc
+            if usage is None:  # before its terminal event: what was generated is accounted
+                usage = self._relay_cut_short(backend, body, response, deltas, gen, req, ctx,
+                                              started, first_s, status)
             yield failure_events(exc.body(), sequence, response)
         except Exception as exc:
             log.exception("request %s: stream failed", gen.request_id)
             status, error = 500, exc
+            if usage is None:
+                usage = self._relay_cut_short(backend, body, response, deltas, gen, req, ctx,
+                                              started, first_s, status)
             yield failure_events(internal_error().body(), sequence, response)
         except BaseException as exc:  # the client went away (cancelled / generator closed)
             status, error = 499, exc
+            if usage is None:
+                usage = self._relay_cut_short(backend, body, response, deltas, gen, req, ctx,
+                                              started, first_s, status)
             raise
         finally:
             await aclose(events)
             self._finish(span, ctx, req.model, backend.name, status,
                          None if first_s is None else first_s + (started[0] - ctx.received),
                          usage, error)
+
+    def _relay_cut_short(self, backend: HTTPBackend, body: dict[str, Any],
+                         response: dict[str, Any] | None, deltas: list[str],
+                         gen: GenerationRequest, req: protocol.ResponsesRequest,
+                         ctx: RequestContext, started: tuple[float, float],
+                         first_s: float | None, status: int) -> Usage | None:
+        """A forwarded stream that ended before its terminal event: the output text it relayed
+        is recorded with ``status`` and priced (usage counted here, one token per delta); the
+        usage, or None when nothing was generated."""
+        if not deltas:
+            return None
+        try:
+            result = backend.forwarded_result({**body, "model": backend.upstream_model},
+                                              response if isinstance(response, dict) else {},
+                                              *started, first_s)
+            result.choices = [ChoiceResult(index=0, text="".join(deltas), finish_reason=None)]
+            result.usage, estimated = usage_so_far(None, result, [len(deltas)], gen)
+            self._completed(ctx, req, gen, [result], None, status, estimated)
+        except Exception:  # accounting must never turn a cut stream into another error
+            log.exception("request %s: the cut stream was not accounted", gen.request_id)
+            return None
+        return result.usage
 
     async def embed(self, req: protocol.EmbeddingsRequest, ctx: RequestContext) -> Served:
         """``/v1/embeddings``: one model (a route chooses between generating tiers), its
