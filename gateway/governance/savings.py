@@ -171,8 +171,8 @@ class SavingsTally:
                 tier.unmade_requests += 1
 
     def _grade(self, route: str, record: dict[str, Any], calls: list[dict[str, Any]]) -> None:
-        if not self.items or not calls:
-            return
+        if not self.items or not calls or record.get("status") != 200:
+            return  # a stream cut short holds part of an answer: not gradable
         given = record.get("input") or {}
         item = self.items.get(_item_key(given.get("kind"), given.get("prompt"),
                                         given.get("messages")))
@@ -258,12 +258,10 @@ class SavingsTally:
                 "kept": None if escalation is None
                 else escalation + (1 - escalation) * agreement}
         graded = self.graded.get(route)
-        if graded:
+        if graded:  # the large model's answers: its calls on any route (asked directly, or a
+            # cascade's escalations)
             large = self.graded_large.get(tiers.large, {}) if tiers else {}
-            for name, answers in self.graded.items():  # the large model's own traffic
-                if tiers is not None and name == tiers.large:
-                    large = {**large, **answers}
-            out["graded"] = _graded(graded, large if tiers else {}, self.items)
+            out["graded"] = _graded(graded, large, self.items)
         return out
 
     def result(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from gateway.records.chain import Signer
 from gateway.records.sinks import create_sink
 from router.decision import Decision
 from router.settings import RouteSettings
+from tests.gateway.records.conftest import LARGE as LARGE_TUPLE
 from tests.gateway.records.conftest import answered, pending, sqlite_settings
 
 SMALL = {"kind": "tokens", "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0}
@@ -109,13 +110,18 @@ def test_quality_kept_from_shadow_agreement_and_graded_items() -> None:
     for i, escalated in ((0, False), (1, True)):
         tally.record(build_record(answered(f"question {i}", route="auto",
                                            decision=escalation(escalated)), TupleCache()))
-    tally.record(build_record(answered("question 0", route="large"), TupleCache()))
+    cut = answered("question 1", route="auto", decision=escalation(False))
+    cut.status, cut.results[0].choices[0].text = 499, "answer to qu"  # a stream cut short
+    tally.record(build_record(cut, TupleCache()))  # costs, but is not graded
+    direct = answered("question 0", route="large")
+    direct.results[0].model = LARGE_TUPLE  # asked directly: the large model answers
+    tally.record(build_record(direct, TupleCache()))
     for agree in (True, True, False, True):
         tally.shadow_pair("auto", "small", "large", agree)
     tally.shadow_pair("auto", "large", "small", False)  # not a small answer checked: ignored
     quality = tally.result()["routes"]["auto"]["quality"]
     assert quality["shadow"]["mirrored"] == 4 and quality["shadow"]["agreement"] == 0.75
-    assert quality["shadow"]["kept"] == pytest.approx(0.5 + 0.5 * 0.75)
+    assert quality["shadow"]["kept"] == pytest.approx(1 / 3 + 2 / 3 * 0.75)  # 1 of 3 escalated
     graded = quality["graded"]["ALL"]
     # the route: right on q1 (escalated), wrong on q0; the large model: right on q1 (its
     # escalated call), wrong on q0 (asked directly)
