@@ -63,6 +63,8 @@ class ShadowMirror(RequestListener):
         Listeners run before the response is sent (records must be spooled by then); mirror
         work must not compete with sending it, so the request is queued when the task that
         serves it has finished — after its last byte went out."""
+        if done.status != 200:  # a stream cut short: no whole answer to compare
+            return
         live = done.results[-1].model.name
         mirror = self.mirrors.get(live)
         if mirror is None or done.request.sampling.n != 1 or self._draw() >= mirror.share:

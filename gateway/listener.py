@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.kernel.generation import GenerationRequest, GenerationResult
+from gateway.models.cost import CallCost
 from gateway.protocol import OpenAIRequest
 from router.decision import Decision
 
@@ -55,7 +56,19 @@ class CompletedRequest:
     decision: Decision | None
     stream: bool
     status: int
+    """200, or the status of a stream that ended early after output was generated (``499``: the
+    client went away; its last result then holds what was generated, its cost ``estimated``
+    where the model never reported the usage)."""
+    costs: list[CallCost] = field(default_factory=list)
+    """What each call in :attr:`results` cost, in the same order (tokens, seconds, USD; see
+    :mod:`gateway.models.cost`). Empty only where a listener is driven without serving."""
     finished_at: float = field(default_factory=time.time)
+
+    @property
+    def cost_usd(self) -> float:
+        """What the request cost in all, every call included (a cascade's small call too): the
+        figure a budget or a bill reads."""
+        return sum(cost.usd for cost in self.costs)
 
 
 class RequestListener:

@@ -27,6 +27,7 @@ from gateway.kernel.errors import (
     internal_error,
 )
 from gateway.kernel.generation import (
+    ChoiceResult,
     GenerationChunk,
     GenerationRequest,
     GenerationResult,
@@ -36,6 +37,7 @@ from gateway.kernel.generation import (
 )
 from gateway.kernel.modeltuple import ModelTuple
 from gateway.listener import CompletedRequest, Listeners, RequestContext, RequestListener
+from gateway.models.cost import CallCost, PriceBook, usage_so_far
 from gateway.models.dispatch import Dispatcher, aclose
 from gateway.models.registry import ModelRegistry
 from gateway.models.resilience import GuardedBackend
@@ -82,6 +84,7 @@ class OpenAIServing:
         self.telemetry = telemetry
         self.router = router
         self.dispatcher = Dispatcher(registry, telemetry)
+        self.prices = PriceBook(settings.models)
         self.listeners = Listeners()
         self._seeds = random.Random(secrets.randbits(128))
         """Draws effective seeds: seeded from the OS once (a seed needs to be recorded, not
@@ -106,17 +109,24 @@ class OpenAIServing:
 
     def _completed(self, ctx: RequestContext, req: protocol.OpenAIRequest,
                    gen: GenerationRequest, results: list[GenerationResult],
-                   decision: Decision | None) -> None:
+                   decision: Decision | None, status: int = 200,
+                   estimated: bool = False) -> list[CallCost]:
+        """Price every call of the request (``estimated``: the last call's usage was counted
+        here, :func:`~gateway.models.cost.usage_so_far`), count the cost, tell the listeners."""
+        costs = [self.prices.call(r, estimated and i == len(results) - 1)
+                 for i, r in enumerate(results)]
+        for cost in costs:
+            self.telemetry.count_cost(req.model, cost.model, ctx.caller, cost.usd)
         if not self.listeners.completing:
-            return
+            return costs
         done = CompletedRequest(ctx, req.model, req, gen, results, decision,
-                                stream=bool(req.stream),
-                                status=200)
+                                stream=bool(req.stream), status=status, costs=costs)
         for listener in self.listeners.completing:
             try:
                 listener.completed(done)
             except Exception:  # a listener's bug must never fail the request
                 log.exception("request %s: listener %s failed", ctx.request_id, listener.name)
+        return costs
 
     def _schedule_started(self, ctx: RequestContext, req: protocol.OpenAIRequest,
                           gen: GenerationRequest) -> None:
@@ -172,6 +182,7 @@ class OpenAIServing:
     async def create(self, req: protocol.OpenAIRequest, ctx: RequestContext) -> Served:
         span = self.telemetry.start_request_span(f"POST {ctx.operation}", ctx.trace_headers,
                                                  ctx.request_id, req.model)
+        plan: Plan | None = None
         try:
             with self.telemetry.use(span):
                 route = self._route(req.model)
@@ -191,11 +202,13 @@ class OpenAIServing:
             answer = _for_client(result, gen, plan.prior)
         except TiergateError as exc:
             self._finish(span, ctx, req.model, req.model, exc.status, None, None, exc)
+            self._count_unanswered(req, ctx, plan)
             if isinstance(req, protocol.ResponsesRequest):
                 exc.param = protocol.responses_param(exc.param)
             raise
         except BaseException as exc:
             self._finish(span, ctx, req.model, req.model, 500, None, None, exc)
+            self._count_unanswered(req, ctx, plan)
             raise
         if isinstance(req, protocol.ResponsesRequest):
             body = protocol.response_object(req, gen, ctx.request_id, result.model.name,
@@ -204,9 +217,10 @@ class OpenAIServing:
             build = protocol.chat_completion if gen.kind == "chat" else protocol.completion
             body = build(answer, ctx.request_id, result.model.name, gen.return_token_ids)
         self._finish(span, ctx, req.model, result.model.name, 200, None, result.usage)
-        self._completed(ctx, req, gen, [*plan.prior, result], plan.decision)
-        return Served(headers=self._headers(result.model, gen, plan.decision),
-                      body=body)
+        costs = self._completed(ctx, req, gen, [*plan.prior, result], plan.decision)
+        headers = self._headers(result.model, gen, plan.decision)
+        headers[COST_HEADER] = cost_header(costs)
+        return Served(headers=headers, body=body)
 
     async def _forward(self, req: protocol.ResponsesRequest, gen: GenerationRequest,
                        ctx: RequestContext, span: Any) -> Served:
@@ -231,9 +245,10 @@ class OpenAIServing:
                 backend).call(lambda inner: forwarder(inner).respond(
                     body, gen.request_id, gen.trace_headers)))
             self._finish(span, ctx, req.model, result.model.name, 200, None, result.usage)
-            self._completed(ctx, req, gen, [result], None)
-            return Served(headers=self._headers(result.model, gen, None),
-                          body=result.extra["response"])
+            costs = self._completed(ctx, req, gen, [result], None)
+            headers = self._headers(result.model, gen, None)
+            headers[COST_HEADER] = cost_header(costs)
+            return Served(headers=headers, body=result.extra["response"])
 
         async def open_events(backend: Backend
                               ) -> tuple[HTTPBackend, Event, AsyncIterator[Event]]:
@@ -262,14 +277,18 @@ class OpenAIServing:
         error: BaseException | None = None
         usage: Usage | None = None
         first_s: float | None = None  # the first output text's, from the call's start
+        deltas: list[str] = []  # the output text so far: what a stream cut short accounts
         event, sequence, response = first, -1, None
         self._schedule_started(ctx, req, gen)
         try:
             while True:
                 number = event.data.get("sequence_number")
                 sequence = number if isinstance(number, int) else sequence + 1
-                if first_s is None and event.type == "response.output_text.delta":
-                    first_s = time.perf_counter() - started[0]
+                if event.type == "response.output_text.delta":
+                    if first_s is None:
+                        first_s = time.perf_counter() - started[0]
+                    if isinstance(delta := event.data.get("delta"), str):
+                        deltas.append(delta)
                 response = event.data.get("response", response)
                 if event.type in TERMINAL_EVENTS and isinstance(response, dict):
                     result = backend.forwarded_result(
@@ -284,19 +303,50 @@ class OpenAIServing:
         except TiergateError as exc:
             log.warning("request %s: stream failed: %s", gen.request_id, clip(exc.message))
             status, error = exc.status, exc
+            if usage is None:  # before its terminal event: what was generated is accounted
+                usage = self._relay_cut_short(backend, body, response, deltas, gen, req, ctx,
+                                              started, first_s, status)
             yield failure_events(exc.body(), sequence, response)
         except Exception as exc:
             log.exception("request %s: stream failed", gen.request_id)
             status, error = 500, exc
+            if usage is None:
+                usage = self._relay_cut_short(backend, body, response, deltas, gen, req, ctx,
+                                              started, first_s, status)
             yield failure_events(internal_error().body(), sequence, response)
         except BaseException as exc:  # the client went away (cancelled / generator closed)
             status, error = 499, exc
+            if usage is None:
+                usage = self._relay_cut_short(backend, body, response, deltas, gen, req, ctx,
+                                              started, first_s, status)
             raise
         finally:
             await aclose(events)
             self._finish(span, ctx, req.model, backend.name, status,
                          None if first_s is None else first_s + (started[0] - ctx.received),
                          usage, error)
+
+    def _relay_cut_short(self, backend: HTTPBackend, body: dict[str, Any],
+                         response: dict[str, Any] | None, deltas: list[str],
+                         gen: GenerationRequest, req: protocol.ResponsesRequest,
+                         ctx: RequestContext, started: tuple[float, float],
+                         first_s: float | None, status: int) -> Usage | None:
+        """A forwarded stream that ended before its terminal event: the output text it relayed
+        is recorded with ``status`` and priced (usage counted here, one token per delta); the
+        usage, or None when nothing was generated."""
+        if not deltas:
+            return None
+        try:
+            result = backend.forwarded_result({**body, "model": backend.upstream_model},
+                                              response if isinstance(response, dict) else {},
+                                              *started, first_s)
+            result.choices = [ChoiceResult(index=0, text="".join(deltas), finish_reason=None)]
+            result.usage, estimated = usage_so_far(None, result, [len(deltas)], gen)
+            self._completed(ctx, req, gen, [result], None, status, estimated)
+        except Exception:  # accounting must never turn a cut stream into another error
+            log.exception("request %s: the cut stream was not accounted", gen.request_id)
+            return None
+        return result.usage
 
     async def embed(self, req: protocol.EmbeddingsRequest, ctx: RequestContext) -> Served:
         """``/v1/embeddings``: one model (a route chooses between generating tiers), its
@@ -364,6 +414,7 @@ class OpenAIServing:
         accumulator = StreamAccumulator(model, gen.sampling.n)
         status: int = 200
         error: BaseException | None = None
+        accounted = False  # the request went to the listeners (at most once)
         # Events of chunks that arrived together: sent in one piece.
         held: list[bytes] = [opening] if (opening := chunks.start()) else []
         # Listeners start when the stream first waits, which is after its first bytes went out.
@@ -384,23 +435,32 @@ class OpenAIServing:
                     yield b"".join(held) if len(held) > 1 else held[0]
                     held.clear()
             result = accumulator.result()
+            if plan.ready is not None:  # replayed here: the model call's time is its own
+                result.timing = plan.ready.timing
             usage = billed(result.usage, plan.prior)
             held.append(chunks.end(result, usage if req.include_usage
                                    or isinstance(req, protocol.ResponsesRequest) else None))
             # Recorded before the stream's end goes out.
+            accounted = True
             self._completed(ctx, req, gen, [*plan.prior, result], plan.decision)
             yield b"".join(held)
             held.clear()
         except TiergateError as exc:
             log.warning("request %s: stream failed: %s", gen.request_id, clip(exc.message))
             status, error = exc.status, exc
+            if not accounted:
+                self._cut_short(accumulator, gen, req, ctx, plan, status)
             yield b"".join([*held, chunks.error(exc.body())])
         except Exception as exc:
             log.exception("request %s: stream failed", gen.request_id)
             status, error = 500, exc
+            if not accounted:
+                self._cut_short(accumulator, gen, req, ctx, plan, status)
             yield b"".join([*held, chunks.error(internal_error().body())])
         except BaseException as exc:  # the client went away (cancelled / generator closed)
             status, error = 499, exc
+            if not accounted:
+                self._cut_short(accumulator, gen, req, ctx, plan, status)
             raise
         finally:
             await aclose(upstream)
@@ -408,6 +468,47 @@ class OpenAIServing:
             self._finish(span, ctx, req.model, model.name, status,
                          None if ttft is None else ttft + (accumulator.started - ctx.received),
                          accumulator.usage, error)
+
+    def _count_unanswered(self, req: protocol.OpenAIRequest, ctx: RequestContext,
+                          plan: Plan | None) -> None:
+        """The calls made for a request that then failed (a cascade's small answer, before the
+        large call failed): no record, but their cost is counted in the metrics."""
+        for prior in plan.prior if plan is not None else ():
+            cost = self.prices.call(prior)
+            self.telemetry.count_cost(req.model, cost.model, ctx.caller, cost.usd)
+
+    def _cut_short(self, accumulator: StreamAccumulator, gen: GenerationRequest,
+                   req: protocol.OpenAIRequest, ctx: RequestContext, plan: Plan,
+                   status: int) -> None:
+        """A stream that ended before its end (the client went away, the upstream failed):
+        what was generated is still accounted — recorded with ``status`` and priced, its usage
+        counted here when the model never reported it."""
+        if not any(accumulator.pieces) and not plan.prior and plan.ready is None \
+                and accumulator.usage is None:
+            return  # nothing was generated: nothing to account
+        try:
+            if plan.ready is not None:  # a cascade's answer, whole before the stream began
+                result, estimated = plan.ready, False
+            else:
+                result = accumulator.result()
+                result.usage, estimated = usage_so_far(accumulator.usage, result,
+                                                       accumulator.pieces, gen)
+            accumulator.usage = result.usage  # the request's metrics count the same tokens
+            self._completed(ctx, req, gen, [*plan.prior, result], plan.decision, status,
+                            estimated)
+        except Exception:  # accounting must never turn a cut stream into another error
+            log.exception("request %s: the cut stream was not accounted", gen.request_id)
+
+
+COST_HEADER = "x-tiergate-cost-usd"
+"""A whole answer's cost in USD, every call of it (a stream's headers go out before its cost is
+known: its cost is in its record and the metrics; docs/cost.md)."""
+
+
+def cost_header(costs: list[CallCost]) -> str:
+    """The cost as a plain decimal (no exponent), to the 1e-10 dollar."""
+    text = f"{sum(c.usd for c in costs):.10f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
 
 
 async def _replay(result: GenerationResult) -> AsyncIterator[GenerationChunk]:

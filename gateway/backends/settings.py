@@ -13,6 +13,34 @@ from gateway.kernel.modeltuple import AdapterRef, Quantization
 from gateway.kernel.settings import Section
 
 
+class TokenCostSettings(Section):
+    """A hosted upstream's price list: dollars per million tokens (``kind = "tokens"``)."""
+
+    kind: Literal["tokens"] = "tokens"
+    input_usd_per_mtok: float = Field(ge=0)
+    """Per million prompt tokens (those not read from the upstream's prompt cache)."""
+    output_usd_per_mtok: float = Field(ge=0)
+    """Per million completion tokens."""
+    cached_input_usd_per_mtok: float | None = Field(default=None, ge=0)
+    """Per million prompt tokens read from the upstream's cache (``cached_tokens`` of its
+    usage); default: the input price."""
+
+
+class ServingTimeCostSettings(Section):
+    """A self-hosted model's cost of serving: the measured seconds of each call at the price of
+    the device that serves it (``kind = "serving-time"``)."""
+
+    kind: Literal["serving-time"] = "serving-time"
+    usd_per_hour: float = Field(ge=0)
+    """What the device (a GPU, a CPU machine) costs per hour."""
+    concurrency: float = Field(default=1.0, gt=0)
+    """Requests the device serves at once, on average: a call is charged its seconds divided by
+    this (a batch of 8 shares the hour 8 ways)."""
+
+
+CostSettings = Annotated[TokenCostSettings | ServingTimeCostSettings, Field(discriminator="kind")]
+
+
 class ModelBaseSettings(Section):
     """What every configured model pins, whatever serves it."""
 
@@ -61,6 +89,10 @@ class ModelBaseSettings(Section):
     """Load this model after the others, and let the gateway be ready (``/readyz``) without
     it: the others serve meanwhile; a request for it gets ``503`` ``model_loading`` with
     ``Retry-After`` until it is loaded (docs/operations.md, "Starting")."""
+    cost: CostSettings | None = None
+    """What a call to this model costs (``[models.NAME.cost]``, docs/cost.md): ``kind =
+    "tokens"`` (a hosted upstream's prices per million tokens) or ``"serving-time"`` (the
+    call's measured seconds at the device's price per hour). None: calls cost 0, unpriced."""
 
 
 class UpstreamSettings(ModelBaseSettings):

@@ -1,10 +1,12 @@
-"""``tiergate report [--since T] [--json]``: the team's numbers over a window, in sections.
+"""``tiergate report [--since T] [--route R] [--json]``: the team's numbers over a window, in
+sections.
 
 Each section (:data:`SECTIONS`, by name) collects its figures from what the gateways wrote down
 and prints them; a section whose sources cannot be read says so and the others still print.
 ``governance`` (:mod:`gateway.governance.numbers`): eval coverage of the served tuples and of
-the traffic, owners, stale, refused and overridden tuples, drift catches. The cost and savings
-figures (issue #24) will be another section. It loads no model.
+the traffic, owners, stale, refused and overridden tuples, drift catches. ``savings``
+(:mod:`gateway.cli.savings`, :mod:`gateway.governance.savings`): per route, what it cost against
+always-large and always-small, and the quality it keeps. It loads no model.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from gateway.cli.savings import collect_savings, savings_lines
 from gateway.kernel.errors import ConfigError
 from gateway.settings import Settings
 
@@ -29,7 +33,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True)
 class Section:
     title: str
-    collect: Callable[[Settings, Window], Awaitable[dict[str, Any]]]
+    collect: Callable[[Settings, Window, argparse.Namespace], Awaitable[dict[str, Any]]]
+    """Its figures over the window (the command's arguments: ``--route``, ...)."""
     lines: Callable[[dict[str, Any]], list[str]]
 
 
@@ -40,6 +45,17 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                                  "traffic, owners, stale/refused/overridden tuples, drift catches")
     report.add_argument("--since", help="from (2025-06-01, ISO time, epoch seconds, or an age: "
                         "24h, 7d); default: everything recorded")
+    report.add_argument("--route", help="savings: only this route (a configured route or a "
+                        "model asked for by name)")
+    report.add_argument("--task-set", type=Path, help="savings: grade the records whose input "
+                        "is an item of this task set (accuracy per slice, kept vs the large "
+                        "model)")
+    report.add_argument("--plot", type=Path, help="savings: write the cost and escalation "
+                        "share over time to this PNG")
+    report.add_argument("--bucket", default="1h", help="savings: the plot's and the series' "
+                        "time step (an age: 15m, 1h, 1d; default 1h)")
+    report.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"which sections, comma-separated (default: {','.join(SECTIONS)})")
     report.add_argument("--json", action="store_true")
     report.set_defaults(handler=run_report)
 
@@ -48,7 +64,8 @@ def _pct(part: int, whole: int) -> str:
     return f"{part}/{whole} ({part / whole:.1%})" if whole else f"{part}/{whole} (-)"
 
 
-async def collect_governance(settings: Settings, window: Window) -> dict[str, Any]:
+async def collect_governance(settings: Settings, window: Window,
+                             args: argparse.Namespace) -> dict[str, Any]:
     from canary.state import FileCanaryStore
     from gateway.governance.history import ServingHistory
     from gateway.governance.numbers import GovernanceTally
@@ -139,6 +156,7 @@ def _when(epoch: float) -> str:
 
 SECTIONS: dict[str, Section] = {
     "governance": Section("governance", collect_governance, governance_lines),
+    "savings": Section("savings", collect_savings, savings_lines),
 }
 
 
@@ -151,9 +169,14 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         raise ConfigError(f"--since: {exc}") from exc
     window = Window(since, time.time())
+    chosen = [name.strip() for name in args.sections.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in SECTIONS]
+    if unknown or not chosen:
+        raise ConfigError(f"--sections: {', '.join(unknown) or 'none given'}: the sections are "
+                          f"{', '.join(SECTIONS)}")
 
     async def collect() -> dict[str, dict[str, Any]]:
-        return {name: await s.collect(settings, window) for name, s in SECTIONS.items()}
+        return {name: await SECTIONS[name].collect(settings, window, args) for name in chosen}
 
     sections = asyncio.run(collect())
     if args.json:
@@ -162,7 +185,7 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     start = _when(window.since) if window.since is not None else "the first record"
     print(f"report window: {start} .. {_when(window.until)}")
-    for name, section in SECTIONS.items():
-        print(f"\n{section.title}")
-        print("\n".join(section.lines(sections[name])))
+    for name in chosen:
+        print(f"\n{SECTIONS[name].title}")
+        print("\n".join(SECTIONS[name].lines(sections[name])))
     return 0

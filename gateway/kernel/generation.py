@@ -193,6 +193,9 @@ class StreamAccumulator:
         self.first_token_s: float | None = None
         self.choices = [ChoiceResult(index=i, text="", finish_reason=None) for i in range(n)]
         self._texts: list[list[str]] = [[] for _ in range(n)]
+        self.pieces = [0] * n
+        """Per choice, the chunks that carried output (what a stream cut before its usage
+        came is accounted by: ``gateway.models.cost.usage_so_far``)."""
         self.usage: Usage | None = None
         self.runtime: dict[str, Any] = {}
         self.prompt_token_ids: list[int] | None = None
@@ -214,7 +217,10 @@ class StreamAccumulator:
         while chunk.index >= len(self.choices):
             self.choices.append(ChoiceResult(index=len(self.choices), text="", finish_reason=None))
             self._texts.append([])
+            self.pieces.append(0)
         choice = self.choices[chunk.index]
+        if chunk.text or chunk.token_ids:
+            self.pieces[chunk.index] += 1
         if chunk.text:
             self._texts[chunk.index].append(chunk.text)
         if chunk.token_ids:

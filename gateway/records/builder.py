@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     )
     from gateway.kernel.modeltuple import ModelTuple
     from gateway.listener import CompletedRequest, RequestContext
+    from gateway.models.cost import CallCost
     from gateway.protocol import OpenAIRequest
 
 _CLIENT_INPUT_FIELDS = {"messages", "prompt", "input", "instructions"}
@@ -110,10 +111,11 @@ class TupleCache:
         return entry[1], entry[2]
 
 
-def _call_frame(index: int, result: GenerationResult, tuples: TupleCache) -> dict[str, Any]:
+def _call_frame(index: int, result: GenerationResult, tuples: TupleCache,
+                cost: CallCost | None) -> dict[str, Any]:
     """A model call's fields besides its output."""
     model, digest = tuples.get(result.model)
-    return {
+    frame = {
         "index": index,
         "model": model,
         "tuple_digest": digest,
@@ -123,6 +125,9 @@ def _call_frame(index: int, result: GenerationResult, tuples: TupleCache) -> dic
                    "first_token_s": result.timing.first_token_s,
                    "total_s": result.timing.total_s},
     }
+    if cost is not None:  # records before costs have no "cost": absent, not null
+        frame["cost"] = cost.to_record()
+    return frame
 
 
 def _call_output(choices: list[ChoiceResult], usage: Usage, prompt_token_ids: list[int] | None,
@@ -138,9 +143,9 @@ def _call_output(choices: list[ChoiceResult], usage: Usage, prompt_token_ids: li
     }
 
 
-def _call(index: int, result: GenerationResult, tuples: TupleCache, draft: bool
-          ) -> dict[str, Any]:
-    call = _call_frame(index, result, tuples)
+def _call(index: int, result: GenerationResult, tuples: TupleCache, draft: bool,
+          cost: CallCost | None) -> dict[str, Any]:
+    call = _call_frame(index, result, tuples, cost)
     if draft:
         assert result.raw_body is not None
         call["wire"] = orjson.Fragment(result.raw_body)
@@ -239,7 +244,10 @@ def encode_record(done: CompletedRequest, tuples: TupleCache, redact: bool = Fal
     # A spool line is one line: an answer sent as indented JSON is built here after all.
     draft = drafts and not redact and all(
         r.raw_body is not None and b"\n" not in r.raw_body for r in done.results)
-    calls = [_call(i, r, tuples, draft) for i, r in enumerate(done.results)]
+    costs: list[CallCost | None] = (list(done.costs) if len(done.costs) == len(done.results)
+                                    else [None] * len(done.results))
+    calls = [_call(i, r, tuples, draft, c) for i, (r, c) in enumerate(zip(done.results, costs,
+                                                                          strict=True))]
     removed = list(head["redacted"])
     sampling = _sampling(done.request.sampling)
     if redact:

@@ -257,6 +257,9 @@ class Replayer:
             return report
 
     async def _replay(self, record: DecodeRecord, report: ReplayReport) -> ReplayReport:
+        if record.status != 200:  # a stream cut short: its record keeps what was generated
+            raise ReplayRefused(f"the answer was cut short (status {record.status}): the record "
+                                "keeps what was generated, for its cost, not a whole decode")
         forwarded = [str(call.model.get("name")) for call in record.calls
                      if "forwarded" in call.runtime]
         if forwarded:  # an upstream's own Responses API: no chat request to decode again

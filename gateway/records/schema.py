@@ -143,6 +143,22 @@ class RecordTiming(_Model):
     total_s: float
 
 
+class RecordCost(_Model):
+    """What one call cost (``gateway.models.cost.CallCost``; docs/cost.md). Records written
+    before costs were recorded have none."""
+
+    kind: Literal["tokens", "serving-time", "none"]
+    """The cost model of the answering model's ``[models.NAME.cost]`` (``none``: unpriced)."""
+    usd: float
+    seconds: float
+    """The call's measured seconds (what ``serving-time`` prices)."""
+    rates: dict[str, float] = Field(default_factory=dict)
+    """The prices applied, as configured when the call was made."""
+    estimated: bool = False
+    """The call's usage was counted by the gateway (a stream cut before the model reported
+    it), not by the model."""
+
+
 class ModelCall(_Model):
     """One call to one model (a cascade has two: the small answer, then the large)."""
 
@@ -160,6 +176,8 @@ class ModelCall(_Model):
     usage: RecordUsage
     timing: RecordTiming
     extra: dict[str, Any] = Field(default_factory=dict)
+    cost: RecordCost | None = None
+    """What the call cost (absent in records written before costs were recorded)."""
 
 
 class ChainLink(_Model):
@@ -205,6 +223,13 @@ class DecodeRecord(_Model):
     @property
     def models(self) -> list[str]:
         return [str(call.model.get("name")) for call in self.calls]
+
+    @property
+    def cost_usd(self) -> float | None:
+        """What the request cost, every call included; None when no call was priced (a record
+        written before costs were recorded)."""
+        costs = [call.cost.usd for call in self.calls if call.cost is not None]
+        return sum(costs) if costs else None
 
     @property
     def escalated(self) -> bool:

@@ -61,6 +61,10 @@ class Telemetry:
         self.tokens = Counter("tiergate_tokens_total",
                               "Tokens in (prompt) and out (completion), by model",
                               ("model", "direction"))
+        self.cost = Counter("tiergate_cost_usd_total",
+                            "What model calls cost in USD (docs/cost.md), by route, model and "
+                            "caller key id (\"none\" on an open gateway)",
+                            ("route", "model", "key"))
         self.escalations = Counter("tiergate_escalations_total",
                                    "Requests a route sent to its large model", ("route",))
         self.shadow = Counter("tiergate_shadow_total",
@@ -111,7 +115,8 @@ class Telemetry:
                 "(1 alarms)", "route"),
         }
         metrics: list[Counter | Histogram | Gauge] = [
-            self.requests, self.duration, self.ttft, self.tokens, self.escalations, self.shadow,
+            self.requests, self.duration, self.ttft, self.tokens, self.cost, self.escalations,
+            self.shadow,
             self.canary_alerts,
             *self.gauges.values()]
         for metric in metrics:
@@ -174,6 +179,11 @@ class Telemetry:
             self.tokens.inc((model, "in"), prompt_tokens)
         if completion_tokens:
             self.tokens.inc((model, "out"), completion_tokens)
+
+    def count_cost(self, route: str, model: str, key: str | None, usd: float) -> None:
+        """A model call's cost (every call of a request: a cascade's small call too)."""
+        if self.settings.metrics:
+            self.cost.inc((self.label(route), self.label(model), key or "none"), usd)
 
     def requests_by_model(self) -> dict[str, float]:
         """Requests answered since start, summed by model."""

@@ -1,5 +1,5 @@
 """The guides run as written: every runnable block of the README, the quickstart and the
-routing, records and canary guides is executed against a real gateway, so a guide cannot drift
+routing, records, canary and cost guides is executed against a real gateway, so a guide cannot drift
 from the code.
 
 **Markers.** A runnable block (```sh, ```bash, ```python, or a block of ``$ `` command lines
@@ -44,7 +44,7 @@ from gateway.http.auth import hash_key
 from tests.conftest import REPO, ServerProcess, free_port, start_server
 
 GUIDES = ["README.md", "docs/quickstart.md", "docs/tutorial-routing.md", "docs/records.md",
-          "docs/canaries.md"]
+          "docs/canaries.md", "docs/cost.md"]
 MARKER = re.compile(r"^<!-- docs-test: (run|skip)\b(.*) -->$")
 SHELL, PYTHON = {"sh", "bash", "console"}, {"python"}
 SHIPPED_VERIFIER = REPO / "gateway" / "reference" / "verifiers" / "ref-auto"

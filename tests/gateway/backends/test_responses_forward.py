@@ -29,7 +29,8 @@ def sections(upstream: ServerProcess, tmp_path_factory: pytest.TempPathFactory
     return {
         "models.fwd": upstream_model(upstream, "echo", responses="forward", api_key=API_KEY),
         "models.translated": upstream_model(upstream, "echo"),
-        "models.fwd-cut": upstream_model(upstream, "cut", responses="forward"),
+        "models.fwd-cut": upstream_model(upstream, "cut", responses="forward", cost={
+            "kind": "tokens", "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 1e6}),
         "models.fwd-400": upstream_model(upstream, "status-400", responses="forward"),
         "models.fwd-503": upstream_model(upstream, "status-503", responses="forward"),
         "records": {"sqlite_path": str(directory / "records.sqlite3"),
@@ -142,6 +143,24 @@ def test_upstream_errors_are_openai_errors(client: openai.OpenAI, gateway: Serve
     assert [e.type for e in events[-2:]] == ["error", "response.failed"]
     assert events[-1].sequence_number == events[-2].sequence_number + 1
     assert API_KEY not in gateway.logs()
+
+
+def test_a_forwarded_stream_cut_short_accounts_what_it_relayed(
+        client: openai.OpenAI, sections: dict[str, dict[str, Any]]) -> None:
+    with client.responses.with_streaming_response.create(
+            model="fwd-cut", input="cut me short", stream=True) as raw:
+        record_id = raw.headers["x-request-id"]
+        events = list(raw.parse())
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert deltas and events[-1].type == "response.failed"
+    stored = record(sections, record_id)
+    assert stored["status"] >= 500  # the upstream went away mid-answer
+    (call,) = stored["calls"]
+    assert call["choices"][0]["text"] == "".join(deltas)
+    assert call["usage"]["completion_tokens"] == len(deltas)  # one token a delta, counted here
+    assert call["cost"]["estimated"] is True
+    # $1 per output token (and $1 per million prompt tokens, estimated from the input's text)
+    assert call["cost"]["usd"] == pytest.approx(len(deltas) + call["usage"]["prompt_tokens"] / 1e6)
 
 
 def test_replay_refuses_a_forwarded_call(client: openai.OpenAI, sections: dict[str, Any],

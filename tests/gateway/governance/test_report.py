@@ -100,5 +100,6 @@ def test_a_section_without_its_source_says_so(tmp_path: Path, monkeypatch: pytes
     assert out.startswith("report window: the first record .. ")
     assert f"governance\n  not available: no registry history (governance.history_path " \
            f"{missing} does not exist)" in out
+    assert "savings\n  not available: no record store at var/records.sqlite3" in out
     assert main(["report", "--since", "yesterday", "--config", str(config)]) == 2
     assert "tiergate: --since: not a time: 'yesterday'" in capsys.readouterr().err

@@ -150,3 +150,18 @@ async def test_a_redacted_record_is_refused(served: Served) -> None:
                         started=["smol"])
     report = await replayer.replay("redacted-copy")
     assert report.status == "refused" and report.reason and "redacted" in report.reason
+
+
+@module_loop
+async def test_a_stream_cut_short_is_refused(served: Served) -> None:
+    stored = await anext(aiter(served.sink.scan("main")))
+    record = stored.data()
+    record.pop("chain")
+    record["record_id"] = "cut-copy"
+    record["status"] = 499  # the client went away: the record keeps what was generated
+    await served.sink.append("main", [pending(record)], Signer(None), 1000)
+    replayer = Replayer(served.state.settings, served.sink, served.state.registry,
+                        started=["smol"])
+    report = await replayer.replay("cut-copy")
+    assert report.status == "refused" and report.reason and "cut short (status 499)" in \
+        report.reason
