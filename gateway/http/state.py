@@ -25,7 +25,7 @@ from gateway.governance.registry import TupleRegistry
 from gateway.http.openapi import openapi_document
 from gateway.kernel import secrets
 from gateway.kernel.errors import ServiceUnavailableError
-from gateway.keys.gate import KeyGate, request_spend
+from gateway.keys.gate import KeyGate
 from gateway.keys.limiter import Limiter, LocalLimiter, RedisLimiter
 from gateway.keys.store import open_store
 from gateway.models.registry import ModelRegistry, check_sources, usable
@@ -184,9 +184,8 @@ class GatewayState:
 
 
 def build_key_gate(settings: Settings) -> KeyGate:
-    """Client keys: the static ones, the store, the limiter (Redis when configured), and the
-    spend seam: the budgets are charged ``spend(completed_request)`` USD — the request's
-    ``cost_usd`` when the cost model sets one, else the flat ``keys.usd_per_million_tokens``."""
+    """Client keys: the static ones, the store and the limiter (Redis when configured); the
+    budgets are charged each completed request's ``cost_usd`` (the cost model's price)."""
     limiter: Limiter
     if settings.redis_url is not None:
         limiter = RedisLimiter(settings.redis_url, settings.keys.redis_timeout_s,
@@ -194,4 +193,4 @@ def build_key_gate(settings: Settings) -> KeyGate:
     else:
         limiter = LocalLimiter(settings.keys.concurrency_lease_s)
     return KeyGate(settings.auth.api_keys, open_store(settings.keys, settings.redis_url),
-                   limiter, request_spend(settings.keys.usd_per_million_tokens))
+                   limiter)

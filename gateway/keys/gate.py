@@ -11,8 +11,9 @@ its answer reported: prompt and completion tokens of every model call made for i
 small and large call). A failed request, an embedding and a request outliving the window keep
 the estimate.
 
-**Spend, the seam.** The budgets are charged after completion with what :data:`Spend` says the
-completed request cost; the composition root (``gateway/http/state.py``) chooses the function.
+**Spend.** The budgets are charged after completion with what :data:`Spend` says the completed
+request cost: by default its ``cost_usd``, every call priced by the cost model
+(:mod:`gateway.models.cost`; a model without a price costs 0).
 """
 
 from __future__ import annotations
@@ -43,16 +44,9 @@ def used_tokens(done: CompletedRequest) -> int:
     return sum(r.usage.prompt_tokens + r.usage.completion_tokens for r in done.results)
 
 
-def request_spend(usd_per_million_tokens: float) -> Spend:
-    """The spend of a completed request: its ``cost_usd`` when the request carries one (the
-    cost model's price of the request), else a flat price per token of its usage
-    (``keys.usd_per_million_tokens``, the interim until every request is priced)."""
-    def spend(done: CompletedRequest) -> float:
-        priced = getattr(done, "cost_usd", None)
-        if isinstance(priced, int | float):
-            return float(priced)
-        return used_tokens(done) * usd_per_million_tokens / 1e6
-    return spend
+def request_cost(done: CompletedRequest) -> float:
+    """The cost model's price of a completed request, every call included."""
+    return done.cost_usd
 
 
 def estimate_tokens(body: bytes) -> int:
@@ -90,7 +84,7 @@ class KeyGate:
     hears what a request used (settled by :meth:`release`)."""
 
     def __init__(self, static: list[ClientKey], store: KeyStore | None, limiter: Limiter,
-                 spend: Spend) -> None:
+                 spend: Spend = request_cost) -> None:
         self._static = [(bytes.fromhex(k.sha256), Caller(k.id, k.policy)) for k in static]
         self.store = store
         self.limiter = limiter

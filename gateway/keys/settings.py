@@ -54,9 +54,6 @@ class KeysSettings(Section):
     concurrency_lease_s: float = Field(default=900.0, gt=0)
     """How long a request's concurrency slot is held at most: the slots of a replica that died
     mid-request come free after it."""
-    usd_per_million_tokens: float = Field(default=0.0, ge=0)
-    """What the spend budgets charge per million tokens of a request's usage when the request
-    carries no price of its own (``cost_usd``); 0: such requests are not charged."""
 
 
 class ClientKey(Section):

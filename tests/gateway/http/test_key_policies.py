@@ -24,12 +24,13 @@ from tests.conftest import ServerProcess, upstream_model
 ADMIN, STATIC = "tg-admin-key", "tg-static-key"
 ADMIN_AUTH = {"authorization": f"Bearer {ADMIN}"}
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "hello there"}]}
+PRICE = {"kind": "tokens", "input_usd_per_mtok": 100_000.0, "output_usd_per_mtok": 100_000.0}
 
 
 def keyed_settings(upstream: ServerProcess, tmp_path: Path, **keys: Any) -> Settings:
     return Settings.model_validate({
-        "models": {"echo": upstream_model(upstream, "echo"),
-                   "other": upstream_model(upstream, "echo")},
+        "models": {"echo": {**upstream_model(upstream, "echo"), "cost": PRICE},
+                   "other": {**upstream_model(upstream, "echo"), "cost": PRICE}},
         "records": {"sink": "none"},
         "telemetry": {"tracing": False},
         "canary": {"dir": str(tmp_path / "canary")},
@@ -43,7 +44,7 @@ def keyed_settings(upstream: ServerProcess, tmp_path: Path, **keys: Any) -> Sett
 
 @pytest.fixture
 async def app(upstream: ServerProcess, tmp_path: Path) -> AsyncIterator[FrontDoor]:
-    made = create_app(keyed_settings(upstream, tmp_path, usd_per_million_tokens=100_000.0))
+    made = create_app(keyed_settings(upstream, tmp_path))
     async with made.lifespan():
         yield made
 
@@ -157,7 +158,7 @@ async def spent_today(http: httpx.AsyncClient, key_id: str) -> float:
 
 
 async def test_a_spent_budget_is_insufficient_quota(http: httpx.AsyncClient) -> None:
-    # usd_per_million_tokens = 100000: a token costs $0.1, the echo answer costs over $1
+    # the echo model's price: a token costs $0.1, the echo answer costs over $1
     key = await create(http, "budget", daily_budget_usd=1.0)
     served = await post_chat(http, key)
     usage = served.json()["usage"]

@@ -3,13 +3,12 @@ charges to its key's budget, and the tokens it counts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from gateway import protocol
 from gateway.kernel.generation import ChoiceResult, GenerationResult, Usage
 from gateway.kernel.modeltuple import ModelTuple
-from gateway.keys.gate import estimate_tokens, request_spend, used_tokens
+from gateway.keys.gate import estimate_tokens, request_cost, used_tokens
 from gateway.listener import CompletedRequest, RequestContext
+from gateway.models.cost import CallCost, TokenCounts
 
 MODEL = ModelTuple(name="echo", engine="http")
 
@@ -26,27 +25,18 @@ def completed(*usages: tuple[int, int]) -> CompletedRequest:
                             status=200)
 
 
-@dataclass(slots=True)
-class Priced(CompletedRequest):
-    """A completed request as the cost model prices it (``cost_usd``)."""
-
-    cost_usd: float | None = None
-
-
 def test_every_call_of_a_request_counts_its_tokens() -> None:
     assert used_tokens(completed((10, 5), (10, 20))) == 45  # a cascade: small, then large
 
 
-def test_spend_is_the_request_price_when_there_is_one() -> None:
-    spend = request_spend(usd_per_million_tokens=2.0)
-    unpriced = completed((400_000, 100_000))
-    assert spend(unpriced) == 1.0
-    done = completed((400_000, 100_000))
-    priced = Priced(done.ctx, done.route, done.client_request, done.request, done.results,
-                    None, stream=False, status=200, cost_usd=0.25)
-    assert spend(priced) == 0.25
-    priced.cost_usd = None  # not priced: the flat rate
-    assert spend(priced) == 1.0
+def test_the_budgets_charge_every_priced_call() -> None:
+    done = completed((400_000, 100_000), (400_000, 100_000))
+    tokens = TokenCounts(400_000, 100_000)
+    done.costs = [CallCost("small", "tokens", 0.25, tokens, 1.0, {}),
+                  CallCost("large", "tokens", 1.5, tokens, 2.0, {})]
+    assert request_cost(done) == 1.75  # a cascade: the small call is charged too
+    done.costs = []  # unpriced models cost nothing
+    assert request_cost(done) == 0.0
 
 
 def test_the_admission_estimate_is_a_quarter_of_the_body() -> None:

@@ -32,15 +32,16 @@ from tests.conftest import (
 ADMIN = "tg-replicas-admin"
 ADMIN_AUTH = {"authorization": f"Bearer {ADMIN}"}
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "budget me"}]}
-PRICE = 1_000_000.0  # USD per million tokens: a token costs $1
+PRICE = {"kind": "tokens", "input_usd_per_mtok": 1_000_000.0,  # a token costs $1
+         "output_usd_per_mtok": 1_000_000.0}
 
 
 def start_pair(gateway_factory: GatewayFactory, upstream: ServerProcess,
                redis_url: str) -> tuple[ServerProcess, ServerProcess]:
     sections: dict[str, dict[str, Any]] = {
-        "models.echo": upstream_model(upstream, "echo"),
+        "models.echo": {**upstream_model(upstream, "echo"), "cost": PRICE},
         "auth": {"admin_keys": [{"id": "sre", "sha256": hash_key(ADMIN)}]},
-        "keys": {"store": "redis", "usd_per_million_tokens": PRICE},
+        "keys": {"store": "redis"},
         "telemetry": {"tracing": False},
     }
     env = {"TIERGATE_REDIS_URL": redis_url}
