@@ -47,6 +47,8 @@ class Call:
     path_params: dict[str, str] = field(default_factory=dict)
     caller: str | None = None
     """The authenticated key's id (client or admin key, by the route's access)."""
+    models: frozenset[str] | None = None
+    """The models and routes the client key may use (its policy's ``models``); None: any."""
     max_body_bytes: int = 0
     _headers: dict[bytes, bytes] | None = None
     _body: bytes | None = None

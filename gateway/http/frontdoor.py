@@ -186,6 +186,8 @@ class FrontDoor:
         if caller is None:
             return None
         call.caller = caller.id
+        if caller.policy.models is not None:
+            call.models = frozenset(caller.policy.models)
         return await keys.admit(caller, endpoint.path, call.request_id,
                                 call.body if endpoint.metered else None)
 

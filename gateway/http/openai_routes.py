@@ -50,16 +50,22 @@ async def embeddings(call: Call) -> Reply:
 
 
 async def list_models(call: Call) -> Reply:
+    """The routes and models, only those the caller's key may use when its policy says."""
     gateway = call.gateway
-    return json_reply({"object": "list",
-                       "data": gateway.route_cards() + gateway.registry.cards()})
+    cards = gateway.route_cards() + gateway.registry.cards()
+    if call.models is not None:
+        cards = [card for card in cards if card["id"] in call.models]
+    return json_reply({"object": "list", "data": cards})
 
 
 async def retrieve_model(call: Call) -> Reply:
+    """One route or model; one the caller's key may not use does not exist for it."""
     gateway, name = call.gateway, call.path_params["model"]
     if len(name) > gateway.settings.limits.max_model_name_chars:
         raise ModelNotFoundError(f"The model '{name[:protocol.PARAM_CHARS]}…' does not exist",
                                  param="model")
+    if call.models is not None and name not in call.models:
+        raise ModelNotFoundError(f"The model '{name}' does not exist", param="model")
     for card in gateway.route_cards():
         if card["id"] == name:
             return json_reply(card)

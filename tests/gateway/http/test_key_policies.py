@@ -127,6 +127,17 @@ async def test_paths_and_models_a_key_may_not_use_are_403(http: httpx.AsyncClien
         await sdk(http, key).chat.completions.create(**{**CHAT, "model": "other"})
 
 
+async def test_a_key_lists_only_the_models_it_may_use(http: httpx.AsyncClient) -> None:
+    key = await create(http, "lister", models=["echo"])
+    client = sdk(http, key)
+    assert [m.id async for m in client.models.list()] == ["echo"]
+    assert (await client.models.retrieve("echo")).id == "echo"
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("other")  # not the key's: as if it did not exist
+    anyone = await create(http, "anyone")
+    assert {m.id async for m in sdk(http, anyone).models.list()} == {"echo", "other"}
+
+
 async def test_requests_per_minute_429_is_openai_shaped(http: httpx.AsyncClient) -> None:
     key = await create(http, "slow", rpm=2)
     assert [(await post_chat(http, key)).status_code for _ in range(2)] == [200, 200]
