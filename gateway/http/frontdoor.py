@@ -188,8 +188,13 @@ class FrontDoor:
         call.caller = caller.id
         if caller.policy.models is not None:
             call.models = frozenset(caller.policy.models)
-        return await keys.admit(caller, endpoint.path, call.request_id,
-                                call.body if endpoint.metered else None)
+        try:
+            return await keys.admit(caller, endpoint.path, call.request_id,
+                                    call.body if endpoint.metered else None)
+        except TiergateError as exc:
+            if exc.status in (403, 429, 503):  # the policy's refusals (not a bad body's 413)
+                self.gateway.telemetry.count_key_refusal(caller.id, exc.code or exc.error_type)
+            raise
 
     @asynccontextmanager
     async def lifespan(self, wait_for_models: bool = True) -> AsyncIterator[None]:

@@ -336,7 +336,7 @@ class RedisLimiter(Limiter):
                 return Ticket(key_id, request_id, policy, tokens, enforced=False)
             raise ServiceUnavailableError(
                 "The key's limits cannot be checked now (Redis is unreachable); try again.",
-                retry_after=5) from exc
+                code="limits_unavailable", retry_after=5) from exc
         if self._down:
             log.warning("Redis is reachable again: key limits are counted")
             self._down = False

@@ -271,7 +271,7 @@ class RedisKeyStore(KeyStore):
         except (RedisError, OSError, TimeoutError) as exc:
             raise ServiceUnavailableError(
                 f"the key store (Redis) is unreachable: {redact_error(exc)}",
-                retry_after=5) from exc
+                code="keys_unavailable", retry_after=5) from exc
 
     async def lookup(self, sha256: str) -> KeyRecord | None:
         try:

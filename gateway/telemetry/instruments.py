@@ -65,6 +65,11 @@ class Telemetry:
                             "What model calls cost in USD (docs/cost.md), by route, model and "
                             "caller key id (\"none\" on an open gateway)",
                             ("route", "model", "key"))
+        self.key_refusals = Counter("tiergate_key_refusals_total",
+                                    "Requests a client key's policy refused, by key id and "
+                                    "code (rate_limit_exceeded, insufficient_quota, "
+                                    "model_not_allowed, route_not_allowed, limits_unavailable)",
+                                    ("key", "code"))
         self.escalations = Counter("tiergate_escalations_total",
                                    "Requests a route sent to its large model", ("route",))
         self.shadow = Counter("tiergate_shadow_total",
@@ -115,8 +120,8 @@ class Telemetry:
                 "(1 alarms)", "route"),
         }
         metrics: list[Counter | Histogram | Gauge] = [
-            self.requests, self.duration, self.ttft, self.tokens, self.cost, self.escalations,
-            self.shadow,
+            self.requests, self.duration, self.ttft, self.tokens, self.cost, self.key_refusals,
+            self.escalations, self.shadow,
             self.canary_alerts,
             *self.gauges.values()]
         for metric in metrics:
@@ -184,6 +189,11 @@ class Telemetry:
         """A model call's cost (every call of a request: a cascade's small call too)."""
         if self.settings.metrics:
             self.cost.inc((self.label(route), self.label(model), key or "none"), usd)
+
+    def count_key_refusal(self, key: str, code: str) -> None:
+        """A request its client key's policy refused (key ids are the configured ones)."""
+        if self.settings.metrics:
+            self.key_refusals.inc((key, code))
 
     def requests_by_model(self) -> dict[str, float]:
         """Requests answered since start, summed by model."""

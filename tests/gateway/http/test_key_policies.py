@@ -151,6 +151,8 @@ async def test_requests_per_minute_429_is_openai_shaped(http: httpx.AsyncClient)
         await sdk(http, key).chat.completions.create(**CHAT)
     assert raised.value.code == "rate_limit_exceeded" and raised.value.status_code == 429
     assert raised.value.response.headers["retry-after"]
+    metrics = (await http.get("/metrics")).text
+    assert 'tiergate_key_refusals_total{key="slow",code="rate_limit_exceeded"} 2' in metrics
 
 
 async def test_static_keys_keep_working_with_their_policy(http: httpx.AsyncClient) -> None:

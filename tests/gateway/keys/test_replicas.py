@@ -185,6 +185,7 @@ def test_redis_unreachable_fails_open_or_closed_per_key(
         refused = chat(gateway, closed_key)
         assert refused.status_code == 503, refused.text
         assert refused.json()["error"]["type"] == "service_unavailable"
+        assert refused.json()["error"]["code"] == "keys_unavailable"  # the store's lookup
         assert refused.headers["retry-after"] == "5"
     own_redis.process.send_signal(signal.SIGCONT)
     for gateway in pair:
