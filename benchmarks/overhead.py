@@ -497,7 +497,7 @@ def main() -> int:
                 [python, "-m", "gateway", "serve", "--config", str(base_config),
                  "--port", str(base_port), "--workers", str(args.workers)],
                 base_port, work / "baseline.log", cwd=args.baseline.resolve(),
-                env={"PYTHONPATH": str(args.baseline.resolve())})
+                env={"PYTHONPATH": str(args.baseline.resolve()), **ungated(work / "baseline")})
             servers.append(baseline)
             targets["baseline"] = Target(baseline.url, baseline.process.pid)
         if args.separate_client:
