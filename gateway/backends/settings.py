@@ -153,6 +153,10 @@ class AnthropicModelSettings(UpstreamSettings):
     """``max_tokens`` when a request sets none (the Messages API requires one)."""
 
 
+INT8_METHODS: dict[str, str] = {"dynamic": "int8-dynamic", "float": "int8-weight-only"}
+"""The tuple's quantization method for each ``int8_activations`` setting."""
+
+
 class EngineModelSettings(ModelBaseSettings):
     """A model decoded in-process with transformers + torch."""
 
@@ -166,10 +170,18 @@ class EngineModelSettings(ModelBaseSettings):
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1``."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     int8: bool = False
-    """Dynamic int8 quantization of Linear layers (the small tier)."""
+    """int8 quantization of Linear layers (the small tier; :mod:`gateway.backends.engine.int8`)."""
+    int8_activations: Literal["dynamic", "float"] = "dynamic"
+    """With ``int8``: ``dynamic`` quantizes activations per call too (torch dynamic
+    quantization, method ``int8-dynamic``); ``float`` keeps them in float and de-quantizes the
+    int8 weights per call (weight-only, method ``int8-weight-only``)."""
     int8_keep_float: list[str] = Field(default_factory=list)
     """With ``int8``: Linear layers kept in float, by name or name suffix (``down_proj``: the
     Llama/Gemma MLP output, whose inputs carry outlier activations)."""
+    int8_rescore_top_k: int = Field(default=0, ge=0)
+    """With ``int8``: the output head's int8 logits are a first pass, and its ``k`` highest are
+    recomputed in float (greedy choices and likely tokens' logprobs as at full precision, at
+    int8 cost); 0: off."""
     chat_template: Path | None = None
     """A Jinja chat template file used instead of the tokenizer's (or tiergate's shipped one)."""
     adapter_path: Path | None = None
@@ -181,10 +193,19 @@ class EngineModelSettings(ModelBaseSettings):
     max_batch: int = Field(default=8, ge=1)
     """Requests decoded at once; more wait in line."""
 
+    @property
+    def int8_method(self) -> str | None:
+        """The quantization method ``int8`` serves (``None`` without ``int8``)."""
+        return INT8_METHODS[self.int8_activations] if self.int8 else None
+
     @model_validator(mode="after")
     def _one_source(self) -> EngineModelSettings:
         if (self.path is None) == (self.packaged is None):
             raise ValueError("set exactly one of 'path' and 'packaged'")
+        if (self.int8_keep_float or self.int8_rescore_top_k) and not self.int8:
+            raise ValueError("int8_keep_float and int8_rescore_top_k apply with int8 = true")
+        if self.int8_activations != "dynamic" and not self.int8:
+            raise ValueError("int8_activations applies with int8 = true")
         return self
 
 

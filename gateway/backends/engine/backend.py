@@ -95,7 +95,7 @@ class EngineBackend(Backend):
         loaded = self._loaded
         if loaded is None:  # before start: what the settings pin
             quantization = s.quantization or (
-                Quantization(method="int8-dynamic", bits=8) if s.int8 else Quantization())
+                Quantization(method=s.int8_method, bits=8) if s.int8_method else Quantization())
             weights, adapter = s.weights_sha256, s.adapter
         else:
             quantization, weights, adapter = (loaded.quantization, loaded.weights_sha256,

@@ -8,7 +8,8 @@ before
 2. the tokenizer and the model, from a directory (safetensors) or a ``.gguf`` file, with
    ``local_files_only=True`` (nothing is ever fetched from a hub);
 3. a LoRA adapter (peft), its directory's digest against the pinned one, merged into the weights;
-4. dynamic int8 quantization of every Linear layer (GPT-2's ``Conv1D`` converted first).
+4. int8 quantization of the Linear layers (:mod:`gateway.backends.engine.int8`: dynamic or
+   weight-only, the output head optionally re-scored in float).
 
 Loading runs in a worker thread (it takes seconds); nothing here touches the event loop.
 """
@@ -19,15 +20,13 @@ import inspect
 import logging
 import re
 import time
-import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
+from gateway.backends.engine.int8 import quantize_int8
 from gateway.backends.engine.prompts import ChatFormat, chat_format_for
 from gateway.backends.settings import EngineModelSettings
 from gateway.kernel.digests import weights_sha256
@@ -132,58 +131,6 @@ def _apply_adapter(model: Any, settings: EngineModelSettings) -> tuple[Any, Adap
     return merged, AdapterRef(id=pinned.id if pinned else adapter_path.name, sha256=digest)
 
 
-def conv1d_to_linear(model: nn.Module) -> int:
-    """Replace transformers' ``Conv1D`` (GPT-2's transposed Linear) by ``nn.Linear``; the count."""
-    from transformers.pytorch_utils import Conv1D
-
-    converted = 0
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, Conv1D):
-                linear = nn.Linear(child.nx, child.nf, bias=True, dtype=child.weight.dtype)
-                with torch.no_grad():
-                    linear.weight.copy_(child.weight.t())
-                    linear.bias.copy_(child.bias)
-                setattr(parent, child_name, linear)
-                converted += 1
-    return converted
-
-
-def quantize_int8(model: nn.Module, keep_float: Sequence[str] = ()) -> tuple[nn.Module,
-                                                                            Quantization]:
-    """Dynamic int8 quantization of the Linear layers: int8 weights (one scale per output
-    channel), activations quantized per call. Layers whose name ends with one of ``keep_float``
-    (e.g. ``down_proj``, whose inputs carry outlier features in Llama-style models) stay float.
-    """
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    converted = conv1d_to_linear(model)
-    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    chosen = {name: per_channel_dynamic_qconfig for name in linears
-              if not any(name == k or name.endswith("." + k) for k in keep_float)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        quantized = quantize_dynamic(model, chosen, dtype=torch.qint8, inplace=True)
-    count = sum(isinstance(m, DynamicQuantizedLinear) for m in quantized.modules())
-    if count == 0:
-        raise ConfigError("int8 quantization found no Linear layer to quantize")
-    return quantized, Quantization(
-        method="int8-dynamic",
-        bits=8,
-        details={
-            "layers_quantized": count,
-            "linear_layers": len(linears),
-            "kept_float": sorted(keep_float),
-            "conv1d_converted": converted,
-            "weights": "qint8 per output channel",
-            "activations": "dynamic, per call",
-            "engine": torch.backends.quantized.engine,
-        },
-    )
-
-
 def gguf_quantization(path: Path, dtype: torch.dtype) -> Quantization:
     """What a GGUF file's weights were quantized to (transformers de-quantizes them on load)."""
     from gguf import GGUFReader, LlamaFileType
@@ -255,11 +202,12 @@ def load_model(settings: EngineModelSettings) -> LoadedModel:
     device = resolve_device(settings.device)
     dtype = DTYPES[settings.dtype]
     if settings.int8 and (device.type != "cpu" or dtype != torch.float32):
-        raise ConfigError("int8 (dynamic quantization) runs on the CPU with dtype float32 only")
+        raise ConfigError("int8 runs on the CPU with dtype float32 only")
     digest = verify_digest("model", path, settings.weights_sha256)
     source_quantization = gguf_quantization(path, dtype) if path.is_file() else Quantization()
     if settings.quantization is not None:  # refuse a wrong method before loading anything
-        _pinned_quantization(settings, Quantization(method="int8-dynamic", bits=8) if settings.int8
+        _pinned_quantization(settings, Quantization(method=settings.int8_method, bits=8)
+                             if settings.int8_method
                              else source_quantization, details=False)
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
@@ -267,7 +215,8 @@ def load_model(settings: EngineModelSettings) -> LoadedModel:
     model, adapter = _apply_adapter(model, settings)
     quantization = source_quantization
     if settings.int8:
-        model, int8 = quantize_int8(model, settings.int8_keep_float)
+        model, int8 = quantize_int8(model, settings.int8_keep_float, settings.int8_activations,
+                                    settings.int8_rescore_top_k)
         if quantization.method != "none":
             int8 = int8.model_copy(update={"details": {**int8.details,
                                                        "source": quantization.method}})

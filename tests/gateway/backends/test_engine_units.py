@@ -1,5 +1,5 @@
 """The in-process engine's pieces that need no model: detokenizing, stop strings, sampling,
-int8 conversion of GPT-2 layers, the shipped chat template."""
+the shipped chat template (int8: test_int8.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 import torch
 
-from gateway.backends.engine.loader import quantize_int8
 from gateway.backends.engine.prompts import shipped_template
 from gateway.backends.engine.sampling import ChoiceSampler
 from gateway.backends.engine.text import IncrementalDetokenizer, StopMatcher, TokenText
@@ -90,31 +89,6 @@ def test_sampling_warpers_and_penalties() -> None:
     sampler = _sampler(temperature=0.0, frequency_penalty=1.0)
     flat = torch.tensor([1.0, 0.9, 0.8, 0, 0, 0])
     assert [sampler.choose(flat, 0).token_id for _ in range(3)] == [0, 1, 2]
-
-
-
-def test_int8_converts_gpt2_conv1d_before_quantizing() -> None:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50,
-                                       n_positions=16))
-    model.eval()  # type: ignore[no-untyped-call]
-    ids = torch.tensor([[1, 2, 3, 4]])
-    with torch.no_grad():
-        reference = model(ids).logits
-    quantized, quantization = quantize_int8(model)
-    assert quantization.method == "int8-dynamic" and quantization.bits == 8
-    assert quantization.details["conv1d_converted"] == 8  # 4 per block
-    assert quantization.details["layers_quantized"] == 9  # and lm_head
-    with torch.no_grad():
-        logits = quantized(ids).logits
-    assert torch.allclose(logits, reference, atol=0.05)
-    torch.manual_seed(0)
-    partly, kept = quantize_int8(GPT2LMHeadModel(GPT2Config(
-        n_layer=2, n_embd=32, n_head=2, vocab_size=50, n_positions=16)), keep_float=["c_fc"])
-    assert kept.details["layers_quantized"] == 7 and kept.details["kept_float"] == ["c_fc"]
-    assert isinstance(partly.get_submodule("transformer.h.0.mlp.c_fc"), torch.nn.Linear)
 
 
 

@@ -1,5 +1,6 @@
 """Replay on the in-process engine is bit-identical: greedy and seeded-sampled decodes, also of
-requests that ran 50 at once. One app (and one loaded SmolLM2-135M) serves the module."""
+requests that ran 50 at once, at full precision and on the default config's int8 small tier.
+One app (and one loaded SmolLM2-135M, at fp32 and at int8) serves the module."""
 
 from __future__ import annotations
 
@@ -39,7 +40,13 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
     directory = tmp_path_factory.mktemp("replay-engine")
     settings = Settings(
         models={"smol": EngineModelSettings(packaged="smollm2-135m-instruct", device="cpu",
-                                            threads=1, max_batch=8, max_new_tokens=8)},
+                                            threads=1, max_batch=8, max_new_tokens=8),
+                # the small tier of deploy/local/tiergate.toml: int8 weights, float
+                # activations, the output head's top 32 re-scored in float
+                "smol-int8": EngineModelSettings(
+                    packaged="smollm2-135m-instruct", device="cpu", threads=1, max_batch=8,
+                    max_new_tokens=8, int8=True, int8_activations="float",
+                    int8_rescore_top_k=32)},
         models_dir=REPO / "var" / "models",
         records=RecordsSettings(sqlite_path=directory / "records.sqlite3",
                                 spool_dir=directory / "spool", flush_interval_s=0.01),
@@ -56,11 +63,11 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
             await sink.aclose()
 
 
-def body(i: int) -> dict[str, Any]:
+def body(i: int, model: str = "smol") -> dict[str, Any]:
     """Greedy, seeded-sampled and gateway-seeded requests, chat and completions, some with
     logprobs."""
     kind = i % 3
-    request: dict[str, Any] = {"model": "smol", "max_tokens": 3}
+    request: dict[str, Any] = {"model": model, "max_tokens": 3}
     if kind == 0:
         request["temperature"] = 0
     elif kind == 1:
@@ -103,6 +110,32 @@ async def test_fifty_concurrent_requests_replay_bit_identical(served: Served) ->
         assert call["runtime"]["device"] and call["runtime"]["torch"].startswith("2.13.0")
         assert call["prompt_token_ids"] and call["choices"][0]["token_ids"]
     assert sources == {"none", "client", "gateway"}
+
+
+@module_loop
+async def test_int8_small_tier_decodes_replay_bit_identical(served: Served) -> None:
+    """Weight-only int8 with the re-scored head: 16 requests at once (greedy, seeded, logprobs)
+    replay to the same token ids and logprobs."""
+    async def send(i: int) -> str:
+        request = body(i, "smol-int8")
+        path = "/v1/completions" if "prompt" in request else "/v1/chat/completions"
+        response = await served.client.post(path, json=request)
+        assert response.status_code == 200, response.text
+        return response.headers["x-tiergate-record-id"]
+
+    ids = await asyncio.gather(*(send(i) for i in range(16)))
+    recorder = served.state.recorder
+    assert recorder is not None and await recorder.flush()
+    quantization = served.state.registry.get("smol-int8").describe().quantization
+    assert quantization.method == "int8-weight-only"
+    replayer = Replayer(served.state.settings, served.sink, served.state.registry,
+                        started=["smol-int8"])
+    reports = await asyncio.gather(*(replayer.replay(i) for i in ids))
+    problems = [r.to_dict() for r in reports if r.status != "identical"]
+    assert not problems, problems
+    stored = await served.sink.get(ids[0])
+    assert stored is not None
+    assert stored.data()["calls"][0]["model"]["quantization"]["method"] == "int8-weight-only"
 
 
 @module_loop
