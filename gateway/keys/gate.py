@@ -87,14 +87,11 @@ class KeyGate:
                  spend: Spend = request_cost) -> None:
         self._static = [(bytes.fromhex(k.sha256), Caller(k.id, k.policy)) for k in static]
         self.store = store
+        self.enabled = bool(self._static) or store is not None
+        """Whether the OpenAI surface needs a key (static keys or a store configured)."""
         self.limiter = limiter
         self.usage = UsageListener(spend)
         self._settling: set[asyncio.Task[None]] = set()
-
-    @property
-    def enabled(self) -> bool:
-        """Whether the OpenAI surface needs a key (static keys or a store configured)."""
-        return bool(self._static) or self.store is not None
 
     async def authenticate(self, authorization: str | None) -> Caller | None:
         """The caller of ``Authorization: Bearer <key>``; None when no key is configured (an
