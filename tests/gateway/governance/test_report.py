@@ -94,12 +94,15 @@ def test_a_section_without_its_source_says_so(tmp_path: Path, monkeypatch: pytes
     missing = tmp_path / "registry.sqlite3"
     monkeypatch.setenv("TIERGATE_GOVERNANCE__HISTORY_PATH", str(missing))
     model = {"backend": "http", "base_url": "http://127.0.0.1:9/v1"}  # never loaded
-    config = write_config(tmp_path / "tiergate.toml", {"models.echo": model})
+    store = tmp_path / "records.sqlite3"  # not made: the report only reads
+    config = write_config(tmp_path / "tiergate.toml", {"models.echo": model,
+                                                       "records": {"sqlite_path": str(store)}})
     assert main(["report", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("report window: the first record .. ")
     assert f"governance\n  not available: no registry history (governance.history_path " \
            f"{missing} does not exist)" in out
-    assert "savings\n  not available: no record store at var/records.sqlite3" in out
+    assert f"savings\n  not available: no record store at {store}" in out
+    assert not store.exists()
     assert main(["report", "--since", "yesterday", "--config", str(config)]) == 2
     assert "tiergate: --since: not a time: 'yesterday'" in capsys.readouterr().err
