@@ -150,6 +150,14 @@ def _identity_problems(call: ModelCall, now: dict[str, Any], allow_unpinned: boo
     return refusals, warnings
 
 
+def _mode_text(batching: Any) -> str:
+    """``invariant (max_batch 8, prefill_chunk 64)`` of a recorded ``runtime.batching``."""
+    if not isinstance(batching, dict):
+        return repr(batching)
+    rest = ", ".join(f"{k} {v}" for k, v in sorted(batching.items()) if k != "mode")
+    return f"{batching.get('mode')}" + (f" ({rest})" if rest else "")
+
+
 def _batching_problems(call: ModelCall, now: dict[str, Any] | None
                        ) -> tuple[list[str], list[str]]:
     """``(refusals, warnings)`` comparing the batching mode the call was decoded under with the
@@ -164,12 +172,12 @@ def _batching_problems(call: ModelCall, now: dict[str, Any] | None
         if now == {"mode": "off"}:
             return [], []
         return [], [f"call {call.index}: the record does not say which batching mode decoded "
-                    f"it; model {name} decodes with {now} now"]
+                    f"it; model {name} decodes with batching {_mode_text(now)} now"]
     was = call.runtime.get("batching", {"mode": "off"})
     if was != now:
-        return [f"model {name}: the call was decoded with batching {was}, the model decodes "
-                f"with {now} now (the bits differ between modes; configure the recorded one "
-                "to replay it)"], []
+        return [f"model {name}: the call was decoded with batching {_mode_text(was)}, the "
+                f"model decodes with batching {_mode_text(now)} now (the bits differ between "
+                "modes; configure the recorded one to replay it)"], []
     return [], []
 
 

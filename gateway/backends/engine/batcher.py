@@ -5,9 +5,11 @@ One engine thread runs the model. Requests join and leave between steps; every l
 1. drops the sequences of cancelled requests (their futures fail with
    :class:`~gateway.backends.engine.decoder.DecodeCancelled`), so a cancelled request stops
    within one step;
-2. prefills **one chunk** (``prefill_chunk`` tokens) of the oldest request still prefilling —
-   all of its prompt but the last token, alone, at its own shape — so a long prompt delays the
-   running sequences by one chunk per step, never by its whole length;
+2. prefills the requests still prefilling, oldest first, each in its own chunks of
+   ``prefill_chunk`` tokens counted from its prompt's start (all of its prompt but the last
+   token, alone, at its own shape), until about ``prefill_chunk`` tokens were prefilled this turn
+   or the batch has no room for more — so a long prompt delays the running sequences by one
+   chunk per step, never by its whole length, and several short prompts join in one turn;
 3. when a request's prompt is in its cache, forks it into its ``n`` choices (each a sequence with
    its own copy of the cache, its own sampler and seeded generator) and queues them;
 4. admits queued sequences up to ``max_batch`` and runs **one decode step** for all of them at
@@ -153,13 +155,15 @@ class Batcher:
 
     def _turn(self, prefilling: deque[_Request], queued: deque[_Sequence],
               running: list[_Sequence]) -> None:
-        if prefilling:
+        budget = self.prefill_chunk
+        while prefilling and budget > 0 and len(queued) + len(running) < self.max_batch:
             request = prefilling[0]
             prompt = request.job.prompt_ids
             end = min(request.prefilled + self.prefill_chunk, len(prompt) - 1)
             if end > request.prefilled:
                 self.model.prefill(request.cache, prompt[request.prefilled:end],
                                    request.prefilled)
+                budget -= end - request.prefilled
                 request.prefilled = end
             if request.prefilled >= len(prompt) - 1:
                 prefilling.popleft()
