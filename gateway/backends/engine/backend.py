@@ -207,8 +207,9 @@ class EngineBackend(Backend):
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
         if self._batcher is not None:
-            self._batcher.close()
-            self._batcher = None
+            batcher, self._batcher = self._batcher, None
+            batcher.close()
+            await asyncio.to_thread(batcher.join, 60)
         self._decoder = None
         self._loaded = None
 

@@ -99,6 +99,10 @@ class Batcher:
             self._closed = True
             self._lock.notify()
 
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the thread to stop (after :meth:`close`; within one step)."""
+        self._thread.join(timeout)
+
     # -- the engine thread -------------------------------------------------------------------
 
     def _loop(self) -> None:
