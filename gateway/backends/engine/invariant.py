@@ -54,7 +54,7 @@ class FloatLinear:
     """
 
     def __init__(self, modules: list[nn.Linear], rows: int) -> None:
-        self.weight = torch.cat([m.weight.detach() for m in modules]) if len(modules) > 1 else (
+        weight = torch.cat([m.weight.detach() for m in modules]) if len(modules) > 1 else (
             modules[0].weight.detach())
         biases = [m.bias for m in modules]
         self.bias = None if all(b is None for b in biases) else torch.cat([
@@ -62,11 +62,14 @@ class FloatLinear:
                                                         device=m.weight.device)
             for b, m in zip(biases, modules, strict=True)])
         self.packed: torch.Tensor | None = None
-        if self.weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, rows)
+        self.weight: torch.Tensor | None = None
+        if weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+        else:
+            self.weight = weight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is None:
+        if self.weight is not None:
             return F.linear(x, self.weight, self.bias)
         out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none",
                                                                [], "")
