@@ -46,7 +46,8 @@ class _Request:
     emit: Emit
     cancelled: threading.Event
     future: Future[int]
-    cache: SequenceCache
+    cache: SequenceCache | None = None
+    """Allocated by the engine thread at the request's first prefill turn."""
     prefilled: int = 0
     running: int = 0
     """Its choices queued or decoding."""
@@ -62,6 +63,9 @@ class _Sequence:
 
 class Batcher:
     """The engine thread of one loaded model in ``invariant`` mode. Thread-safe ``submit``."""
+
+    INITIAL_ROOM = 128
+    """Positions past the prompt a new KV cache has (it doubles when full)."""
 
     def __init__(self, loaded: LoadedModel, *, max_batch: int, prefill_chunk: int,
                  threads: int | None, name: str = "engine") -> None:
@@ -83,8 +87,7 @@ class Batcher:
     def submit(self, job: DecodeJob, emit: Emit, cancelled: threading.Event) -> Future[int]:
         """Queue ``job``; its future holds the tokens generated (or the failure)."""
         future: Future[int] = Future()
-        capacity = len(job.prompt_ids) + job.max_tokens
-        request = _Request(job, emit, cancelled, future, self.model.new_cache(capacity))
+        request = _Request(job, emit, cancelled, future)
         with self._lock:
             if self._closed:
                 future.set_exception(DecodeCancelled())
@@ -119,10 +122,11 @@ class Batcher:
                                or running):
                         self._lock.wait()
                     closed = self._closed
-                    while self._incoming:
-                        request = self._incoming.popleft()
-                        request.job.threads = threads
-                        prefilling.append(request)
+                    taken = list(self._incoming)
+                    self._incoming.clear()
+                for request in taken:
+                    request.job.threads = threads
+                    prefilling.append(request)
                 if closed:
                     for request in {s.request for s in (*queued, *running)} | set(prefilling):
                         request.cancelled.set()
@@ -163,6 +167,8 @@ class Batcher:
         while prefilling and budget > 0 and len(queued) + len(running) < self.max_batch:
             request = prefilling[0]
             prompt = request.job.prompt_ids
+            if request.cache is None:
+                request.cache = self.model.new_cache(self._capacity(request.job, len(prompt)))
             end = min(request.prefilled + self.prefill_chunk, len(prompt) - 1)
             if end > request.prefilled:
                 self.model.prefill(request.cache, prompt[request.prefilled:end],
@@ -177,18 +183,34 @@ class Batcher:
         if running:
             self._step(running)
 
+    @staticmethod
+    def _capacity(job: DecodeJob, needed: int) -> int:
+        """A cache's positions for ``needed`` of them: the prompt and ``INITIAL_ROOM`` more at
+        first, then doubling, never past the prompt and ``max_tokens`` (a function of the request
+        only, so a cache's layout never depends on the batch)."""
+        limit = len(job.prompt_ids) + job.max_tokens
+        capacity = min(len(job.prompt_ids) + Batcher.INITIAL_ROOM, limit)
+        while capacity < needed:
+            capacity = min(capacity * 2, limit)
+        return capacity
+
     def _fork(self, request: _Request) -> list[_Sequence]:
         job = request.job
+        cache = request.cache
+        assert cache is not None  # allocated at its first prefill turn
         n = len(job.seeds)
         request.running = n
         last, position = job.prompt_ids[-1], len(job.prompt_ids) - 1
         return [_Sequence(request, ChoiceRun(self.loaded, self.token_text, job, index, seed,
                                              self.model.logits_size),
-                          Row(request.cache if index == n - 1 else request.cache.copy(), last,
-                              position))
+                          Row(cache if index == n - 1 else cache.copy(), last, position))
                 for index, seed in enumerate(job.seeds)]
 
     def _step(self, running: list[_Sequence]) -> None:
+        for sequence in running:
+            row = sequence.row
+            if row.position >= row.cache.capacity:
+                row.cache.grow(self._capacity(sequence.request.job, row.position + 1))
         logits = self.model.decode([s.row for s in running])
         self.step_rows[len(running)] += 1
         finished: list[_Sequence] = []

@@ -155,6 +155,21 @@ class SequenceCache:
     def copy(self) -> SequenceCache:
         return SequenceCache(self.keys.clone(), self.values.clone())
 
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[2]
+
+    def grow(self, capacity: int) -> None:
+        """Room for ``capacity`` positions (the kept ones copied over)."""
+        if capacity <= self.capacity:
+            return
+        shape = (*self.keys.shape[:2], capacity, self.keys.shape[3])
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = torch.zeros(shape, dtype=old.dtype, device=old.device)
+            new[:, :, :old.shape[2]] = old
+            setattr(self, name, new)
+
 
 @dataclass(slots=True)
 class Row:

@@ -21,6 +21,7 @@ import pytest_asyncio
 import torch
 
 from gateway.backends.engine.backend import EngineBackend
+from gateway.backends.engine.batcher import Batcher
 from gateway.backends.engine.invariant import InvariantLlama, Row
 from gateway.backends.settings import EngineModelSettings
 from gateway.kernel.errors import ConfigError
@@ -48,6 +49,8 @@ def settings_for(path: Path, **extra: Any) -> EngineModelSettings:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engines(smollm2_dir: Path) -> AsyncIterator[dict[str, EngineBackend]]:
+    # KV caches start with room for 3 generated tokens, so every decode here also grows them.
+    room, Batcher.INITIAL_ROOM = Batcher.INITIAL_ROOM, 3
     started = {"fp32": EngineBackend("smol-batched", settings_for(smollm2_dir)),
                "int8": EngineBackend("smol-int8-batched",
                                      settings_for(smollm2_dir, int8=True, threads=2))}
@@ -56,6 +59,7 @@ async def engines(smollm2_dir: Path) -> AsyncIterator[dict[str, EngineBackend]]:
     yield started
     for backend in started.values():
         await backend.aclose()
+    Batcher.INITIAL_ROOM = room
 
 
 def request(content: str, request_id: str = "t", **sampling: Any) -> GenerationRequest:
@@ -155,6 +159,26 @@ async def test_a_request_is_bit_identical_alone_and_joined_at_random_steps(
         assert bits(batched) == bits(alone)
     assert alone.runtime["batching"] == {"mode": "invariant", "max_batch": MAX_BATCH,
                                          "prefill_chunk": 8}
+
+
+@module_loop
+async def test_a_decode_is_the_model_s_own_distribution(
+        engines: dict[str, EngineBackend]) -> None:
+    """Greedy tokens and their logprobs match ``transformers``' forward over the whole sequence:
+    the prompt prefilled in several chunks, the cache grown twice, positions right."""
+    backend = engines["fp32"]
+    result = await backend.generate(request("Write a short poem about the sea.", max_tokens=12,
+                                            temperature=0.0, ignore_eos=True, logprobs=0))
+    prompt, (choice,) = result.prompt_token_ids or [], result.choices
+    tokens = choice.token_ids or []
+    assert len(prompt) > 3 * backend.settings.prefill_chunk and len(tokens) == 12
+    with torch.inference_mode():
+        logits = backend.loaded.model(torch.tensor([prompt + tokens[:-1]])).logits[0]
+    expected = logits[len(prompt) - 1:].log_softmax(-1)
+    assert expected.argmax(-1).tolist() == tokens
+    got = torch.tensor([lp.logprob for lp in choice.logprobs or []])
+    chosen = expected[torch.arange(len(tokens)), torch.tensor(tokens)]
+    assert float((got - chosen).abs().max()) < 1e-3
 
 
 @module_loop
