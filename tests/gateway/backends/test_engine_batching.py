@@ -233,6 +233,31 @@ async def test_every_slot_of_every_batch_size_gives_the_same_row(
 
 
 @module_loop
+async def test_a_long_prompt_prefills_between_the_others_steps(
+        engines: dict[str, EngineBackend]) -> None:
+    """A prompt of ~40 chunks joins while a request decodes: the running request keeps getting
+    a token every turn and finishes before the long one's first token."""
+    backend = engines["int8"]
+    order: list[str] = []
+    started = asyncio.Event()
+
+    async def run(name: str, job: GenerationRequest) -> None:
+        async for chunk in backend.stream(job):
+            if chunk.token_ids:
+                order.append(name)
+                started.set()
+
+    short = asyncio.create_task(run("short", request(
+        "Hi.", temperature=0.0, ignore_eos=True, max_tokens=12)))
+    await started.wait()
+    text = " ".join(WORDS * 35)
+    assert len(backend.loaded.tokenizer(text).input_ids) > 40 * backend.settings.prefill_chunk
+    long_prompt = request(text, temperature=0.0, max_tokens=1)
+    await asyncio.gather(short, run("long", long_prompt))
+    assert order == ["short"] * 12 + ["long"]
+
+
+@module_loop
 async def test_cancellation_stops_within_one_step(engines: dict[str, EngineBackend]) -> None:
     backend = engines["int8"]
 
