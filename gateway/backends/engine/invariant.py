@@ -78,9 +78,12 @@ class FloatLinear:
 
 class Int8Linear:
     """Dynamically quantized Linear layers (one, or several fused along the output), computed
-    row-invariantly (see the module docs)."""
+    row-invariantly (see the module docs): each row quantized with its own scale, integer
+    products summed in int32, scaled back element-wise. The integer GEMM is oneDNN's, with the
+    weights packed once for ``rows``-row inputs, where torch has it (x86), else
+    ``torch._int_mm``."""
 
-    def __init__(self, modules: list[Any]) -> None:
+    def __init__(self, modules: list[Any], rows: int) -> None:
         weights, scales, biases = [], [], []
         for module in modules:
             weight = module.weight()
@@ -95,16 +98,30 @@ class Int8Linear:
             bias = module.bias()
             biases.append(torch.zeros(weight.shape[0]) if bias is None
                           else bias.detach().to(torch.float32))
-        self.weight_t: torch.Tensor = torch.cat(weights).t()
+        weight = torch.cat(weights)
         self.scales: torch.Tensor = torch.cat(scales)
         self.bias: torch.Tensor | None = (
             None if all(module.bias() is None for module in modules) else torch.cat(biases))
+        self.packed: torch.Tensor | None = None
+        self.weight_t: torch.Tensor | None = None
+        try:
+            self.packed = torch.ops.onednn.qlinear_prepack(weight, [rows, weight.shape[1]])
+        except (AttributeError, RuntimeError):  # no oneDNN int8 in this torch
+            self.weight_t = weight.t().contiguous()
+        self.zero_points = torch.zeros(weight.shape[0], dtype=torch.int64)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / 127.0
-        quantized = torch.round(x / scale).clamp_(-127, 127).to(torch.int8)
-        exact: torch.Tensor = torch._int_mm(quantized, self.weight_t)  # int32: no rounding
-        out = exact.to(torch.float32) * scale * self.scales
+        quantized = torch.round(x / scale).clamp_(-127, 127)
+        if self.packed is not None:  # uint8 with zero point 128 holds the int8 values exactly
+            dequantized: torch.Tensor = torch.ops.onednn.qlinear_pointwise(
+                quantized.add_(128).to(torch.uint8), 1.0, 128, self.packed, self.scales,
+                self.zero_points, None, 1.0, 0, torch.float32, "none", [], "")
+        else:
+            assert self.weight_t is not None
+            exact = torch._int_mm(quantized.to(torch.int8), self.weight_t)  # int32: no rounding
+            dequantized = exact.to(torch.float32) * self.scales
+        out = dequantized * scale
         return out if self.bias is None else out + self.bias
 
 
@@ -126,7 +143,7 @@ def _linear(modules: list[Any], rows: int) -> Op:
     if all(isinstance(m, nn.Linear) for m in modules):
         return FloatLinear(modules, rows)
     if all(isinstance(m, DynamicQuantizedLinear) for m in modules):
-        return Int8Linear(modules)
+        return Int8Linear(modules, rows)
     known = (nn.Linear, DynamicQuantizedLinear)
     strange = [type(m).__name__ for m in modules if not isinstance(m, known)]
     if strange:
