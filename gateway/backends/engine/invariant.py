@@ -19,10 +19,11 @@ operation's arithmetic for one sequence is a function of that sequence alone:
   prompt's start, so its shapes depend on the prompt alone;
 - **int8** (``int8 = true``): the dynamically quantized layers are replaced by an exact integer
   path: each row's activations are quantized symmetrically with the row's own scale
-  (``max |x| / 127``: a max, exact in any order), multiplied with the int8 weights in int32
-  (``torch._int_mm``: integer sums are exact, so their order cannot matter) and scaled back
-  element-wise. (``transformers``/torch dynamic quantization scales a whole batch's activations
-  with one scale, which would make a row depend on the others.)
+  (``max |x| / 127``: a max, exact in any order), multiplied with the int8 weights summing in
+  int32 (oneDNN's int8 GEMM, weights packed once, or ``torch._int_mm``: integer sums are exact,
+  so their order cannot matter) and scaled back element-wise. (``transformers``/torch dynamic
+  quantization scales a whole batch's activations with one scale, which would make a row depend
+  on the others.)
 
 The intra-op thread count is the engine thread's, fixed at start.
 """
@@ -83,6 +84,9 @@ class Int8Linear:
     weights packed once for ``rows``-row inputs, where torch has it (x86), else
     ``torch._int_mm``."""
 
+    use_onednn = True
+    """Whether to try oneDNN first (tests turn it off to check the other path)."""
+
     def __init__(self, modules: list[Any], rows: int) -> None:
         weights, scales, biases = [], [], []
         for module in modules:
@@ -105,6 +109,8 @@ class Int8Linear:
         self.packed: torch.Tensor | None = None
         self.weight_t: torch.Tensor | None = None
         try:
+            if not self.use_onednn:
+                raise AttributeError("oneDNN int8 not wanted")
             self.packed = torch.ops.onednn.qlinear_prepack(weight, [rows, weight.shape[1]])
         except (AttributeError, RuntimeError):  # no oneDNN int8 in this torch
             self.weight_t = weight.t().contiguous()
