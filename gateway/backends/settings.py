@@ -191,7 +191,16 @@ class EngineModelSettings(ModelBaseSettings):
     threads: int | None = Field(default=None, ge=1)
     """torch intra-op threads; default: torch's choice."""
     max_batch: int = Field(default=8, ge=1)
-    """Requests decoded at once; more wait in line."""
+    """Requests decoded at once; more wait in line. With ``batching = "invariant"``: the rows
+    of every decode step (choices, padded to this many)."""
+    batching: Literal["off", "invariant"] = "off"
+    """``off``: each request decodes alone in its own thread (batch 1); ``invariant``: one
+    engine thread decodes up to ``max_batch`` choices per step at one fixed shape, each
+    choice's tokens and logprobs bit-identical whatever runs beside it (Llama-architecture
+    models; see docs/models.md)."""
+    prefill_chunk: int = Field(default=64, ge=1)
+    """With ``batching = "invariant"``: prompt tokens prefilled per engine step (a long prompt
+    interleaves with the running decodes; part of what fixes a decode's bits)."""
 
     @property
     def int8_method(self) -> str | None:

@@ -48,6 +48,12 @@ class Backend(ABC):
         raise InvalidRequestError(f"model {self.name} does not serve embeddings", param="model",
                                   code="unsupported_model")
 
+    def batching(self) -> dict[str, Any] | None:
+        """How this backend batches decodes, where that decides their bits (the in-process
+        engine: ``{"mode": "off"}`` or ``{"mode": "invariant", ...}``), recorded in a call's
+        ``runtime.batching``; ``None``: not said."""
+        return None
+
     async def health(self) -> dict[str, Any]:
         return {"status": "ok"}
 

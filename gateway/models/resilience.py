@@ -156,6 +156,9 @@ class GuardedBackend(Backend):
                 update={"validating_eval": evaluation}))
         return cached[2]
 
+    def batching(self) -> dict[str, Any] | None:
+        return self.inner.batching()
+
     async def health(self) -> dict[str, Any]:
         if self.loading is not None:
             health: dict[str, Any] = {"status": "loading", "step": self.loading}

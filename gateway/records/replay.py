@@ -150,6 +150,37 @@ def _identity_problems(call: ModelCall, now: dict[str, Any], allow_unpinned: boo
     return refusals, warnings
 
 
+def _mode_text(batching: Any) -> str:
+    """``invariant (max_batch 8, prefill_chunk 64)`` of a recorded ``runtime.batching``."""
+    if not isinstance(batching, dict):
+        return repr(batching)
+    rest = ", ".join(f"{k} {v}" for k, v in sorted(batching.items()) if k != "mode")
+    return f"{batching.get('mode')}" + (f" ({rest})" if rest else "")
+
+
+def _batching_problems(call: ModelCall, now: dict[str, Any] | None
+                       ) -> tuple[list[str], list[str]]:
+    """``(refusals, warnings)`` comparing the batching mode the call was decoded under with the
+    model's now: the in-process engine's modes give different bits, so a mismatch is refused.
+    An engine record from before batching modes existed (a runtime without ``batching``) was
+    decoded with ``off``; a record without any runtime (a stream) is replayed, with a warning
+    unless the model decodes with ``off``."""
+    if now is None or call.model.get("engine") != IN_PROCESS_ENGINE:
+        return [], []
+    name = str(call.model.get("name"))
+    if not call.runtime:
+        if now == {"mode": "off"}:
+            return [], []
+        return [], [f"call {call.index}: the record does not say which batching mode decoded "
+                    f"it; model {name} decodes with batching {_mode_text(now)} now"]
+    was = call.runtime.get("batching", {"mode": "off"})
+    if was != now:
+        return [f"model {name}: the call was decoded with batching {_mode_text(was)}, the "
+                f"model decodes with batching {_mode_text(now)} now (the bits differ between "
+                "modes; configure the recorded one to replay it)"], []
+    return [], []
+
+
 def _recorded_at(ids: list[int], logprobs: RecordLogprobs | None, position: int
                  ) -> TokenAt | None:
     if position >= len(ids):
@@ -278,9 +309,12 @@ class Replayer:
             raise ReplayRefused("model(s) could not start: " + "; ".join(failed))
         refusals = []
         for call in record.calls:
-            now = self.registry.get(str(call.model.get("name"))).describe()
-            problems, warnings = _identity_problems(call, now.model_dump(mode="json"),
-                                                    self.allow_unpinned)
+            backend = self.registry.get(str(call.model.get("name")))
+            problems, warnings = _identity_problems(call, backend.describe().model_dump(
+                mode="json"), self.allow_unpinned)
+            batching, batching_warnings = _batching_problems(call, backend.batching())
+            problems += batching
+            warnings += batching_warnings
             refusals += problems
             report.warnings += [w for w in warnings if w not in report.warnings]
         if refusals:

@@ -5,8 +5,13 @@ encoder on one thread), then decoded in a worker thread (torch releases the GIL)
 loop relays its chunks. At most ``max_batch`` requests decode at once; more wait for a slot, and a
 request cancelled while waiting never starts. A request that is cancelled while decoding (client
 gone, ``asyncio`` cancellation, shutdown) stops within one token, and its slot is freed only
-once its thread has stopped. See :mod:`gateway.backends.engine.decoder` for why a request's output
-does not depend on what else runs.
+once its decode has stopped.
+
+``batching = "off"``: each request decodes alone in a worker thread
+(:mod:`gateway.backends.engine.decoder`); ``batching = "invariant"``: the requests share one
+engine thread that batches their choices at a fixed shape
+(:mod:`gateway.backends.engine.batcher`). Either way a request's output does not depend on what
+else runs; the two modes' bits differ from each other, so records say which one decoded.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import platform
 import secrets
 import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import replace
@@ -40,6 +45,7 @@ from gateway.kernel.generation import (
 from gateway.kernel.modeltuple import ModelTuple, Quantization
 
 if TYPE_CHECKING:
+    from gateway.backends.engine.batcher import Batcher
     from gateway.backends.engine.decoder import Decoder
     from gateway.backends.engine.loader import LoadedModel
     from gateway.backends.engine.prompts import DecodeJob
@@ -79,6 +85,7 @@ class EngineBackend(Backend):
         self.settings = settings
         self._loaded: LoadedModel | None = None
         self._decoder: Decoder | None = None
+        self._batcher: Batcher | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._slots = asyncio.Semaphore(settings.max_batch)
         self._active: set[threading.Event] = set()
@@ -134,8 +141,13 @@ class EngineBackend(Backend):
             "threads": self.settings.threads or torch.get_num_threads(),
             "dtype": str(loaded.dtype).removeprefix("torch."),
             "chat_template": loaded.chat_format.source,
+            "batching": self.batching(),
             "deterministic": {
-                "batching": "none: each request decodes alone (batch 1, own KV cache)",
+                "batching": (
+                    "none: each request decodes alone (batch 1, own KV cache)"
+                    if self.settings.batching == "off" else
+                    "invariant: fixed-shape decode steps, per-sequence attention and KV cache, "
+                    "prompt prefilled alone in fixed chunks"),
                 "sampler": "inverse-CDF, float64 on CPU, CPU torch.Generator per choice",
                 "logprobs": "raw model distribution",
                 "torch_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
@@ -159,9 +171,17 @@ class EngineBackend(Backend):
         if loaded.device.type == "cuda":
             self._cuda_determinism()
         self._loaded = loaded
-        self._decoder = Decoder(loaded, self.settings.threads)
-        self._executor = ThreadPoolExecutor(max_workers=self.settings.max_batch,
-                                            thread_name_prefix=f"tiergate-engine-{self.name}")
+        s = self.settings
+        if s.batching == "invariant":
+            from gateway.backends.engine.batcher import Batcher
+
+            self._batcher = await asyncio.to_thread(
+                Batcher, loaded, max_batch=s.max_batch, prefill_chunk=s.prefill_chunk,
+                threads=s.threads, name=self.name)
+        else:
+            self._decoder = Decoder(loaded, s.threads)
+            self._executor = ThreadPoolExecutor(max_workers=s.max_batch,
+                                                thread_name_prefix=f"tiergate-engine-{self.name}")
         self._tuple = self._build_tuple()
         self._runtime = self._build_runtime(loaded)
         log.info("model %s: %s on %s, %d threads, tuple %s", self.name, self._tuple.upstream_model,
@@ -186,6 +206,10 @@ class EngineBackend(Backend):
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+        if self._batcher is not None:
+            batcher, self._batcher = self._batcher, None
+            batcher.close()
+            await asyncio.to_thread(batcher.join, 60)
         self._decoder = None
         self._loaded = None
 
@@ -194,7 +218,9 @@ class EngineBackend(Backend):
             return {"status": "not started"}
         return {"status": "ok", "decoding": len(self._active), "waiting": self._waiting,
                 "peak_decoding": self._peak, "max_batch": self.settings.max_batch,
-                "tokens_generated": self._tokens}
+                "batching": self.settings.batching, "tokens_generated": self._tokens,
+                **({"step_rows": dict(sorted(self._batcher.step_rows.items()))}
+                   if self._batcher is not None else {})}
 
     # -- decoding ----------------------------------------------------------------------------
 
@@ -272,13 +298,7 @@ class EngineBackend(Backend):
         finally:
             self._waiting -= 1
         try:
-            decoder, executor = self._decoder, self._executor
-            if decoder is None or executor is None:
-                raise ServiceUnavailableError(f"model {self.name} is shutting down")
-            try:
-                future = loop.run_in_executor(executor, decoder.run, job, emit, cancelled)
-            except RuntimeError as exc:  # the executor was shut down meanwhile
-                raise ServiceUnavailableError(f"model {self.name} is shutting down") from exc
+            future = self._submit(job, emit, cancelled)
             self._active.add(cancelled)
             self._peak = max(self._peak, len(self._active))
             future.add_done_callback(lambda _: queue.put_nowait(_END))
@@ -305,11 +325,35 @@ class EngineBackend(Backend):
             finally:
                 cancelled.set()
                 if not future.done():
-                    # Hold the slot until the thread has really stopped (within one token).
+                    # Hold the slot until the decode has really stopped (within one token).
                     await asyncio.wait([future])
+                if not future.cancelled():
+                    future.exception()  # retrieved: a stopped decode's DecodeCancelled
                 self._active.discard(cancelled)
         finally:
             self._slots.release()
+
+    def _submit(self, job: DecodeJob, emit: Callable[[GenerationChunk], None],
+                cancelled: threading.Event) -> asyncio.Future[int]:
+        """Start decoding ``job``: in the engine thread, or in a worker thread of its own."""
+        if self._batcher is not None:
+            return asyncio.wrap_future(self._batcher.submit(job, emit, cancelled))
+        decoder, executor = self._decoder, self._executor
+        if decoder is None or executor is None:
+            raise ServiceUnavailableError(f"model {self.name} is shutting down")
+        try:
+            return asyncio.get_running_loop().run_in_executor(executor, decoder.run, job, emit,
+                                                              cancelled)
+        except RuntimeError as exc:  # the executor was shut down meanwhile
+            raise ServiceUnavailableError(f"model {self.name} is shutting down") from exc
+
+    def batching(self) -> dict[str, Any]:
+        """The batching mode decodes run under (recorded in ``runtime.batching``): a decode's
+        bits depend on it, so replay compares it."""
+        s = self.settings
+        if s.batching == "off":
+            return {"mode": "off"}
+        return {"mode": "invariant", "max_batch": s.max_batch, "prefill_chunk": s.prefill_chunk}
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         jobs = self._jobs(request)

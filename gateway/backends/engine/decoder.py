@@ -57,16 +57,6 @@ class Decoder:
         output = loaded.model(**kwargs)
         return output.logits[0, -1], output.past_key_values
 
-    def _logprob(self, choice: TokenChoice) -> TokenLogprob | None:
-        if choice.logprob is None:
-            return None
-        text, raw = self.token_text.get(choice.token_id)
-        top = []
-        for token_id, logprob in choice.top or []:
-            top_text, top_raw = self.token_text.get(token_id)
-            top.append(TopLogprob(top_text, logprob, token_id, top_raw))
-        return TokenLogprob(text, choice.logprob, choice.token_id, raw, top)
-
     def run(self, job: DecodeJob, emit: Emit, cancelled: threading.Event) -> int:
         """Decode every choice of ``job``, emitting one chunk per token; the tokens generated."""
         # OpenMP's team size and MKL's thread count are per calling thread: set them for this
@@ -87,51 +77,79 @@ class Decoder:
 
     def _choice(self, job: DecodeJob, index: int, seed: int | None, logits: torch.Tensor,
                 cache: Any, emit: Emit, cancelled: threading.Event) -> int:
-        loaded = self.loaded
-        params = job.sampling
-        sampler = ChoiceSampler(
-            params, seed=seed, vocab_size=loaded.vocab_size, logits_size=logits.shape[-1],
-            prompt_ids=job.prompt_ids, eos_token_ids=loaded.eos_token_ids, device=loaded.device)
-        detokenizer = IncrementalDetokenizer(loaded.tokenizer, job.prompt_ids)
-        stops = StopMatcher(params.stop)
-        stop_ids = set(params.stop_token_ids)
-        min_tokens = params.min_tokens or 0
-        generated = 0
+        run = ChoiceRun(self.loaded, self.token_text, job, index, seed, logits.shape[-1])
         while True:
             if cancelled.is_set():
                 raise DecodeCancelled
-            choice = sampler.choose(logits, params.logprobs)
-            token = choice.token_id
-            generated += 1
-            chunk = GenerationChunk(index=index, token_ids=[token])
-            logprob = self._logprob(choice)
-            if logprob is not None:
-                chunk.logprobs = [logprob]
-            finished_by_token = True
-            if token in stop_ids:
-                chunk.finish_reason, chunk.stop_reason = "stop", token
-            elif token in loaded.eos_token_ids and not params.ignore_eos:
-                chunk.finish_reason = "stop"
-            else:
-                finished_by_token = False
-                last = generated >= job.max_tokens
-                delta = detokenizer.push(token) + (detokenizer.flush() if last else "")
-                chunk.text, stop = stops.feed(delta, check=generated >= min_tokens, final=last)
-                if stop is not None:
-                    chunk.finish_reason, chunk.stop_reason = "stop", stop
-                elif last:
-                    chunk.finish_reason = "length"
-            if finished_by_token:
-                # The stop token adds no text, and is not one of the answer's tokens in its
-                # logprobs (as OpenAI and vLLM report them: the logprobs' tokens join to the
-                # content); its id stays in token_ids. Release what the detokenizer and the
-                # matcher hold.
-                chunk.logprobs = None
-                chunk.text, stop = stops.feed(detokenizer.flush(), check=generated >= min_tokens,
-                                              final=True)
-                if stop is not None:
-                    chunk.stop_reason = stop
+            chunk = run.step(logits)
             emit(chunk)
             if chunk.finish_reason is not None:
-                return generated
-            logits, cache = self._forward([token], cache)
+                return run.generated
+            logits, cache = self._forward([run.token], cache)
+
+
+class ChoiceRun:
+    """One choice's state between steps: its sampler, detokenizer and stop matcher. Each step
+    turns one position's logits into the chunk of one token (and whether the choice ended)."""
+
+    def __init__(self, loaded: LoadedModel, token_text: TokenText, job: DecodeJob, index: int,
+                 seed: int | None, logits_size: int) -> None:
+        params = job.sampling
+        self.loaded, self.token_text, self.job, self.index = loaded, token_text, job, index
+        self.sampler = ChoiceSampler(
+            params, seed=seed, vocab_size=loaded.vocab_size, logits_size=logits_size,
+            prompt_ids=job.prompt_ids, eos_token_ids=loaded.eos_token_ids, device=loaded.device)
+        self.detokenizer = IncrementalDetokenizer(loaded.tokenizer, job.prompt_ids)
+        self.stops = StopMatcher(params.stop)
+        self.stop_ids = set(params.stop_token_ids)
+        self.min_tokens = params.min_tokens or 0
+        self.generated = 0
+        self.token = -1
+        """The last token chosen."""
+
+    def _logprob(self, choice: TokenChoice) -> TokenLogprob | None:
+        if choice.logprob is None:
+            return None
+        text, raw = self.token_text.get(choice.token_id)
+        top = []
+        for token_id, logprob in choice.top or []:
+            top_text, top_raw = self.token_text.get(token_id)
+            top.append(TopLogprob(top_text, logprob, token_id, top_raw))
+        return TokenLogprob(text, choice.logprob, choice.token_id, raw, top)
+
+    def step(self, logits: torch.Tensor) -> GenerationChunk:
+        """The next token's chunk; its ``finish_reason`` is set when the choice ended."""
+        params, stops = self.job.sampling, self.stops
+        choice = self.sampler.choose(logits, params.logprobs)
+        token = self.token = choice.token_id
+        self.generated += 1
+        generated = self.generated
+        chunk = GenerationChunk(index=self.index, token_ids=[token])
+        logprob = self._logprob(choice)
+        if logprob is not None:
+            chunk.logprobs = [logprob]
+        finished_by_token = True
+        if token in self.stop_ids:
+            chunk.finish_reason, chunk.stop_reason = "stop", token
+        elif token in self.loaded.eos_token_ids and not params.ignore_eos:
+            chunk.finish_reason = "stop"
+        else:
+            finished_by_token = False
+            last = generated >= self.job.max_tokens
+            delta = self.detokenizer.push(token) + (self.detokenizer.flush() if last else "")
+            chunk.text, stop = stops.feed(delta, check=generated >= self.min_tokens, final=last)
+            if stop is not None:
+                chunk.finish_reason, chunk.stop_reason = "stop", stop
+            elif last:
+                chunk.finish_reason = "length"
+        if finished_by_token:
+            # The stop token adds no text, and is not one of the answer's tokens in its
+            # logprobs (as OpenAI and vLLM report them: the logprobs' tokens join to the
+            # content); its id stays in token_ids. Release what the detokenizer and the
+            # matcher hold.
+            chunk.logprobs = None
+            chunk.text, stop = stops.feed(self.detokenizer.flush(),
+                                          check=generated >= self.min_tokens, final=True)
+            if stop is not None:
+                chunk.stop_reason = stop
+        return chunk

@@ -1,0 +1,312 @@
+"""A Llama-architecture forward pass whose results for one sequence never depend on the batch.
+
+The batched engine (:mod:`gateway.backends.engine.batcher`) runs the model through this module
+instead of through ``transformers``' forward: the weights are the loaded model's own modules
+(norms, projections, the rotary table), but the order of work is ours, chosen so that every
+operation's arithmetic for one sequence is a function of that sequence alone:
+
+- **decode steps run at one fixed shape**: ``max_batch`` rows, always, whether one sequence
+  decodes or eight; unused rows are padding (token 0, attention output zero). A float GEMM's
+  kernel choice and its reduction order depend on the shapes (and thread count), never on the
+  values of other rows, so row ``i`` of ``[max_batch, d] @ W`` is the same bits whichever rows
+  sit beside it and whichever slot it occupies (checked by the tests: every slot, every batch);
+- **attention is per sequence**: each sequence has its own KV cache and its attention is one
+  ``scaled_dot_product_attention`` call over its own keys, shaped by its own length only;
+- **norms, activations and rotary embeddings** are row-wise or element-wise: the same row gives
+  the same result in a fixed-shape tensor; the rotary ``cos``/``sin`` table is computed once at
+  start for every position, so a position's values never depend on what was computed with it;
+- **prefill** of a prompt runs alone, in chunks of ``prefill_chunk`` tokens counted from the
+  prompt's start, so its shapes depend on the prompt alone;
+- **int8** (``int8 = true``): the dynamically quantized layers are replaced by an exact integer
+  path: each row's activations are quantized symmetrically with the row's own scale
+  (``max |x| / 127``: a max, exact in any order), multiplied with the int8 weights summing in
+  int32 (oneDNN's int8 GEMM, weights packed once, or ``torch._int_mm``: integer sums are exact,
+  so their order cannot matter) and scaled back element-wise. (``transformers``/torch dynamic
+  quantization scales a whole batch's activations with one scale, which would make a row depend
+  on the others.)
+
+The intra-op thread count is the engine thread's, fixed at start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gateway.kernel.errors import ConfigError
+
+Op = Callable[[torch.Tensor], torch.Tensor]
+
+SUPPORTED = ("llama",)
+"""``model_type``\\ s whose forward this module implements."""
+
+
+class FloatLinear:
+    """Float Linear layers (one, or several fused along the output), their weights packed once.
+
+    On a CPU with oneDNN the weights are reordered for ``rows``-row inputs and multiplied with
+    oneDNN (about as fast at 8 rows as MKL is at 1, where MKL at 8 rows costs twice its 1-row
+    time); elsewhere ``F.linear``. Either way a call's arithmetic depends on its shapes only.
+    """
+
+    def __init__(self, modules: list[nn.Linear], rows: int) -> None:
+        weight = torch.cat([m.weight.detach() for m in modules]) if len(modules) > 1 else (
+            modules[0].weight.detach())
+        biases = [m.bias for m in modules]
+        self.bias = None if all(b is None for b in biases) else torch.cat([
+            b.detach() if b is not None else torch.zeros(m.out_features, dtype=m.weight.dtype,
+                                                        device=m.weight.device)
+            for b, m in zip(biases, modules, strict=True)])
+        self.packed: torch.Tensor | None = None
+        self.weight: torch.Tensor | None = None
+        if weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+        else:
+            self.weight = weight
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is not None:
+            return F.linear(x, self.weight, self.bias)
+        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none",
+                                                               [], "")
+        return out
+
+
+class Int8Linear:
+    """Dynamically quantized Linear layers (one, or several fused along the output), computed
+    row-invariantly (see the module docs): each row quantized with its own scale, integer
+    products summed in int32, scaled back element-wise. The integer GEMM is oneDNN's, with the
+    weights packed once for ``rows``-row inputs, where torch has it (x86), else
+    ``torch._int_mm``."""
+
+    use_onednn = True
+    """Whether to try oneDNN first (tests turn it off to check the other path)."""
+
+    def __init__(self, modules: list[Any], rows: int) -> None:
+        weights, scales, biases = [], [], []
+        for module in modules:
+            weight = module.weight()
+            if weight.qscheme() not in (torch.per_channel_affine,
+                                        torch.per_channel_symmetric) or (
+                    weight.q_per_channel_axis() != 0
+                    or bool(weight.q_per_channel_zero_points().ne(0).any())):
+                raise ConfigError("int8 with batching = 'invariant' needs symmetric per-output-"
+                                  "channel int8 weights")
+            weights.append(weight.int_repr())
+            scales.append(weight.q_per_channel_scales().to(torch.float32))
+            bias = module.bias()
+            biases.append(torch.zeros(weight.shape[0]) if bias is None
+                          else bias.detach().to(torch.float32))
+        weight = torch.cat(weights)
+        self.scales: torch.Tensor = torch.cat(scales)
+        self.bias: torch.Tensor | None = (
+            None if all(module.bias() is None for module in modules) else torch.cat(biases))
+        self.packed: torch.Tensor | None = None
+        self.weight_t: torch.Tensor | None = None
+        try:
+            if not self.use_onednn:
+                raise AttributeError("oneDNN int8 not wanted")
+            self.packed = torch.ops.onednn.qlinear_prepack(weight, [rows, weight.shape[1]])
+        except (AttributeError, RuntimeError):  # no oneDNN int8 in this torch
+            self.weight_t = weight.t().contiguous()
+        self.zero_points = torch.zeros(weight.shape[0], dtype=torch.int64)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / 127.0
+        quantized = torch.round(x / scale).clamp_(-127, 127)
+        if self.packed is not None:  # uint8 with zero point 128 holds the int8 values exactly
+            dequantized: torch.Tensor = torch.ops.onednn.qlinear_pointwise(
+                quantized.add_(128).to(torch.uint8), 1.0, 128, self.packed, self.scales,
+                self.zero_points, None, 1.0, 0, torch.float32, "none", [], "")
+        else:
+            assert self.weight_t is not None
+            exact = torch._int_mm(quantized.to(torch.int8), self.weight_t)  # int32: no rounding
+            dequantized = exact.to(torch.float32) * self.scales
+        out = dequantized * scale
+        return out if self.bias is None else out + self.bias
+
+
+class _Concat:
+    """Layers of different kinds side by side (an int8 layer beside one kept float)."""
+
+    def __init__(self, ops: list[Op]) -> None:
+        self.ops = ops
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([op(x) for op in self.ops], dim=-1)
+
+
+def _linear(modules: list[Any], rows: int) -> Op:
+    """One op computing ``modules`` (Linear layers reading the same input), outputs concatenated
+    in order."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    if all(isinstance(m, nn.Linear) for m in modules):
+        return FloatLinear(modules, rows)
+    if all(isinstance(m, DynamicQuantizedLinear) for m in modules):
+        return Int8Linear(modules, rows)
+    known = (nn.Linear, DynamicQuantizedLinear)
+    strange = [type(m).__name__ for m in modules if not isinstance(m, known)]
+    if strange:
+        raise ConfigError(f"batching = 'invariant' cannot run a {strange[0]} layer")
+    return _Concat([_linear([m], rows) for m in modules])
+
+
+@dataclass(slots=True)
+class _Layer:
+    input_norm: Op
+    qkv: Op
+    o: Op
+    post_norm: Op
+    gate_up: Op
+    down: Op
+    act: Op
+
+
+class SequenceCache:
+    """One sequence's keys and values: ``[layers, kv_heads, capacity, head_dim]`` each."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.keys = keys
+        self.values = values
+
+    def copy(self) -> SequenceCache:
+        return SequenceCache(self.keys.clone(), self.values.clone())
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[2]
+
+    def grow(self, capacity: int) -> None:
+        """Room for ``capacity`` positions (the kept ones copied over)."""
+        if capacity <= self.capacity:
+            return
+        shape = (*self.keys.shape[:2], capacity, self.keys.shape[3])
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = torch.zeros(shape, dtype=old.dtype, device=old.device)
+            new[:, :, :old.shape[2]] = old
+            setattr(self, name, new)
+
+
+@dataclass(slots=True)
+class Row:
+    """One sequence's place in a decode step: its cache, the token fed and its position."""
+
+    cache: SequenceCache
+    token: int
+    position: int
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class InvariantLlama:
+    """The forward pass of a loaded Llama-architecture model, batch-invariant by construction."""
+
+    def __init__(self, model: Any, max_batch: int, context_length: int) -> None:
+        config = model.config
+        if config.model_type not in SUPPORTED:
+            raise ConfigError(f"batching = 'invariant' supports model types {list(SUPPORTED)}, "
+                              f"not {config.model_type!r}; use batching = 'off'")
+        inner = model.model
+        self.max_batch = max_batch
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.logits_size = config.vocab_size
+        self.embed = inner.embed_tokens.weight
+        self.device = self.embed.device
+        rows = max_batch
+        self.layers = [_Layer(
+            layer.input_layernorm,
+            _linear([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj],
+                    rows),
+            _linear([layer.self_attn.o_proj], rows), layer.post_attention_layernorm,
+            _linear([layer.mlp.gate_proj, layer.mlp.up_proj], rows),
+            _linear([layer.mlp.down_proj], rows), layer.mlp.act_fn) for layer in inner.layers]
+        self.split = [self.heads * self.head_dim, self.kv_heads * self.head_dim,
+                      self.kv_heads * self.head_dim]
+        self.intermediate = config.intermediate_size
+        self.norm: Op = inner.norm
+        self.lm_head = _linear([model.lm_head], rows)
+        self.dtype = self.embed.dtype
+        with torch.inference_mode():
+            positions = torch.arange(context_length, device=self.device)[None]
+            cos, sin = inner.rotary_emb(self.embed[:1], positions)
+        self.cos, self.sin = cos[0], sin[0]
+        self.context_length = context_length
+
+    def new_cache(self, capacity: int) -> SequenceCache:
+        shape = (len(self.layers), self.kv_heads, capacity, self.head_dim)
+        return SequenceCache(torch.zeros(shape, dtype=self.dtype, device=self.device),
+                             torch.zeros(shape, dtype=self.dtype, device=self.device))
+
+    def _projections(self, layer: _Layer, x: torch.Tensor, cos: torch.Tensor,
+                     sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = x.shape[0]
+        q, k, v = layer.qkv(layer.input_norm(x)).split(self.split, dim=-1)
+        q = _rotate(q.reshape(rows, self.heads, self.head_dim), cos, sin)
+        k = _rotate(k.reshape(rows, self.kv_heads, self.head_dim), cos, sin)
+        return q, k, v.reshape(rows, self.kv_heads, self.head_dim)
+
+    def _finish(self, layer: _Layer, x: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        x = x + layer.o(attention)
+        gate, up = layer.gate_up(layer.post_norm(x)).split(self.intermediate, dim=-1)
+        return x + layer.down(layer.act(gate) * up)
+
+    def _rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cos[positions][:, None], self.sin[positions][:, None]
+
+    def prefill(self, cache: SequenceCache, token_ids: list[int], start: int) -> None:
+        """Write the keys and values of ``token_ids`` (positions ``start``...) into ``cache``."""
+        count = len(token_ids)
+        end = start + count
+        ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
+        positions = torch.arange(start, end, device=self.device)
+        x = self.embed[ids]
+        keys = torch.arange(end, device=self.device)
+        mask = (keys[None, :] <= positions[:, None])[None]  # [1, count, end]: causal
+        cos, sin = self._rotary(positions)
+        for index, layer in enumerate(self.layers):
+            q, k, v = self._projections(layer, x, cos, sin)
+            cache.keys[index, :, start:end] = k.transpose(0, 1)
+            cache.values[index, :, start:end] = v.transpose(0, 1)
+            out = F.scaled_dot_product_attention(
+                q.transpose(0, 1)[None], cache.keys[index, :, :end][None],
+                cache.values[index, :, :end][None], attn_mask=mask, enable_gqa=True)
+            x = self._finish(layer, x, out[0].transpose(0, 1).reshape(count, -1))
+
+    def decode(self, rows: list[Row]) -> torch.Tensor:
+        """One step for up to ``max_batch`` sequences: the logits ``[max_batch, vocab]`` (row
+        ``i`` is ``rows[i]``'s; the rest is padding). Always the same shapes."""
+        if not 0 < len(rows) <= self.max_batch:
+            raise ValueError(f"a decode step takes 1 to {self.max_batch} rows, not {len(rows)}")
+        padding = self.max_batch - len(rows)
+        tokens = [row.token for row in rows] + [0] * padding
+        positions = torch.tensor([row.position for row in rows] + [0] * padding,
+                                 dtype=torch.long, device=self.device)
+        x = self.embed[torch.tensor(tokens, dtype=torch.long, device=self.device)]
+        attention = torch.zeros(self.max_batch, self.heads, self.head_dim, dtype=self.dtype,
+                                device=self.device)
+        cos, sin = self._rotary(positions)
+        for index, layer in enumerate(self.layers):
+            q, k, v = self._projections(layer, x, cos, sin)
+            for slot, row in enumerate(rows):
+                p = row.position
+                row.cache.keys[index, :, p] = k[slot]
+                row.cache.values[index, :, p] = v[slot]
+                out = F.scaled_dot_product_attention(
+                    q[slot][:, None][None], row.cache.keys[index, :, :p + 1][None],
+                    row.cache.values[index, :, :p + 1][None], enable_gqa=True)
+                attention[slot] = out[0, :, 0]
+            x = self._finish(layer, x, attention.view(self.max_batch, -1))
+        return self.lm_head(self.norm(x))
