@@ -70,10 +70,8 @@ class Call:
         second call (the route, after the front door's key policy) gets the same bytes."""
         if self._body is not None:
             return self._body
-        self._body = await self._read(self.max_body_bytes if limit is None else limit)
-        return self._body
-
-    async def _read(self, limit: int) -> bytes:
+        if limit is None:
+            limit = self.max_body_bytes
         declared = self.header(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise RequestTooLargeError(f"Request body of {declared} bytes exceeds {limit} bytes.")
@@ -84,6 +82,7 @@ class Call:
         if not message.get("more_body", False):
             if len(body) > limit:
                 raise RequestTooLargeError(f"Request body exceeds {limit} bytes.")
+            self._body = body
             return body
         chunks, size = [body], len(body)
         while True:
@@ -96,7 +95,8 @@ class Call:
                 raise RequestTooLargeError(f"Request body exceeds {limit} bytes.")
             chunks.append(chunk)
             if not message.get("more_body", False):
-                return b"".join(chunks)
+                self._body = b"".join(chunks)
+                return self._body
 
 
 @dataclass(slots=True)

@@ -139,6 +139,10 @@ def cost_model(settings: CostSettings | None) -> CostModel:
     return Unpriced() if settings is None else COST_MODELS[settings.kind](settings)
 
 
+_NO_RATES: dict[str, float] = {}
+"""An unpriced call's rates (shared, read-only)."""
+
+
 @dataclass(frozen=True, slots=True)
 class CallCost:
     """What one model call of a request cost, and what it was priced on."""
@@ -173,12 +177,15 @@ class PriceBook:
 
     def call(self, result: GenerationResult, estimated: bool = False) -> CallCost:
         """The cost of one call (priced by the model that answered it)."""
-        name = result.model.name
-        model = self.model(name)
-        tokens = TokenCounts.of(result.usage)
-        seconds = result.timing.total_s
+        name, usage, seconds = result.model.name, result.usage, result.timing.total_s
+        model = self.models.get(name)
+        if model is None or model.kind == Unpriced.kind:  # nothing to read or compute
+            return CallCost(name, Unpriced.kind, 0.0,
+                            TokenCounts(usage.prompt_tokens, usage.completion_tokens), seconds,
+                            _NO_RATES, estimated)
+        tokens = TokenCounts.of(usage)
         return CallCost(name, model.kind, model.usd(tokens, seconds), tokens, seconds,
-                        self._rates.get(name, {}), estimated)
+                        self._rates[name], estimated)
 
 
 def prompt_tokens_estimate(request: GenerationRequest) -> int:

@@ -40,7 +40,12 @@ class Served:
 
 def cost_header(costs: list[CallCost]) -> str:
     """The cost as a plain decimal (no exponent), to the 1e-10 dollar."""
-    text = f"{sum(c.usd for c in costs):.10f}".rstrip("0")
+    usd = 0.0
+    for cost in costs:
+        usd += cost.usd
+    if not usd:
+        return "0.0"
+    text = f"{usd:.10f}".rstrip("0")
     return text + "0" if text.endswith(".") else text
 
 
