@@ -37,7 +37,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import NDArray
 
+FloatArray = NDArray[np.float64]
 Mode = Literal["prompt", "cascade"]
 PGR_UNDEFINED = ("PGR is undefined on this data: the small and the large model are equally "
                  "accurate; use --target-escalation")
@@ -94,6 +96,17 @@ def _short_decimal(low: float, high: float) -> float:
     return high
 
 
+def _arrays(scores: Sequence[float], small_correct: Sequence[bool],
+            large_correct: Sequence[bool]) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Scores and both tiers' labels as float arrays of one non-zero length."""
+    score = np.asarray(scores, dtype=np.float64)
+    small = np.asarray(small_correct, dtype=np.float64)
+    large = np.asarray(large_correct, dtype=np.float64)
+    if len(score) == 0 or len(small) != len(score) or len(large) != len(score):
+        raise CalibrationError("scores and labels need the same non-zero length")
+    return score, small, large
+
+
 def operating_points(scores: Sequence[float], small_correct: Sequence[bool],
                      large_correct: Sequence[bool], cost: CostModel,
                      score_range: tuple[float, float]) -> list[OperatingPoint]:
@@ -101,12 +114,8 @@ def operating_points(scores: Sequence[float], small_correct: Sequence[bool],
 
     The "escalate nothing" point exists only when some threshold in ``score_range`` lies above
     every score (a threshold must lie in the verifier's range)."""
-    score = np.asarray(scores, dtype=np.float64)
-    small = np.asarray(small_correct, dtype=np.float64)
-    large = np.asarray(large_correct, dtype=np.float64)
+    score, small, large = _arrays(scores, small_correct, large_correct)
     n = len(score)
-    if n == 0 or len(small) != n or len(large) != n:
-        raise CalibrationError("scores and labels need the same non-zero length")
     acc_small, acc_large = float(small.mean()), float(large.mean())
     gap = acc_large - acc_small
 
@@ -189,12 +198,8 @@ def suggest(points: Sequence[OperatingPoint], *, escalation: float | None = None
 def measure(scores: Sequence[float], small_correct: Sequence[bool],
             large_correct: Sequence[bool], threshold: float, cost: CostModel) -> OperatingPoint:
     """What a given threshold does on labelled rows (the point it selects)."""
-    score = np.asarray(scores, dtype=np.float64)
-    small = np.asarray(small_correct, dtype=np.float64)
-    large = np.asarray(large_correct, dtype=np.float64)
+    score, small, large = _arrays(scores, small_correct, large_correct)
     n = len(score)
-    if n == 0 or len(small) != n or len(large) != n:
-        raise CalibrationError("scores and labels need the same non-zero length")
     escalate = score >= threshold
     count = int(escalate.sum())
     accuracy = float(np.where(escalate, large, small).mean())
@@ -227,12 +232,8 @@ def bootstrap(scores: Sequence[float], small_correct: Sequence[bool],
     ``seed``)."""
     if resamples < 2 or not 0.0 < confidence < 1.0:
         raise CalibrationError("the bootstrap needs >= 2 resamples and a confidence in (0, 1)")
-    score = np.asarray(scores, dtype=np.float64)
-    small = np.asarray(small_correct, dtype=np.float64)
-    large = np.asarray(large_correct, dtype=np.float64)
+    score, small, large = _arrays(scores, small_correct, large_correct)
     n = len(score)
-    if n == 0 or len(small) != n or len(large) != n:
-        raise CalibrationError("scores and labels need the same non-zero length")
     rows = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
     escalate = (score >= threshold)[rows]
     picked_small, picked_large = small[rows], large[rows]
