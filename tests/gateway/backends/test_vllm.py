@@ -377,7 +377,13 @@ def test_completions_string_prompt(client: openai.OpenAI, vllm: ServerProcess) -
         "model": UPSTREAM_MODEL, "prompt": prompt, "max_tokens": 6, "temperature": 0}).json()
     assert completion.choices[0].text == direct["choices"][0]["text"]
     assert completion.usage.prompt_tokens == direct["usage"]["prompt_tokens"]
-    assert None not in (completion.choices[0].model_extra or {}).values()  # no null extras
+    # the fields vLLM adds to a choice reach the client as vLLM sent them, null included
+    # (docs/protocol.md); stop_reason and token_ids are tiergate's own: sent when they are set
+    extras = completion.choices[0].model_extra or {}
+    sent = {k: v for k, v in direct["choices"][0].items()
+            if k not in ("index", "text", "logprobs", "finish_reason")}
+    assert extras == {k: v for k, v in sent.items()
+                      if k not in ("stop_reason", "token_ids") or v is not None}
 
 
 async def test_completions_stream(gateway_url: str, client: openai.OpenAI) -> None:
