@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import Any
 
 import orjson
@@ -29,7 +28,6 @@ from gateway.backends.http import (
     Read,
     SseLines,
     _retry_after,
-    delivered_together,
     map_status,
 )
 from gateway.backends.httpclient import Response
@@ -128,9 +126,5 @@ class AnthropicBackend(HTTPBackend):
             read.done = translator.done
             return read
 
-        async with aclosing(self.reads(resp, take)) as reads:
-            async for read in reads:
-                for chunk in delivered_together(read):
-                    yield chunk
-                if read.failure is not None:
-                    raise read.failure
+        async for chunk in self.chunks(resp, take):
+            yield chunk

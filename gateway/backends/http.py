@@ -390,6 +390,13 @@ class HTTPBackend(Backend):
                     break
             return read
 
+        async for chunk in self.chunks(resp, take):
+            yield chunk
+
+    async def chunks(self, resp: Response, take: Callable[[bytes], Read[GenerationChunk]]
+                     ) -> AsyncIterator[GenerationChunk]:
+        """A generation stream's chunks (:meth:`reads`), those of one read marked as delivered
+        together; a read's failure raised after its chunks."""
         async with aclosing(self.reads(resp, take)) as reads:
             async for read in reads:
                 for chunk in delivered_together(read):

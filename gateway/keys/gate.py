@@ -11,9 +11,9 @@ its answer reported: prompt and completion tokens of every model call made for i
 small and large call). A failed request, an embedding and a request outliving the window keep
 the estimate.
 
-**Spend.** The budgets are charged after completion with what :data:`Spend` says the completed
-request cost: by default its ``cost_usd``, every call priced by the cost model
-(:mod:`gateway.models.cost`; a model without a price costs 0).
+**Spend.** The budgets are charged after completion with the completed request's ``cost_usd``:
+every call priced by the cost model (:mod:`gateway.models.cost`; a model without a price
+costs 0).
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ from gateway.listener import CompletedRequest, RequestListener
 
 log = logging.getLogger("tiergate.keys")
 
-Spend = Callable[[CompletedRequest], float]
-"""What a completed request cost, in USD: the one seam between pricing and the budgets."""
 
 
 def used_tokens(done: CompletedRequest) -> int:
@@ -44,9 +42,6 @@ def used_tokens(done: CompletedRequest) -> int:
     return sum(r.usage.prompt_tokens + r.usage.completion_tokens for r in done.results)
 
 
-def request_cost(done: CompletedRequest) -> float:
-    """The cost model's price of a completed request, every call included."""
-    return done.cost_usd
 
 
 def estimate_tokens(body: bytes) -> int:
@@ -63,12 +58,11 @@ class Caller:
 
 
 class UsageListener(RequestListener):
-    """Notes what a completed request used on its ticket (its usage, its :data:`Spend`)."""
+    """Notes what a completed request used on its ticket (its usage, its cost)."""
 
     name = "keys"
 
-    def __init__(self, spend: Spend) -> None:
-        self.spend = spend
+    def __init__(self) -> None:
         self.pending: dict[str, Ticket] = {}
         """Tickets of requests in flight, by request id."""
 
@@ -76,21 +70,21 @@ class UsageListener(RequestListener):
         ticket = self.pending.get(done.ctx.request_id)
         if ticket is not None:
             ticket.used_tokens = used_tokens(done)
-            ticket.spend_usd = self.spend(done)
+            ticket.spend_usd = done.cost_usd
 
 
 class KeyGate:
     """Authentication and policies of client keys; :attr:`usage` is the request listener that
     hears what a request used (settled by :meth:`release`)."""
 
-    def __init__(self, static: list[ClientKey], store: KeyStore | None, limiter: Limiter,
-                 spend: Spend = request_cost) -> None:
+    def __init__(self, static: list[ClientKey], store: KeyStore | None,
+                 limiter: Limiter) -> None:
         self._static = [(bytes.fromhex(k.sha256), Caller(k.id, k.policy)) for k in static]
         self.store = store
         self.enabled = bool(self._static) or store is not None
         """Whether the OpenAI surface needs a key (static keys or a store configured)."""
         self.limiter = limiter
-        self.usage = UsageListener(spend)
+        self.usage = UsageListener()
         self._settling: set[asyncio.Task[None]] = set()
 
     async def authenticate(self, authorization: str | None) -> Caller | None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 from gateway import protocol
 from gateway.kernel.generation import ChoiceResult, GenerationResult, Usage
 from gateway.kernel.modeltuple import ModelTuple
-from gateway.keys.gate import estimate_tokens, request_cost, used_tokens
+from gateway.keys.gate import UsageListener, estimate_tokens, used_tokens
+from gateway.keys.limiter import Ticket
+from gateway.keys.settings import KeyPolicy
 from gateway.listener import CompletedRequest, RequestContext
 from gateway.models.cost import CallCost, TokenCounts
 
@@ -34,9 +36,14 @@ def test_the_budgets_charge_every_priced_call() -> None:
     tokens = TokenCounts(400_000, 100_000)
     done.costs = [CallCost("small", "tokens", 0.25, tokens, 1.0, {}),
                   CallCost("large", "tokens", 1.5, tokens, 2.0, {})]
-    assert request_cost(done) == 1.75  # a cascade: the small call is charged too
+    listener = UsageListener()
+    ticket = listener.pending["r1"] = Ticket("team-a", "r1", KeyPolicy(), 0)
+    listener.completed(done)
+    assert ticket.spend_usd == 1.75  # a cascade: the small call is charged too
+    assert ticket.used_tokens == 1_000_000
     done.costs = []  # unpriced models cost nothing
-    assert request_cost(done) == 0.0
+    listener.completed(done)
+    assert ticket.spend_usd == 0.0
 
 
 def test_the_admission_estimate_is_a_quarter_of_the_body() -> None:

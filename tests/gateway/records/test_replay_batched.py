@@ -8,20 +8,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
 import pytest_asyncio
 
 from gateway.backends.settings import EngineModelSettings
-from gateway.http.app import create_app
-from gateway.http.state import GatewayState
 from gateway.records.chain import Signer
 from gateway.records.replay import Replayer
-from gateway.records.settings import RecordsSettings
-from gateway.records.sinks import create_sink
-from tests.conftest import REPO
 from tests.gateway.records.conftest import pending
-from tests.gateway.records.test_replay_engine import Served, body
+from tests.gateway.records.test_replay_engine import Served, body, send, serve_models
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
 
@@ -30,34 +24,11 @@ BATCHING = {"mode": "invariant", "max_batch": 4, "prefill_chunk": 16}
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Served]:
-    directory = tmp_path_factory.mktemp("replay-batched")
-    settings_ = EngineModelSettings(packaged="smollm2-135m-instruct", device="cpu", threads=1,
-                                    max_batch=4, max_new_tokens=8, batching="invariant",
-                                    prefill_chunk=16)
-    from gateway.settings import Settings
-
-    settings = Settings(
-        models={"smol": settings_}, models_dir=REPO / "var" / "models",
-        records=RecordsSettings(sqlite_path=directory / "records.sqlite3",
-                                spool_dir=directory / "spool", flush_interval_s=0.01),
-    )
-    app = create_app(settings)
-    state: GatewayState = app.gateway
-    async with app.lifespan():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://tiergate",
-                                     timeout=300) as client:
-            sink = create_sink(settings.records)
-            await sink.open()
-            yield Served(client, state, sink)
-            await sink.aclose()
-
-
-async def send(served: Served, request: dict[str, Any]) -> str:
-    path = "/v1/completions" if "prompt" in request else "/v1/chat/completions"
-    response = await served.client.post(path, json=request)
-    assert response.status_code == 200, response.text
-    return str(response.headers["x-tiergate-record-id"])
+    smol = EngineModelSettings(packaged="smollm2-135m-instruct", device="cpu", threads=1,
+                               max_batch=4, max_new_tokens=8, batching="invariant",
+                               prefill_chunk=16)
+    async with serve_models({"smol": smol}, tmp_path_factory.mktemp("replay-batched")) as served:
+        yield served
 
 
 def replayer(served: Served) -> Replayer:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,19 +37,12 @@ class Served:
     sink: RecordSink
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Served]:
-    directory = tmp_path_factory.mktemp("replay-engine")
+@asynccontextmanager
+async def serve_models(models: dict[str, EngineModelSettings], directory: Path
+                       ) -> AsyncIterator[Served]:
+    """One app serving ``models`` with records in ``directory``, a client and its record store."""
     settings = Settings(
-        models={"smol": EngineModelSettings(packaged="smollm2-135m-instruct", device="cpu",
-                                            threads=1, max_batch=8, max_new_tokens=8),
-                # the small tier of deploy/local/tiergate.toml: int8 weights, float
-                # activations, the output head's top 32 re-scored in float
-                "smol-int8": EngineModelSettings(
-                    packaged="smollm2-135m-instruct", device="cpu", threads=1, max_batch=8,
-                    max_new_tokens=8, int8=True, int8_activations="float",
-                    int8_rescore_top_k=32)},
-        models_dir=REPO / "var" / "models",
+        models=models, models_dir=REPO / "var" / "models",
         records=RecordsSettings(sqlite_path=directory / "records.sqlite3",
                                 spool_dir=directory / "spool", flush_interval_s=0.01),
     )
@@ -61,6 +56,28 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
             await sink.open()
             yield Served(client, state, sink)
             await sink.aclose()
+
+
+async def send(served: Served, request: dict[str, Any]) -> str:
+    """``request`` to the completions or chat endpoint; its record id."""
+    path = "/v1/completions" if "prompt" in request else "/v1/chat/completions"
+    response = await served.client.post(path, json=request)
+    assert response.status_code == 200, response.text
+    return str(response.headers["x-tiergate-record-id"])
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Served]:
+    models = {
+        "smol": EngineModelSettings(packaged="smollm2-135m-instruct", device="cpu", threads=1,
+                                    max_batch=8, max_new_tokens=8),
+        # the small tier of deploy/local/tiergate.toml: int8 weights, float activations, the
+        # output head's top 32 re-scored in float
+        "smol-int8": EngineModelSettings(
+            packaged="smollm2-135m-instruct", device="cpu", threads=1, max_batch=8,
+            max_new_tokens=8, int8=True, int8_activations="float", int8_rescore_top_k=32)}
+    async with serve_models(models, tmp_path_factory.mktemp("replay-engine")) as served:
+        yield served
 
 
 def body(i: int, model: str = "smol") -> dict[str, Any]:
@@ -85,13 +102,7 @@ def body(i: int, model: str = "smol") -> dict[str, Any]:
 
 @module_loop
 async def test_fifty_concurrent_requests_replay_bit_identical(served: Served) -> None:
-    async def send(i: int) -> str:
-        path = "/v1/completions" if "prompt" in body(i) else "/v1/chat/completions"
-        response = await served.client.post(path, json=body(i))
-        assert response.status_code == 200, response.text
-        return response.headers["x-tiergate-record-id"]
-
-    ids = await asyncio.gather(*(send(i) for i in range(50)))
+    ids = await asyncio.gather(*(send(served, body(i)) for i in range(50)))
     recorder = served.state.recorder
     assert recorder is not None and await recorder.flush()
     assert served.state.registry.get("smol").describe().base_weights_sha256
@@ -116,14 +127,7 @@ async def test_fifty_concurrent_requests_replay_bit_identical(served: Served) ->
 async def test_int8_small_tier_decodes_replay_bit_identical(served: Served) -> None:
     """Weight-only int8 with the re-scored head: 16 requests at once (greedy, seeded, logprobs)
     replay to the same token ids and logprobs."""
-    async def send(i: int) -> str:
-        request = body(i, "smol-int8")
-        path = "/v1/completions" if "prompt" in request else "/v1/chat/completions"
-        response = await served.client.post(path, json=request)
-        assert response.status_code == 200, response.text
-        return response.headers["x-tiergate-record-id"]
-
-    ids = await asyncio.gather(*(send(i) for i in range(16)))
+    ids = await asyncio.gather(*(send(served, body(i, "smol-int8")) for i in range(16)))
     recorder = served.state.recorder
     assert recorder is not None and await recorder.flush()
     quantization = served.state.registry.get("smol-int8").describe().quantization
