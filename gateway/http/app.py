@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.http import admin, openai_routes, service_routes
+from gateway.http import admin, console_routes, openai_routes, service_routes
 from gateway.http.frontdoor import FrontDoor, RouteTable
 from gateway.http.state import GatewayState
 from gateway.settings import Settings, load_settings
@@ -10,7 +10,8 @@ from gateway.settings import Settings, load_settings
 
 def create_app(settings: Settings) -> FrontDoor:
     """The gateway as an ASGI app: every route behind the one front door."""
-    routes = RouteTable([*openai_routes.ENDPOINTS, *service_routes.ENDPOINTS, *admin.ENDPOINTS])
+    routes = RouteTable([*openai_routes.ENDPOINTS, *service_routes.ENDPOINTS, *admin.ENDPOINTS,
+                         *console_routes.ENDPOINTS])
     return FrontDoor(GatewayState.build(settings), routes)
 
 
