@@ -238,16 +238,18 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Relative model, adapter, eval, verifier and canary-set paths in a file are relative to it."""
+    """Relative model, adapter, eval, verifier, evaluation-data and canary-set paths in a file are
+    relative to it."""
     for model in (data.get("models") or {}).values():
         if isinstance(model, dict):
             for key in ("path", "adapter_path", "chat_template", "eval", "general_eval"):
                 if isinstance(model.get(key), str) and not Path(model[key]).is_absolute():
                     model[key] = str((base / model[key]).resolve())
     for route in (data.get("routes") or {}).values():
-        if isinstance(route, dict) and isinstance(route.get("verifier"), str) \
-                and not Path(route["verifier"]).is_absolute():
-            route["verifier"] = str((base / route["verifier"]).resolve())
+        for key in ("verifier", "evaluation_data"):
+            if isinstance(route, dict) and isinstance(route.get(key), str) \
+                    and not Path(route[key]).is_absolute():
+                route[key] = str((base / route[key]).resolve())
     canary = data.get("canary")
     if isinstance(canary, dict):
         sets = [(canary, "default_set")] + [

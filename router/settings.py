@@ -29,6 +29,11 @@ class RouteSettings(Section):
     verifier_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     """Pins the artifact: the sha256 of its model file (its manifest's ``sha256``). Required
     with a verifier: an artifact swapped for another well-formed one must not load silently."""
+    evaluation_data: Path | None = None
+    """``prompt`` / ``cascade``: labelled pairs the verifier never trained on (a JSONL as
+    ``tiergate collect`` writes it; relative to the config file): what ``GET
+    /admin/routes/{route}/curve?source=evaluation`` scores with the route's verifier to draw
+    its quality-vs-escalation curve (only the rows :mod:`verifiers.holdout` lets calibrate)."""
     allow_unpinned_verifier: bool = False
     """Load the verifier without ``verifier_sha256`` (development only; warned at start)."""
     threshold: float = 0.5

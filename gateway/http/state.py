@@ -31,6 +31,7 @@ from gateway.keys.store import open_store
 from gateway.models.registry import ModelRegistry, check_sources, usable
 from gateway.records.recorder import Recorder
 from gateway.serving import OpenAIServing
+from gateway.serving.curves import RouteCurves
 from gateway.settings import Settings
 from gateway.telemetry.instruments import CIRCUIT_VALUES, Telemetry
 from router.loading import build_router, route_cards
@@ -49,6 +50,7 @@ class GatewayState:
     telemetry: Telemetry
     canaries: CanaryMonitor
     tuples: TupleRegistry
+    curves: RouteCurves
     recorder: Recorder | None = None
     router: Router | None = None
     shadow: ShadowMirror | None = None
@@ -100,6 +102,7 @@ class GatewayState:
             shadow=shadow,
             canaries=canaries,
             tuples=tuples,
+            curves=RouteCurves(settings.routes, router, settings.shadow),
             escalation_drift=drift,
         )
 

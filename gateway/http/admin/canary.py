@@ -9,6 +9,9 @@
 - ``POST /admin/canary/{model}/run`` — a canary run now (rollback follows its result);
 - ``POST /admin/canary/{model}/ack`` — acknowledge the model's alarm (body, optional:
   ``{"by": "who"}``): rollback ends on every replica, the drift evidence restarts;
+- ``GET /admin/canary/{model}/runs?limit=N`` — its stored runs, newest first (default 50, at
+  most 500): per-slice figures and alarms, ``passed`` (no drift after the run and no new
+  alarm); each run's per-item comparisons only with ``items=true``;
 - ``DELETE /admin/canary/{model}/pin`` — unpin (older pins and run history stay in the store).
 
 The same operations as ``tiergate canary ...``; errors are OpenAI-shaped (404 not pinned or not
@@ -64,6 +67,34 @@ async def get_status(call: Call) -> Reply:
     return await _answer(status)
 
 
+RUNS_LIMIT = (50, 500)
+"""Runs listed by default, and at most."""
+
+
+async def runs(call: Call) -> Reply:
+    monitor, model = _monitor(call), call.path_params["model"]
+    params = call.query()
+    default, most = RUNS_LIMIT
+    try:
+        limit = int(params.get("limit", str(default)))
+    except ValueError as exc:
+        raise InvalidRequestError("limit must be an integer", param="limit") from exc
+    if not 1 <= limit <= most:
+        raise InvalidRequestError(f"limit must be in [1, {most}]", param="limit")
+    if params.get("items", "false") not in ("true", "false"):
+        raise InvalidRequestError("items must be true or false", param="items")
+    exclude = None if params.get("items") == "true" else {"items"}
+
+    async def newest_first() -> dict[str, Any]:
+        stored = await monitor.service.store.runs(model, limit)
+        return {"object": "list", "data": [
+            {**run.model_dump(mode="json", exclude=exclude),
+             "passed": run.status == "ok" and not run.new_alarms}
+            for run in reversed(stored)]}
+
+    return await _answer(newest_first)
+
+
 async def pin(call: Call) -> Reply:
     monitor, model = _monitor(call), call.path_params["model"]
     check_pin(call.gateway.settings, call.gateway.registry, model)  # 409: it fails its gates
@@ -110,6 +141,7 @@ async def ack(call: Call) -> Reply:
 ENDPOINTS = [
     Endpoint("/canary", "GET", list_statuses),
     Endpoint("/canary/{model}", "GET", get_status),
+    Endpoint("/canary/{model}/runs", "GET", runs),
     Endpoint("/canary/{model}/pin", "POST", pin),
     Endpoint("/canary/{model}/pin", "DELETE", unpin),
     Endpoint("/canary/{model}/run", "POST", run),

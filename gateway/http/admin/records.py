@@ -4,6 +4,9 @@
   (times as ``tiergate records`` takes them), ``route``, ``model``, ``caller``, ``chain``,
   ``escalated`` (``true``/``false``), ``limit`` (default 100, at most 1000);
 - ``GET /admin/records/{record_id}`` — one record in full;
+- ``POST /admin/records/{record_id}/replay`` — the record's model calls decoded again on this
+  gateway's own models (:mod:`gateway.records.replay`): ``identical``, ``diverged`` (the first
+  divergence) or ``refused`` (why), all answered 200; an unknown record 404;
 - ``GET /admin/audit/verify`` — the chains verified (``since`` optional).
 """
 
@@ -75,6 +78,20 @@ async def get_record(call: Call) -> Reply:
     return Reply(stored.document())
 
 
+async def replay(call: Call) -> Reply:
+    from gateway.records.replay import Replayer
+
+    sink = await _sink(call)
+    record_id = call.path_params["record_id"]
+    if await sink.get(record_id) is None:
+        raise NotFoundError(f"No record {record_id[:200]!r}.")
+    gateway = call.gateway
+    # the gateway's models run already (or are loading): replay never starts another copy
+    replayer = Replayer(gateway.settings, sink, gateway.registry,
+                        started=list(gateway.registry.backends))
+    return json_reply((await replayer.replay(record_id)).to_dict())
+
+
 async def verify(call: Call) -> Reply:
     from gateway.records.audit import verify_store
     from gateway.records.sinks import signer_for
@@ -90,5 +107,6 @@ async def verify(call: Call) -> Reply:
 ENDPOINTS = [
     Endpoint("/records", "GET", list_records),
     Endpoint("/records/{record_id}", "GET", get_record),
+    Endpoint("/records/{record_id}/replay", "POST", replay),
     Endpoint("/audit/verify", "GET", verify),
 ]

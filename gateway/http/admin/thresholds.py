@@ -13,7 +13,8 @@ from gateway.kernel.errors import InvalidRequestError, NotFoundError
 from router.thresholds import ThresholdError, ThresholdStore
 
 
-def _store(call: Call) -> tuple[str, ThresholdStore]:
+def route_store(call: Call) -> tuple[str, ThresholdStore]:
+    """The route named in the path and the thresholds (404 for a route not configured)."""
     router, route = call.gateway.router, call.path_params["route"]
     if router is None or route not in router.routes:
         raise NotFoundError(f"No route {route[:200]!r}")
@@ -21,7 +22,7 @@ def _store(call: Call) -> tuple[str, ThresholdStore]:
 
 
 async def get_threshold(call: Call) -> Reply:
-    route, store = _store(call)
+    route, store = route_store(call)
     low, high = store.ranges.get(route, (0.0, 1.0))
     shared = store.redis_url is not None
     return json_reply({"route": route, "threshold": store.get(route), "range": [low, high],
@@ -29,7 +30,7 @@ async def get_threshold(call: Call) -> Reply:
 
 
 async def put_threshold(call: Call) -> Reply:
-    route, store = _store(call)
+    route, store = route_store(call)
     hint = 'Send {"threshold": <number>}.'
     value: Any = json_object(await call.body(limit=4096), hint, "threshold").get("threshold")
     try:
