@@ -51,7 +51,8 @@ export function curveChart(curve: Curve, title: string): CurveChart {
     s("line", { class: "grid", x1: x(v), x2: x(v), y1: T, y2: H - B }),
     s("text", { class: "tick", x: x(v), y: H - B + 16, "text-anchor": "middle" }, pct(v, 0)),
   ]);
-  const accTicks = ticks(accLo, accHi, 4).map((v) => [
+  const steps = Math.round((accHi - accLo) / 0.05);
+  const accTicks = ticks(accLo, accHi, steps >= 2 && steps <= 8 ? steps : 4).map((v) => [
     s("line", { class: "grid", x1: L, x2: W - R, y1: y(v), y2: y(v) }),
     s("text", { class: "tick", x: L - 6, y: y(v) + 4, "text-anchor": "end" }, pct(v, 0)),
   ]);
@@ -96,7 +97,7 @@ export function curveChart(curve: Curve, title: string): CurveChart {
     costs.length ? s("text", { class: "axis tick-cost", x: W - 10, y: (T + H - B) / 2,
                                "text-anchor": "middle",
                                transform: `rotate(90 ${W - 10} ${(T + H - B) / 2})` },
-                     `cost (${curve.cost_unit})`) : null);
+                     "cost") : null);
   return {
     element,
     preview(point: OperatingPoint | null) {

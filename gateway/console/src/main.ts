@@ -40,8 +40,8 @@ function loginView(app: HTMLElement, message?: string): void {
     event.preventDefault();
     status.textContent = "";
     login(input.value).then(() => {
-      if (!location.hash || location.hash === "#/") location.hash = "#/routes";
-      show(app);
+      if (!location.hash || location.hash === "#/") location.hash = "#/routes";  // shows it
+      else show(app);
     }).catch((error: unknown) => {
       status.textContent = error instanceof ApiError && (error.status === 401 ||
         error.status === 403) ? `Not accepted: ${error.message}` : `Failed: ${String(
@@ -94,7 +94,9 @@ function show(app: HTMLElement): void {
     replaceChildren(main, h("p", { class: "error", role: "alert" },
       error instanceof Error ? error.message : String(error)));
   }).finally(() => {
-    if (mine === generation) main.setAttribute("aria-busy", "false");
+    if (mine !== generation) return;
+    main.setAttribute("aria-busy", "false");
+    main.setAttribute("data-loaded", location.hash);  // what the page shows is complete
   });
 }
 

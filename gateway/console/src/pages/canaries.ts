@@ -99,6 +99,6 @@ export async function renderCanaries(main: HTMLElement, where: Location): Promis
   replaceChildren(main, h("h1", {}, "Canaries"),
     model === undefined && statuses.data.length
       ? h("p", {}, "Pick a model for its runs over time.") : null,
-    runs !== null && model !== undefined ? runsView(model, runs.data) : null,
-    overview(statuses.data, model, reload));
+    overview(statuses.data, model, reload),
+    runs !== null && model !== undefined ? runsView(model, runs.data) : null);
 }

@@ -21,10 +21,9 @@ function savingsCard(title: string, savings: Savings, route: string): HTMLElemen
       ["cost vs always large", r.cost_vs_large === null ? "—" : pct(r.cost_vs_large)]]));
 }
 
-function pointText(p: OperatingPoint | null, unit: string): string {
+function pointText(p: OperatingPoint | null): string {
   if (p === null) return "—";
-  return `escalation ${pct(p.escalation)}, accuracy ${pct(p.accuracy)}, cost ` +
-    `${num(p.cost, 3)} ${unit}`;
+  return `escalation ${pct(p.escalation)}, accuracy ${pct(p.accuracy)}, cost ${num(p.cost, 3)}`;
 }
 
 function curveFigure(curve: Curve, title: string): [HTMLElement, CurveChart | null] {
@@ -37,7 +36,8 @@ function curveFigure(curve: Curve, title: string): [HTMLElement, CurveChart | nu
     curve.note ? h("span", { class: "note" }, ` (${curve.note})`) : null), chart.element,
     h("p", { class: "legend-row" }, h("span", { class: "key key-acc" }), "accuracy ",
       h("span", { class: "key key-cost" }), "cost ", h("span", { class: "key key-current" }),
-      "current threshold ", h("span", { class: "key key-preview" }), "preview")), chart];
+      "current threshold ", h("span", { class: "key key-preview" }), "preview"),
+    h("p", { class: "note" }, `Cost: ${curve.cost_unit}.`)), chart];
 }
 
 function thresholdControl(info: RouteInfo, curves: Curve[], charts: (CurveChart | null)[],
@@ -56,8 +56,8 @@ function thresholdControl(info: RouteInfo, curves: Curve[], charts: (CurveChart 
       const point = curve.points.length ? nearest(curve.points, value) : null;
       charts[i]?.preview(point);
       return h("tr", {}, h("th", { scope: "row" }, curve.source),
-        h("td", {}, pointText(curve.current, curve.cost_unit)),
-        h("td", {}, pointText(point, curve.cost_unit)));
+        h("td", {}, pointText(curve.current)),
+        h("td", {}, pointText(point)));
     });
     replaceChildren(rows, cells);
     apply.disabled = Math.abs(value - info.threshold) < 1e-12 || Number.isNaN(value);
@@ -87,8 +87,7 @@ function thresholdControl(info: RouteInfo, curves: Curve[], charts: (CurveChart 
     const first = curves.find((c) => c.points.length);
     const p = first ? nearest(first.points, value) : null;
     confirmText.textContent = `From ${num(info.threshold, 4)} to ${num(value, 4)}, applied on ` +
-      `${shared}.` + (p && first ? ` On the ${first.source} data: ${pointText(p,
-        first.cost_unit)}.` : "");
+      `${shared}.` + (p && first ? ` On the ${first.source} data: ${pointText(p)}.` : "");
     dialogError.textContent = "";
     dialog.showModal();
     confirm.focus();
@@ -119,10 +118,11 @@ function thresholdControl(info: RouteInfo, curves: Curve[], charts: (CurveChart 
     dialog);
 }
 
-function auditTrail(events: AuditEvent[]): HTMLElement {
+function auditTrail(events: AuditEvent[] | Error): HTMLElement {
   return h("section", { class: "card wide", "aria-labelledby": "trail-title" },
     h("h2", { id: "trail-title" }, "Audit trail"),
-    events.length ? table(["when", "who", "before", "after", "reason", "replica"],
+    events instanceof Error ? h("p", { class: "error" }, `Audit trail unavailable: ${
+      events.message}`) : events.length ? table(["when", "who", "before", "after", "reason", "replica"],
       events.map((e) => [time(e.at), e.actor ?? "—", JSON.stringify(e.before),
         JSON.stringify(e.after), e.reason ?? "—", e.replica ?? "—"]))
       : h("p", {}, "No threshold change recorded."));
@@ -148,7 +148,8 @@ export async function renderRoutes(main: HTMLElement, where: Location,
     api.get<Savings>(`/admin/savings${query({ since: "1h", route: name })}`),
     api.get<Savings>(`/admin/savings${query({ since: "1d", route: name })}`),
     api.get<List<AuditEvent>>(`/admin/audit/events${query({ kind: "threshold", route: name,
-                                                             limit: 20 })}`),
+                                                             limit: 20 })}`)
+      .catch((e: unknown) => (e instanceof Error ? e : new Error(String(e)))),
   ]);
   const info = routes.data.find((r) => r.route === name);
   if (info === undefined) throw new Error(`No route ${name}`);
@@ -175,5 +176,5 @@ export async function renderRoutes(main: HTMLElement, where: Location,
       savingsCard("Last hour", hour, name), savingsCard("Last day", day, name)),
     h("div", { class: "columns" }, evalFigure, liveFigure),
     thresholdControl(info, [evaluation, live], [evalChart, liveChart], reload),
-    auditTrail(events.data));
+    auditTrail(events instanceof Error ? events : events.data));
 }
