@@ -21,6 +21,7 @@ from typing import Any
 from canary.escalation import EscalationDrift, build_escalation_drift
 from canary.mirror import ShadowMirror
 from canary.monitor import CanaryMonitor
+from gateway.governance.events import EventLog, open_event_log
 from gateway.governance.registry import TupleRegistry
 from gateway.http.openapi import openapi_document
 from gateway.kernel import secrets
@@ -51,6 +52,7 @@ class GatewayState:
     canaries: CanaryMonitor
     tuples: TupleRegistry
     curves: RouteCurves
+    events: EventLog
     recorder: Recorder | None = None
     router: Router | None = None
     shadow: ShadowMirror | None = None
@@ -103,6 +105,7 @@ class GatewayState:
             canaries=canaries,
             tuples=tuples,
             curves=RouteCurves(settings.routes, router, settings.shadow),
+            events=open_event_log(settings),
             escalation_drift=drift,
         )
 

@@ -5,10 +5,19 @@ what routing saves, the trail of admin actions. :data:`ENDPOINTS` is the whole m
 
 from __future__ import annotations
 
-from gateway.http.admin import canary, keys, records, registry, routes, savings, thresholds
+from gateway.http.admin import (
+    canary,
+    events,
+    keys,
+    records,
+    registry,
+    routes,
+    savings,
+    thresholds,
+)
 from gateway.http.frontdoor import mount
 
 ENDPOINTS = mount("/admin", [*routes.ENDPOINTS, *thresholds.ENDPOINTS, *records.ENDPOINTS,
                              *canary.ENDPOINTS, *registry.ENDPOINTS, *keys.ENDPOINTS,
-                             *savings.ENDPOINTS],
+                             *savings.ENDPOINTS, *events.ENDPOINTS],
                   access="admin")

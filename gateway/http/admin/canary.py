@@ -14,6 +14,9 @@
   alarm); each run's per-item comparisons only with ``items=true``;
 - ``DELETE /admin/canary/{model}/pin`` — unpin (older pins and run history stay in the store).
 
+Pins, unpins and acknowledgements are entries of the admin audit trail (``GET
+/admin/audit/events``, kinds ``pin``, ``unpin``, ``ack``).
+
 The same operations as ``tiergate canary ...``; errors are OpenAI-shaped (404 not pinned or not
 configured, 409 the canary set changed since the pin or — code ``model_not_validated`` — the
 tuple to pin fails its gates, 503 ``model_loading`` a model to pin not loaded yet, 502 the
@@ -27,6 +30,7 @@ from typing import Any
 
 from canary.monitor import CanaryMonitor
 from gateway.governance.pinning import check_pin
+from gateway.http.admin.events import record_event
 from gateway.http.exchange import Call, Reply, json_reply
 from gateway.http.frontdoor import Endpoint
 from gateway.http.parsing import json_object
@@ -95,13 +99,23 @@ async def runs(call: Call) -> Reply:
     return await _answer(newest_first)
 
 
+def _pin_of(status: dict[str, Any]) -> dict[str, Any] | None:
+    """What the audit trail keeps of a pin: its version and tuple."""
+    pin = status.get("pin")
+    return None if pin is None else {"version": pin["version"],
+                                     "tuple_digest": pin["tuple_digest"]}
+
+
 async def pin(call: Call) -> Reply:
     monitor, model = _monitor(call), call.path_params["model"]
     check_pin(call.gateway.settings, call.gateway.registry, model)  # 409: it fails its gates
 
     async def pin_now() -> dict[str, Any]:
+        before = _pin_of((await monitor.status(model)).to_json())
         await monitor.pin(model)
-        return (await monitor.status(model)).to_json()
+        status = (await monitor.status(model)).to_json()
+        await record_event(call, "pin", model, before, _pin_of(status))
+        return status
 
     return await _answer(pin_now)
 
@@ -110,7 +124,9 @@ async def unpin(call: Call) -> Reply:
     monitor, model = _monitor(call), call.path_params["model"]
 
     async def unpin_now() -> dict[str, Any]:
+        before = _pin_of((await monitor.status(model)).to_json())
         await monitor.unpin(model)
+        await record_event(call, "unpin", model, before, None)
         return {"model": model, "unpinned": True}
 
     return await _answer(unpin_now)
@@ -135,7 +151,13 @@ async def ack(call: Call) -> Reply:
         by = json_object(body, 'Send {"by": "<who>"} or nothing.', "by").get("by")
         if by is not None and not isinstance(by, str):
             raise InvalidRequestError("by must be a string", param="by")
-    return await _answer(lambda: monitor.ack(model, by))
+    async def ack_now() -> dict[str, Any]:
+        acknowledged = await monitor.ack(model, by)
+        await record_event(call, "ack", model, acknowledged["acknowledged"],
+                           {"by": by, "rollback_to": acknowledged["rollback_to"]})
+        return acknowledged
+
+    return await _answer(ack_now)
 
 
 ENDPOINTS = [

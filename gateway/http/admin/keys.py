@@ -9,6 +9,9 @@ as ``tiergate keys create|list|show|rotate|revoke``:
 - ``POST /admin/keys/{id}/rotate`` — a new secret for the key (the old one is refused from now
   on), shown once;
 - ``DELETE /admin/keys/{id}`` — revoke the key (kept, refused on every replica).
+
+Each change is an entry of the admin audit trail (``GET /admin/audit/events``, kinds
+``key_create``, ``key_rotate``, ``key_revoke``; the key's shown record, never the key).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gateway.http.admin.events import record_event
 from gateway.http.exchange import Call, Reply, json_reply
 from gateway.http.frontdoor import Endpoint
 from gateway.http.parsing import json_object
@@ -62,6 +66,7 @@ async def create_key(call: Call) -> Reply:
                                   param=f"policy.{where}") from exc
     reserved = frozenset(k.id for k in call.gateway.settings.auth.api_keys)
     key, record = await store.create(key_id, policy, reserved)
+    await record_event(call, "key_create", record.id, None, record.shown())
     return json_reply({"key": key, **await _shown(call, record)}, 201, _ONCE)
 
 
@@ -71,11 +76,14 @@ async def show_key(call: Call) -> Reply:
 
 async def rotate_key(call: Call) -> Reply:
     key, record = await _store(call).rotate(call.path_params["id"])
+    await record_event(call, "key_rotate", record.id, None, record.shown())
     return json_reply({"key": key, **await _shown(call, record)}, headers=_ONCE)
 
 
 async def revoke_key(call: Call) -> Reply:
-    return json_reply(await _shown(call, await _store(call).revoke(call.path_params["id"])))
+    record = await _store(call).revoke(call.path_params["id"])
+    await record_event(call, "key_revoke", record.id, None, record.shown())
+    return json_reply(await _shown(call, record))
 
 
 ENDPOINTS = [

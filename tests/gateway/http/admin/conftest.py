@@ -28,7 +28,7 @@ def reference_settings(directory: Path, **changes: Any) -> Settings:
     """The shipped config's reference pair and route ``auto``; state under ``directory``."""
     data = read_config_file(CONFIG)
     sections: dict[str, Any] = {
-        "governance": {**data["governance"], "history_path": str(directory / "registry.db")},
+        "governance": data["governance"],
         "models": {name: data["models"][name] for name in TIERS},
         "routes": {"auto": data["routes"]["auto"]},
         "auth": {"admin_keys": [{"id": "sre-alice", "sha256": hash_key(ADMIN_KEY)}]},
@@ -40,7 +40,11 @@ def reference_settings(directory: Path, **changes: Any) -> Settings:
         "canary": {"dir": str(directory / "canary")},
     }
     sections.update(changes)
-    return Settings(**sections)
+    settings = Settings(**sections)
+    # a history (and audit trail) of the module's own, not the session's (tests/conftest.py)
+    governance = settings.governance.model_copy(
+        update={"history_path": directory / "registry.sqlite3"})
+    return settings.model_copy(update={"governance": governance})
 
 
 @dataclass
