@@ -64,9 +64,10 @@ export function curveChart(curve: Curve, title: string): CurveChart {
   const refs: SVGElement[] = [];
   for (const [label, v] of [["small", curve.acc_small], ["large", curve.acc_large]] as const) {
     if (v === null) continue;
+    const right = label === "large";  // the two labels apart even where they meet
     refs.push(s("line", { class: `ref ref-${label}`, x1: L, x2: W - R, y1: y(v), y2: y(v) }),
-              s("text", { class: "ref-label", x: W - R - 4, y: y(v) - 4, "text-anchor": "end" },
-                `always ${label} ${pct(v)}`));
+              s("text", { class: "ref-label", x: right ? W - R - 4 : L + 4, y: y(v) - 4,
+                          "text-anchor": right ? "end" : "start" }, `always ${label} ${pct(v)}`));
   }
   const current = curve.current;
   const marks: SVGElement[] = [];

@@ -10,6 +10,7 @@ Playwright drives Debian's Chromium (``make system-deps``), headless. With
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -93,8 +94,10 @@ def console_fleet(gateway_factory: GatewayFactory, upstream: ServerProcess,
         redis.stop()
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium, for one module of synchronous tests: Playwright's synchronous API holds an
+    event loop of its own while it runs, which pytest-asyncio's tests cannot share."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Chromium is not installed: apt-get install chromium (make system-deps)")
     with playwright.sync_playwright() as driver:
@@ -124,11 +127,17 @@ def sign_in(page: Any, url: str, key: str = ADMIN_KEY) -> None:
 
 
 def screenshot(page: Any, name: str, full_page: bool = False) -> None:
-    """The page as it is now, into $TIERGATE_CONSOLE_SCREENSHOTS (when set)."""
+    """The page as it is now, into $TIERGATE_CONSOLE_SCREENSHOTS (when set), as a PNG of 256
+    colours (a screenshot of the console keeps its look and takes a third of the bytes)."""
     directory = os.environ.get(SCREENSHOTS)
-    if directory:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(directory) / f"{name}.png"), full_page=full_page)
+    if not directory:
+        return
+    from PIL import Image  # matplotlib's dependency: installed with tiergate
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    image = Image.open(io.BytesIO(page.screenshot(full_page=full_page))).convert("RGB")
+    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(
+        Path(directory) / f"{name}.png", optimize=True)
 
 
 

@@ -79,6 +79,15 @@ def test_the_slider_previews_a_threshold_and_apply_changes_every_replica(
     for prompt in (ESCALATED_PROMPT, *KEPT_PROMPTS):
         complete(console_fleet, "g1", prompt)
     before = console_fleet.admin("g1", "GET", "/admin/routes/auto/threshold")["threshold"]
+    try:
+        apply_in_the_browser(console_fleet, page, browser, before)
+    finally:
+        console_fleet.admin("g1", "PUT", "/admin/routes/auto/threshold",
+                            json={"threshold": before, "reason": "console test: restored"})
+
+
+def apply_in_the_browser(console_fleet: ConsoleFleet, page: Any, browser: Any,
+                         before: float) -> None:
     sign_in(page, console_fleet.replicas["g1"].url)
     page.goto(console_fleet.replicas["g1"].url + "/console#/routes/auto")
     expect(page.locator("#current-threshold")).to_have_text(f"{before:.4f}")
@@ -126,8 +135,6 @@ def test_the_slider_previews_a_threshold_and_apply_changes_every_replica(
         expect(second.locator("#current-threshold")).to_have_text(f"{chosen:.4f}")
     finally:
         second.context.close()
-        console_fleet.admin("g1", "PUT", "/admin/routes/auto/threshold",
-                            json={"threshold": before, "reason": "console test: restored"})
 
 
 def test_the_models_page_shows_every_tuple_with_its_eval_and_pins(

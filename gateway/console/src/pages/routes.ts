@@ -53,7 +53,9 @@ function thresholdControl(info: RouteInfo, curves: Curve[], charts: (CurveChart 
                   "Apply…");
   const preview = (value: number) => {
     const cells = curves.map((curve, i) => {
-      const point = curve.points.length ? nearest(curve.points, value) : null;
+      // the current threshold's own point is exact; another threshold reads the nearest one
+      const point = Math.abs(value - info.threshold) < 1e-12 ? curve.current
+        : curve.points.length ? nearest(curve.points, value) : null;
       charts[i]?.preview(point);
       return h("tr", {}, h("th", { scope: "row" }, curve.source),
         h("td", {}, pointText(curve.current)),

@@ -16,10 +16,10 @@ from gateway.console.assets import MEDIA_TYPES
 from gateway.http.app import create_app
 from gateway.http.auth import hash_key
 from gateway.settings import Settings
-from tests.conftest import ServerProcess, upstream_model
+from tests.conftest import REPO, ServerProcess, upstream_model
 
 CLIENT, ADMIN = "tg-client-key", "tg-admin-key"
-STATIC = Path(__file__).resolve().parents[3] / "gateway" / "console" / "static"
+STATIC = REPO / "gateway" / "console" / "static"
 
 
 @pytest.fixture
