@@ -198,7 +198,15 @@ def test_a_record_opens_in_full_and_replays_to_identical(console_fleet: ConsoleF
     record_id = recorded(console_fleet, ESCALATED_PROMPT)
     url = console_fleet.replicas["g1"].url
     sign_in(page, url)
-    page.goto(url + "/console#/records?route=auto&escalated=true")
+    page.goto(url + "/console#/records?since=yesterday")
+    expect(page.get_by_role("alert")).to_contain_text("not a time")  # beside the form
+    search = page.get_by_role("form", name="Search records")
+    search.get_by_label("Since").fill("1h")
+    search.get_by_label("Route").fill("auto")
+    search.get_by_label("Escalated").select_option("true")
+    search.get_by_role("button", name="Search").click()
+    expect(page.locator("main")).to_have_attribute(
+        "data-loaded", re.compile(r"since=1h&route=auto.*escalated=true"))
     link = page.get_by_role("link", name=record_id)
     expect(link).to_be_visible()
     screenshot(page, "records", full_page=True)

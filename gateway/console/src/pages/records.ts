@@ -2,7 +2,7 @@
 // tuples, parameters, tokens as a logprob heat map, a cascade's rejected small answer), the
 // chain's audit status, and a replay on this gateway's own models.
 
-import { api, enc, query } from "../api";
+import { api, ApiError, enc, query } from "../api";
 import { heatLegend, heatmap } from "../charts";
 import { badge, digest, facts, h, num, replaceChildren, table, time, usd } from "../dom";
 import type { Location } from "../main";
@@ -37,10 +37,15 @@ export async function renderRecords(main: HTMLElement, where: Location): Promise
   for (const [name] of FILTERS) filters[name] = p.get(name) ?? "";
   filters.escalated = p.get("escalated") ?? "";
   filters.limit = p.get("limit") ?? "50";
-  const [records, audit] = await Promise.all([
-    api.get<List<RecordSummary>>(`/admin/records${query(filters)}`),
+  const [found, audit] = await Promise.all([
+    // a filter the API refuses (400) is said beside the form, which stays to correct it
+    api.get<List<RecordSummary>>(`/admin/records${query(filters)}`).catch((e: unknown) => {
+      if (e instanceof ApiError && e.status === 400) return e;
+      throw e;
+    }),
     api.get<AuditVerify>("/admin/audit/verify"),
   ]);
+  const records = found instanceof ApiError ? { object: "list", data: [] } : found;
   const form = h("form", { class: "filters", "aria-label": "Search records" },
     FILTERS.map(([name, label, hint]) => h("div", { class: "field" },
       h("label", { for: `f-${name}` }, label),
@@ -69,7 +74,8 @@ export async function renderRecords(main: HTMLElement, where: Location): Promise
   replaceChildren(main, h("h1", {}, "Records"), form,
     h("section", { class: "card", "aria-labelledby": "found-title" },
       h("h2", { id: "found-title" }, `${records.data.length} records, newest first`),
-      rows.length ? table(["record", "received", "route", "models", "escalated", "caller",
+      found instanceof ApiError ? h("p", { class: "error", role: "alert" }, found.message)
+        : rows.length ? table(["record", "received", "route", "models", "escalated", "caller",
                            "chain", "audit"], rows)
         : h("p", {}, "No record matches.")),
     auditSummary(audit));
