@@ -39,6 +39,7 @@ from gateway.kernel.secrets import redact, redact_error
 from gateway.records.settings import RecordsSettings
 
 KINDS = ("threshold", "ack", "pin", "unpin", "key_create", "key_rotate", "key_revoke")
+_CREATE_LOCK = 0x7469_6572_6576_656E  # pg_advisory_xact_lock key: creating admin_events
 COLUMNS = "id, at, kind, target, actor, before, after, reason, replica"
 SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS admin_events (
@@ -181,6 +182,23 @@ class PostgresEventLog(EventLog):
         self.settings = settings
         self.where = (f"table admin_events of schema {settings.postgres_schema} in "
                       f"{redact(settings.postgres_url)}")
+        self._ready = False
+        """The table is known to exist (made once per process, under an advisory lock)."""
+
+    async def _prepare(self, conn: Any) -> None:
+        from psycopg import sql
+
+        name = self.settings.postgres_schema
+        schema = sql.Identifier(name)
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK,))
+            found = await (await conn.execute(
+                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (name,))).fetchone()
+            if found is None:
+                await conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
+            await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(schema))
+            await conn.execute(POSTGRES_SCHEMA)
+        self._ready = True
 
     async def _run(self, statement: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         import psycopg
@@ -193,10 +211,10 @@ class PostgresEventLog(EventLog):
                     connect_timeout=max(1, round(records.postgres_connect_timeout_s)),
                     options="-c statement_timeout="
                             f"{int(records.postgres_statement_timeout_s * 1000)}") as conn:
-                schema = sql.Identifier(records.postgres_schema)
-                await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
-                await conn.execute(sql.SQL("SET search_path TO {}").format(schema))
-                await conn.execute(POSTGRES_SCHEMA)
+                if not self._ready:
+                    await self._prepare(conn)
+                await conn.execute(sql.SQL("SET search_path TO {}").format(
+                    sql.Identifier(records.postgres_schema)))
                 cursor = await conn.execute(statement.replace("?", "%s"), args)
                 return list(await cursor.fetchall()) if cursor.description else []
         except psycopg.Error as exc:

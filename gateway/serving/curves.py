@@ -152,10 +152,16 @@ class RouteCurves:
                                     manifest if isinstance(manifest, Mapping) else {}, data)
         except (VerifierError, OSError) as exc:
             return ScoredRows((), [], [], [], note=f"evaluation data {data}: {exc}")
-        if rows.examples is None or not rows.examples:  # stored scores: only without data
+        large = [bool(x) for x in rows.large]
+        if rows.scores is not None:  # a refitted verifier's own training file: its stored
+            # cross-fitted scores (each row scored by a fold model that never saw it)
+            scored = ScoredRows(key, [float(x) for x in rows.scores],
+                                [bool(x) for x in rows.small], large)
+            self._cache[(name, "evaluation")] = scored
+            return scored
+        if not rows.examples:
             return ScoredRows((), [], [], [], note=f"evaluation data {data}: no rows")
-        return self._cached(name, "evaluation", key, rows.examples,
-                            [bool(x) for x in rows.large], route.verifier)
+        return self._cached(name, "evaluation", key, rows.examples, large, route.verifier)
 
     def _live_rows(self, name: str, route: Route, settings: RouteSettings) -> ScoredRows:
         from canary.shadow import ShadowLog

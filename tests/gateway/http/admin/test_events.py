@@ -4,6 +4,7 @@ kept in the registry history file (read again by a gateway started later on it).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import pytest_asyncio
 
 from gateway.governance.events import SqliteEventLog
+from tests.conftest import PostgresServer
 from tests.gateway.http.admin.conftest import ADMIN, Admin, reference_settings, serve
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -111,3 +113,23 @@ async def test_events_errors(admin: Admin) -> None:
         reply = await admin.client.get("/admin/audit/events", headers=ADMIN, params=bad)
         assert reply.status_code == 400 and reply.json()["error"]["param"] == next(iter(bad))
     assert (await admin.client.get("/admin/audit/events")).status_code == 401
+
+
+async def test_two_replicas_on_one_records_database_share_the_trail(
+        tmp_path: Path, postgres_server: PostgresServer) -> None:
+    """A fleet: records in PostgreSQL. A change made on one replica is in the trail every
+    replica answers."""
+    records = {"sink": "postgres", "postgres_url": postgres_server.url,
+               "postgres_schema": f"trail{uuid.uuid4().hex[:8]}",
+               "spool_dir": str(tmp_path / "spool-a"), "flush_interval_s": 0.01}
+    one = reference_settings(tmp_path / "a", shadow={}, records=records)
+    two = reference_settings(tmp_path / "b", shadow={},
+                             records={**records, "spool_dir": str(tmp_path / "spool-b")})
+    async with serve(one) as first, serve(two) as second:
+        changed = await first.client.put("/admin/routes/auto/threshold", headers=ADMIN,
+                                         json={"threshold": 0.25, "reason": "fleet"})
+        assert changed.status_code == 200, changed.text
+        seen = await events(second, kind="threshold", route="auto")
+        assert [(e["before"], e["after"], e["reason"], e["replica"]) for e in seen] == [
+            (0.094, 0.25, "fleet", first.state.tuples.replica)]
+        assert await events(first) == seen
