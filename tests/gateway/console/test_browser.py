@@ -223,6 +223,13 @@ def test_a_record_opens_in_full_and_replays_to_identical(console_fleet: ConsoleF
         tokens = call["choices"][0]["logprobs"]["token"]
         heat = page.get_by_role("group", name=f"Tokens of call {call['index']} choice 0")
         expect(heat.locator(".tok")).to_have_count(len(tokens))
+    large = page.get_by_role("region", name="Call 1: ref-large")
+    large.get_by_text("Tokens as a table").focus()
+    page.keyboard.press("Enter")  # the heat map's figures, for the keyboard and screen readers
+    first = record["calls"][1]["choices"][0]["logprobs"]
+    rows = large.locator("details table tbody tr")
+    expect(rows).to_have_count(len(first["token"]))
+    expect(rows.first).to_contain_text(f"{first['logprob'][0]:.4f}")
     expect(page.get_by_role("region", name="Chain and replay")).to_contain_text("verified")
 
     page.get_by_role("button", name="Replay").click()

@@ -84,3 +84,14 @@ async def test_the_data_needs_the_admin_key(client: httpx.AsyncClient) -> None:
         "authorization": f"Bearer {CLIENT}"})).status_code == 401
     answer = await client.get("/admin/registry", headers={"authorization": f"Bearer {ADMIN}"})
     assert answer.status_code == 200
+
+
+def test_the_bundle_reaches_no_other_origin() -> None:
+    """No URL in the script or the style sheet but the SVG namespace (a name, never fetched):
+    no CDN, no font, no beacon; requests go to relative /admin paths only."""
+    script = (STATIC / "console.js").read_text()
+    style = (STATIC / "console.css").read_text()
+    assert set(re.findall(r"https?://[^\"' )]+", script + style)) == {
+        "http://www.w3.org/2000/svg"}
+    assert "url(" not in style and "@import" not in style
+    assert "/admin/" in script and "eval(" not in script and "innerHTML" not in script

@@ -4,10 +4,11 @@
 
 import { api, ApiError, enc, query } from "../api";
 import { heatLegend, heatmap } from "../charts";
-import { badge, digest, facts, h, num, replaceChildren, table, time, usd } from "../dom";
+import { badge, digest, facts, h, num, pct, replaceChildren, table, time, usd } from "../dom";
 import type { Location } from "../main";
 import type {
-  AuditVerify, ChainReport, DecodeRecord, List, RecordedCall, RecordSummary, ReplayReport,
+  AuditVerify, ChainReport, DecodeRecord, List, Logprobs, RecordedCall, RecordSummary,
+  ReplayReport,
 } from "../types";
 
 const FILTERS: [string, string, string][] = [
@@ -116,8 +117,21 @@ function callView(record: DecodeRecord, call: RecordedCall): HTMLElement {
     call.choices.map((c) => h("div", { class: "choice" },
       h("h4", {}, `Choice ${c.index}`, c.finish_reason ? ` — finished: ${c.finish_reason}` : ""),
       h("pre", { class: "answer" }, c.text ?? c.message?.content ?? ""),
-      c.logprobs ? heatmap(c.logprobs, `Tokens of call ${call.index} choice ${c.index} ` +
-        "coloured by logprob") : h("p", {}, "No logprobs recorded."))));
+      c.logprobs ? [heatmap(c.logprobs, `Tokens of call ${call.index} choice ${c.index} ` +
+        "coloured by logprob"), tokenTable(c.logprobs)] : h("p", {}, "No logprobs recorded."))));
+}
+
+/** The heat map's figures for a keyboard or a screen reader: one row per token. */
+function tokenTable(lp: Logprobs): HTMLElement {
+  return h("details", {}, h("summary", {}, "Tokens as a table"),
+    table(["#", "token", "id", "logprob", "probability", "alternatives recorded"],
+      lp.token.map((token, i) => {
+        const value = lp.logprob[i] ?? null;
+        return [i, h("code", {}, JSON.stringify(token)), lp.token_id[i] ?? "—", num(value, 4),
+          value === null ? "—" : pct(Math.exp(value)),
+          (lp.top?.[i] ?? []).map((t) => `${JSON.stringify(t[2])} ${t[1].toFixed(3)}`)
+            .join(", ") || "—"];
+      })));
 }
 
 function paramsView(record: DecodeRecord): HTMLElement {
