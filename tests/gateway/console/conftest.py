@@ -85,6 +85,8 @@ def console_fleet(gateway_factory: GatewayFactory, upstream: ServerProcess,
                                        "canary_set": str(directory / "canary-set.jsonl")},
                 # every small answer of auto also asked of the large tier: the live curve
                 "shadow.mirrors.ref-small-int8": {"target": "ref-large", "share": 1.0},
+                # and every answer of live asked of its pinned version: shadow agreement
+                "shadow.mirrors.live": {"target": "live-pinned", "share": 1.0},
             })
             replicas[name] = gateway_factory(sections, env={
                 "TIERGATE_REDIS_URL": redis.url, "OMP_NUM_THREADS": "1"})

@@ -166,6 +166,17 @@ def test_an_alarm_is_acknowledged_in_the_browser(console_fleet: ConsoleFleet,
                                                  page: Any) -> None:
     console_fleet.admin("g1", "POST", "/admin/canary/live/pin")
     console_fleet.admin("g1", "POST", "/admin/canary/live/run")
+    for i in range(4):  # client traffic, mirrored to the pinned version: shadow agreement
+        answer = httpx.post(console_fleet.replicas["g1"].url + "/v1/completions", timeout=60,
+                            json={"model": "live", "prompt": f"client {i}", "max_tokens": 32,
+                                  "temperature": 0})
+        assert answer.status_code == 200, answer.text
+
+    def shadowed() -> bool:
+        state = console_fleet.admin("g1", "GET", "/admin/canary/live")["state"]
+        return bool(state["drift"]["streams"]["shadow"]["observations"] >= 4)
+
+    until(shadowed, "the mirrored pairs as drift evidence")
     console_fleet.live.swapped.set()  # a silent swap: same name, other answers
     try:
         until(lambda: console_fleet.admin("g1", "POST", "/admin/canary/live/run")["status"]
@@ -178,6 +189,7 @@ def test_an_alarm_is_acknowledged_in_the_browser(console_fleet: ConsoleFleet,
     page.goto(console_fleet.replicas["g2"].url + "/console#/canaries/live")
     card = page.get_by_role("region", name="live drift")
     expect(card).to_contain_text("open alarm")
+    expect(card).to_contain_text("shadow agreement: 100.0 % of 4 mirrored requests")
     expect(page.get_by_role("img", name="live: pass rate per slice")).to_be_visible()
     screenshot(page, "canaries", full_page=True)
 
