@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect, sync_playwright  # the dev extra (make install-dev)
 
 from gateway.http.auth import hash_key
 from gateway.settings import read_config_file
@@ -33,8 +34,7 @@ from tests.conftest import (
 )
 from tests.deploy.conftest import SwappableUpstream, write_canary_set
 
-playwright = pytest.importorskip("playwright.sync_api")
-playwright.expect.set_options(timeout=60_000)
+expect.set_options(timeout=60_000)
 """A guard against a hang, not a timed assertion: a page's first load scores the route's
 evaluation data (once, then cached) on a machine the whole suite shares."""
 
@@ -92,6 +92,8 @@ def console_fleet(gateway_factory: GatewayFactory, upstream: ServerProcess,
                 "TIERGATE_REDIS_URL": redis.url, "OMP_NUM_THREADS": "1"})
         yield ConsoleFleet(replicas, live)
     finally:
+        for server in replicas.values():  # not kept for the rest of the session
+            server.stop()
         live.close()
         redis.stop()
 
@@ -102,7 +104,7 @@ def browser() -> Iterator[Any]:
     event loop of its own while it runs, which pytest-asyncio's tests cannot share."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Chromium is not installed: apt-get install chromium (make system-deps)")
-    with playwright.sync_playwright() as driver:
+    with sync_playwright() as driver:
         chromium = driver.chromium.launch(executable_path=CHROMIUM, headless=True)
         yield chromium
         chromium.close()
