@@ -89,7 +89,9 @@ def console_fleet(gateway_factory: GatewayFactory, upstream: ServerProcess,
                 "shadow.mirrors.live": {"target": "live-pinned", "share": 1.0},
             })
             replicas[name] = gateway_factory(sections, env={
-                "TIERGATE_REDIS_URL": redis.url, "OMP_NUM_THREADS": "1"})
+                "TIERGATE_REDIS_URL": redis.url, "OMP_NUM_THREADS": "1",
+                # each replica's registry history (and so its audit trail) of its own
+                "TIERGATE_GOVERNANCE__HISTORY_PATH": str(directory / f"{name}.sqlite3")})
         yield ConsoleFleet(replicas, live)
     finally:
         for server in replicas.values():  # not kept for the rest of the session

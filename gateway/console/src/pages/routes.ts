@@ -139,7 +139,10 @@ export async function renderRoutes(main: HTMLElement, where: Location,
       replaceChildren(main, h("h1", {}, "Routes"), h("p", {}, "No route is configured."));
       return;
     }
-    location.replace(`#/routes/${enc(routes.data[0].route)}`);
+    // the first route, unless the user went elsewhere meanwhile
+    if (/^#?\/?routes\/?$/.test(location.hash)) {
+      location.replace(`#/routes/${enc(routes.data[0].route)}`);
+    }
     return;
   }
   const base = `/admin/routes/${enc(name)}`;
