@@ -130,6 +130,7 @@ def sign_in(page: Any, url: str, key: str = ADMIN_KEY) -> None:
     page.get_by_label("Admin key").fill(key)
     page.get_by_role("button", name="Sign in").click()
     page.get_by_role("button", name="Sign out").wait_for()
+    expect(page.locator("main")).to_have_attribute("data-loaded", "#/routes/auto")  # landed
 
 
 def screenshot(page: Any, name: str, full_page: bool = False) -> None:

@@ -61,6 +61,7 @@ def test_sign_in_keeps_the_key_in_the_tab_only_and_every_page_is_keyboard_reacha
     page.get_by_label("Admin key").fill(ADMIN_KEY)
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="Routes", exact=True)).to_be_visible()
+    expect(page.locator("main")).to_have_attribute("data-loaded", "#/routes/auto")  # settled
     assert page.evaluate("Object.values(sessionStorage)") == [ADMIN_KEY]
     assert page.evaluate("localStorage.length") == 0
     assert page.context.cookies() == []
