@@ -90,6 +90,27 @@ def _slices_within(gate: str, report: EvaluatedModel, baseline: EvaluatedModel,
                                   f"{baseline.overall.accuracy:.1%})")
 
 
+def slice_table(gate_input: GateInput) -> list[dict[str, Any]]:
+    """The validating eval per slice against its baseline (full precision, base or teacher, as
+    the eval file recorded it) with each slice's tolerance and verdict — what the gates
+    compared, for people (``/admin/registry``, the console's Models page). Without an eval:
+    no rows; without a baseline: each slice's own figure, ``baseline`` and ``within`` null."""
+    evidence = gate_input.evidence
+    if evidence is None:
+        return []
+    baseline = evidence.baseline
+    rows = []
+    for name, figure in evidence.report.slices.items():
+        base = baseline.slices.get(name) if baseline is not None else None
+        tolerance = gate_input.tolerance(name)
+        rows.append({"slice": name, "items": figure.items, "accuracy": figure.accuracy,
+                     "baseline": None if base is None else base.accuracy,
+                     "tolerance": tolerance,
+                     "within": None if base is None
+                     else figure.accuracy >= base.accuracy - tolerance - 1e-9})
+    return rows
+
+
 def evaluated(gate_input: GateInput) -> GateResult:
     problem = gate_input.problems.get("eval")
     if problem is not None:

@@ -31,7 +31,7 @@ from canary.alerts import Alert, AlertSettings, build_sinks, deliver
 from canary.runs import CanaryRun
 from gateway.backends.settings import EmbeddingModelSettings, ModelSettings
 from gateway.governance.evidence import EvalEvidence, EvidenceError
-from gateway.governance.gates import GateInput, GateResult, run_gates
+from gateway.governance.gates import GateInput, GateResult, run_gates, slice_table
 from gateway.governance.history import ServingHistory
 from gateway.governance.settings import GovernanceSettings
 from gateway.models.registry import ModelRegistry
@@ -70,6 +70,9 @@ class TupleEntry:
     evaluated_at: float | None = None
     """When it was last evaluated (eval file or passing canary run), epoch seconds."""
     evaluated_by: str | None = None
+    slices: list[dict[str, Any]] = field(default_factory=list)
+    """The validating eval per slice against its baseline and tolerance
+    (:func:`gateway.governance.gates.slice_table`)."""
     history_row: int | None = field(default=None, repr=False)
 
     def stale(self, now: float) -> bool:
@@ -86,7 +89,8 @@ class TupleEntry:
                 "gates": [g.to_json() for g in self.gates], "owner": self.owner,
                 "eval_id": self.eval_id, "override": self.override,
                 "evaluated_at": self.evaluated_at, "evaluated_by": self.evaluated_by,
-                "reevaluate_days": self.reevaluate_days, "stale": self.stale(now)}
+                "reevaluate_days": self.reevaluate_days, "stale": self.stale(now),
+                "slices": self.slices}
 
 
 def governed(settings: GovernanceDeployment, name: str) -> bool:
@@ -229,7 +233,8 @@ class TupleRegistry:
         entry = TupleEntry(name, model.digest(), status, results, settings.owner,
                            evidence.report.id if evidence is not None else None,
                            settings.gate_override,
-                           settings.reevaluate_days or self.config.reevaluate_days)
+                           settings.reevaluate_days or self.config.reevaluate_days,
+                           slices=slice_table(given))
         if evidence is not None and evidence.report.tuple_digest == entry.digest \
                 and evidence.evaluated_at is not None:
             entry.evaluated_at, entry.evaluated_by = evidence.evaluated_at.timestamp(), "eval"

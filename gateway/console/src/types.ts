@@ -41,6 +41,15 @@ export interface RegistryEntry {
   name: string; digest: string; status: string; gates: Gate[]; owner: string | null;
   eval_id: string | null; override: string | null; evaluated_at: number | null;
   evaluated_by: string | null; reevaluate_days: number | null; stale: boolean;
+  slices: SliceRow[];
+  /** With `?tuples=true`. */
+  tuple?: ModelTuple;
+}
+
+/** The validating eval of one slice against its baseline and tolerance (what the gates compared). */
+export interface SliceRow {
+  slice: string; items: number; accuracy: number; baseline: number | null; tolerance: number;
+  within: boolean | null;
 }
 
 export interface Registry {
@@ -55,11 +64,6 @@ export interface ModelTuple {
   validating_eval: { id: string; score: number; slices: Record<string, number>;
                      created: string; sha256: string } | null;
   source: string | null; teacher_digest: string | null;
-}
-
-export interface RegistryTuple {
-  entry?: RegistryEntry; tuple: ModelTuple;
-  served?: { replica: string; started: number; last_seen: number; status: string }[];
 }
 
 export interface DriftAlarm {

@@ -1,7 +1,9 @@
 """The admin API over the tuple registry (mounted at ``/admin``, :mod:`gateway.http.admin`).
 
 - ``GET /admin/registry`` — every served model: tuple digest, gate status and results, owner,
-  eval, when it was last evaluated, stale or not; and the coverage numbers;
+  eval, when it was last evaluated, stale or not, its eval per slice against baseline and
+  tolerance (``slices``); and the coverage numbers; ``?tuples=true`` adds each model's whole
+  tuple (``tuple``);
 - ``GET /admin/registry/{name_or_digest}`` — one model (or the tuple a digest names, even one
   no longer served): the whole tuple and which replica served it when (the history).
 
@@ -15,11 +17,19 @@ from typing import Any
 
 from gateway.http.exchange import Call, Reply, json_reply
 from gateway.http.frontdoor import Endpoint
-from gateway.kernel.errors import NotFoundError
+from gateway.kernel.errors import InvalidRequestError, NotFoundError
 
 
 async def list_tuples(call: Call) -> Reply:
-    return json_reply({"object": "registry", **call.gateway.tuples.summary()})
+    tuples = call.gateway.tuples
+    summary = tuples.summary()
+    with_tuples = call.query().get("tuples", "false")
+    if with_tuples not in ("true", "false"):
+        raise InvalidRequestError("tuples must be true or false", param="tuples")
+    if with_tuples == "true":  # the console's Models page: everything in one request
+        for model in summary["models"]:
+            model["tuple"] = tuples.models.get(model["name"]).describe().model_dump(mode="json")
+    return json_reply({"object": "registry", **summary})
 
 
 async def show_tuple(call: Call) -> Reply:

@@ -158,8 +158,15 @@ def test_the_models_page_shows_every_tuple_with_its_eval_and_pins(
     expect(small).to_contain_text("int8-dynamic (8 bit)")
     expect(small).to_contain_text("d4ebc9ca047d")  # weights digest, as pinned in the config
     expect(small).to_contain_text("tiergate maintainers")
-    expect(small.get_by_role("table", name="Per-slice scores")).to_contain_text("add/1")
-    expect(small).to_contain_text("within tolerance")
+    slices = small.get_by_role("table", name="Per-slice scores against the baseline")
+    expect(slices).to_contain_text("add/1")
+    entry = next(m for m in registry["models"] if m["name"] == "ref-small-int8")
+    for row in entry["slices"]:  # score, full-precision baseline and tolerance, as gated
+        cells = slices.get_by_role("row").filter(
+            has=page.get_by_role("cell", name=row["slice"], exact=True))
+        expect(cells).to_contain_text(f"{row['accuracy'] * 100:.1f} %")
+        expect(cells).to_contain_text(f"{row['baseline'] * 100:.1f} %")
+        expect(cells).to_contain_text("within" if row["within"] else "below")
     screenshot(page, "models", full_page=True)
 
 

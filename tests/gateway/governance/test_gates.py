@@ -13,7 +13,7 @@ import pytest
 
 from gateway.backends.settings import EngineModelSettings
 from gateway.governance.evidence import EvalEvidence, EvidenceError
-from gateway.governance.gates import GateInput, run_gates
+from gateway.governance.gates import GateInput, run_gates, slice_table
 from gateway.kernel.modeltuple import AdapterRef, ModelTuple, Quantization
 from tests.conftest import REPO
 
@@ -114,6 +114,34 @@ def test_one_collapsed_slice_fails_the_gate_while_the_average_holds(tmp_path: Pa
                                      "precision 75.0% - 5.0%")
     # a tolerance decided in advance for that slice lets it through
     assert gate(int8, evidence, slice_tolerances={"many-digits": 0.15})["quantized"][0]
+
+
+def test_the_slice_table_shows_what_the_gate_compared(tmp_path: Path) -> None:
+    full = ModelTuple(name="fp", engine="transformers", base_weights_sha256="f" * 64)
+    int8 = full.model_copy(update={"name": "int8", "quantization": Quantization(
+        method="int8-dynamic", bits=8)})
+    baseline = {"short": 0.90, "many-digits": 0.75}
+    served = {"short": 0.88, "many-digits": 0.63}
+    evidence = EvalEvidence.load(write(tmp_path / "e.json", synthetic(int8, full, served,
+                                                                       baseline)))
+    given = GateInput(int8, EngineModelSettings(path=Path("x"),
+                                                slice_tolerances={"short": 0.01}), evidence)
+    rows = {r["slice"]: r for r in slice_table(given)}
+    assert rows["short"]["accuracy"] == 0.88 and rows["short"]["baseline"] == 0.90
+    assert rows["short"]["tolerance"] == 0.01 and rows["short"]["within"] is False
+    assert rows["many-digits"]["tolerance"] == 0.05 and rows["many-digits"]["within"] is False
+    assert gate(int8, evidence, slice_tolerances={"short": 0.01})["quantized"][0] is False
+    loose = GateInput(int8, EngineModelSettings(path=Path("x"), slice_tolerances={
+        "short": 0.05, "many-digits": 0.15}), evidence)
+    assert all(r["within"] for r in slice_table(loose))
+    # the same verdict as the gate's, slice by slice
+    assert gate(int8, evidence, slice_tolerances={"short": 0.05, "many-digits": 0.15})[
+        "quantized"][0] is True
+    no_baseline = EvalEvidence.load(EVALS / "ref-large.json")
+    large = tuple_of(orjson.loads((EVALS / "ref-large.json").read_bytes())["report"])
+    rows = slice_table(GateInput(large, EngineModelSettings(path=Path("x")), no_baseline))
+    assert rows and all(r["baseline"] is None and r["within"] is None for r in rows)
+    assert slice_table(GateInput(large, EngineModelSettings(path=Path("x")), None)) == []
 
 
 def test_a_quantized_tuple_needs_its_full_precision_baseline(tmp_path: Path) -> None:

@@ -82,6 +82,15 @@ def test_the_registry_in_health_metrics_and_the_admin_api(refusing: Gated) -> No
     assert by_name["ref-large"]["status"] == "gated"
     assert by_name["ref-large"]["owner"] == "reference-team"
     assert by_name["ref-small-refused"]["gates"][0]["passed"] is False
+    eval_file = orjson.loads((EVALS / "ref-large.json").read_bytes())["report"]
+    assert {r["slice"]: r["accuracy"] for r in by_name["ref-large"]["slices"]} == {
+        name: figure["accuracy"] for name, figure in eval_file["slices"].items()}
+    assert "tuple" not in by_name["ref-large"]
+    whole = httpx.get(server.url + "/admin/registry?tuples=true", headers=admin).json()
+    assert {m["name"]: m["tuple"]["name"] for m in whole["models"]} == {
+        name: name for name in by_name}
+    bad = httpx.get(server.url + "/admin/registry?tuples=yes", headers=admin)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tuples"
     one = httpx.get(server.url + "/admin/registry/ref-large", headers=admin).json()
     assert one["tuple"]["name"] == "ref-large" and one["served"][0]["status"] == "gated"
     digest = by_name["ref-large"]["digest"]

@@ -2,36 +2,43 @@
 // validating eval per slice, gates, owner, last evaluated, stale) and the canaries' pinned
 // versions and rollback state.
 
-import { api, enc } from "../api";
-import { badge, digest, facts, h, pct, replaceChildren, table, time } from "../dom";
-import type { CanaryStatus, List, Registry, RegistryEntry, RegistryTuple } from "../types";
+import { api } from "../api";
+import { type Child, badge, digest, facts, h, pct, replaceChildren, table, time } from "../dom";
+import type { CanaryStatus, List, Registry, RegistryEntry } from "../types";
 
 function statusBadge(entry: RegistryEntry): HTMLElement {
   const kind = entry.status === "gated" ? "ok" : entry.status === "refused" ? "bad" : "warn";
   return badge(entry.status, kind);
 }
 
-function slicesView(tuple: RegistryTuple, entry: RegistryEntry): HTMLElement {
-  const ev = tuple.tuple.validating_eval;
+function slicesView(entry: RegistryEntry): HTMLElement {
+  const ev = entry.tuple?.validating_eval ?? null;
   if (ev === null) return h("p", {}, "No validating eval.");
-  const bars = Object.entries(ev.slices).map(([name, score]) => {
+  const compared = entry.slices.some((row) => row.baseline !== null);
+  const rows = entry.slices.map((row) => {
     const bar = h("span", { class: "bar-fill" });
-    bar.style.width = `${(score * 100).toFixed(1)}%`;
-    return [name, h("span", { class: "bar", role: "img", "aria-label": pct(score) }, bar),
-            pct(score)];
+    bar.style.width = `${(row.accuracy * 100).toFixed(1)}%`;
+    const cells: Child[] = [row.slice, String(row.items),
+      h("span", { class: "bar", role: "img", "aria-label": pct(row.accuracy) }, bar),
+      pct(row.accuracy)];
+    if (compared) {
+      cells.push(pct(row.baseline), `−${pct(row.tolerance)}`,
+                 row.within === null ? "—" : row.within ? badge("within", "ok")
+                   : badge("below", "bad"));
+    }
+    return cells;
   });
-  const tolerance = entry.gates.filter((g) => g.gate !== "evaluated");
-  return h("div", {},
-    h("p", {}, `Eval ${ev.id} (${ev.created}): overall ${pct(ev.score)}`),
-    table(["slice", "score", ""], bars, "Per-slice scores"),
-    tolerance.length ? h("ul", { class: "gates" }, tolerance.map((g) => h("li", {},
-      g.passed ? badge("within tolerance", "ok") : badge("outside tolerance", "bad"),
-      ` ${g.gate}: ${g.detail}`))) : null);
+  const head = ["slice", "items", "", "score"];
+  if (compared) head.push("baseline", "tolerance", "verdict");
+  return h("div", { class: "slices" },
+    h("p", {}, `Eval ${ev.id} (${ev.created}): overall ${pct(ev.score)}`,
+      compared ? "" : " — no baseline in the eval (a full-precision tuple)."),
+    table(head, rows, compared ? "Per-slice scores against the baseline and tolerance"
+      : "Per-slice scores"));
 }
 
-function modelCard(entry: RegistryEntry, tuple: RegistryTuple | undefined,
-                   canary: CanaryStatus | undefined): HTMLElement {
-  const t = tuple?.tuple;
+function modelCard(entry: RegistryEntry, canary: CanaryStatus | undefined): HTMLElement {
+  const t = entry.tuple;
   const q = t?.quantization;
   return h("section", { class: "card", "aria-labelledby": `m-${entry.name}` },
     h("h2", { id: `m-${entry.name}` }, entry.name, " ", statusBadge(entry), " ",
@@ -54,24 +61,21 @@ function modelCard(entry: RegistryEntry, tuple: RegistryTuple | undefined,
         : `armed (to ${canary.pinned_backend ?? "—"})`]]),
     h("ul", { class: "gates" }, entry.gates.map((g) => h("li", {},
       g.passed ? badge("pass", "ok") : badge("fail", "bad"), ` ${g.gate}: ${g.detail}`))),
-    tuple ? h("details", { open: true }, h("summary", {}, "Validating eval per slice"),
-      slicesView(tuple, entry)) : null);
+    t ? h("details", { open: true }, h("summary", {}, "Validating eval per slice"),
+      slicesView(entry)) : null);
 }
 
 export async function renderModels(main: HTMLElement): Promise<void> {
   const [registry, canaries] = await Promise.all([
-    api.get<Registry>("/admin/registry"),
+    api.get<Registry>("/admin/registry?tuples=true"),
     api.get<List<CanaryStatus>>("/admin/canary"),
   ]);
-  // the list carries no tuples: their details in one more parallel burst
-  const tuples = await Promise.all(registry.models.map((m) =>
-    api.get<RegistryTuple>(`/admin/registry/${enc(m.name)}`).catch(() => undefined)));
   const byModel = new Map(canaries.data.map((c) => [c.model, c]));
   replaceChildren(main, h("h1", {}, "Models"),
     h("section", { class: "card" }, h("h2", {}, "Coverage"),
       facts(Object.entries(registry.coverage).map(([k, v]) => [k, pct(v)]).concat(
         [["stale", registry.stale.join(", ") || "none"],
          ["refused", registry.refused.join(", ") || "none"]]) as [string, string][])),
-    h("div", { class: "grid" }, registry.models.map((m, i) =>
-      modelCard(m, tuples[i], byModel.get(m.name)))));
+    h("div", { class: "grid" }, registry.models.map((m) =>
+      modelCard(m, byModel.get(m.name)))));
 }
