@@ -301,8 +301,8 @@ class HTTPBackend(Backend):
         headers = {"content-type": "application/json", "x-request-id": request_id,
                    **trace_headers_for_upstream(trace)}
         try:
-            async with asyncio.timeout(self.settings.first_byte_timeout_s):
-                resp = await self.pool.request("POST", target, body, headers)
+            resp = await self.pool.request("POST", target, body, headers,
+                                           self.settings.first_byte_timeout_s)
         except TimeoutError as exc:
             raise UpstreamTimeoutError(
                 f"model {self.name}: no response within {self.settings.first_byte_timeout_s}s"
