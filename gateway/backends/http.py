@@ -283,7 +283,9 @@ class HTTPBackend(Backend):
 
     async def _open(self, request: GenerationRequest, stream: bool) -> Response:
         """POST and wait for the response headers (the first-byte timeout); map failures."""
-        upstream_model = await self._upstream_model()
+        upstream_model = self.upstream_model
+        if upstream_model is None or self._identity_error:  # not probed yet, or refused
+            upstream_model = await self._upstream_model()
         body = orjson.dumps(request_body(request, upstream_model, stream))
         return await self._post(self._target(request), body, request.request_id,
                                 request.trace_headers)

@@ -133,6 +133,8 @@ class FrontDoor:
         self.routes = routes
         self.max_body_bytes = gateway.settings.server.max_body_bytes
         self._admin_keys = gateway.settings.auth.admin_keys
+        self._keys_enabled = gateway.keys.enabled
+        """Fixed at start (:attr:`gateway.keys.gate.KeyGate.enabled`)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -151,7 +153,8 @@ class FrontDoor:
             call = Call(scope, receive, request_id, self.gateway, params,
                         max_body_bytes=self.max_body_bytes)
             if endpoint.access == "client":
-                ticket = await self._admit(endpoint, call)
+                if self._keys_enabled:  # an open gateway: no key to read, nothing to count
+                    ticket = await self._admit(endpoint, call)
             elif endpoint.access == "admin":
                 call.caller = authenticate_admin(self._admin_keys, call.header(b"authorization"))
             reply = await endpoint.handler(call)
@@ -182,8 +185,6 @@ class FrontDoor:
         """The client key and its policy (:class:`gateway.keys.gate.KeyGate`): the caller on
         ``call``, a ticket when the request counts against its key's limits."""
         keys = self.gateway.keys
-        if not keys.enabled:  # an open gateway: no key to read, nothing to count
-            return None
         caller = await keys.authenticate(call.header(b"authorization"))
         if caller is None:
             return None
