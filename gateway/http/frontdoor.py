@@ -16,6 +16,7 @@ gateway's services (:meth:`GatewayState.start` / :meth:`GatewayState.aclose`).
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -216,7 +217,11 @@ class FrontDoor:
         try:
             async with self.lifespan(wait_for_models=False):
                 await send({"type": "lifespan.startup.complete"})
-                message = await receive()
+                _freeze_heap()
+                try:
+                    message = await receive()
+                finally:
+                    gc.unfreeze()  # what the gateway built may be collected once it stops
                 assert message["type"] == "lifespan.shutdown"
         except BaseException as exc:
             if isinstance(exc, (TiergateError, OSError)):  # a known cause: one line
@@ -229,3 +234,16 @@ class FrontDoor:
                 raise
             return
         await send({"type": "lifespan.shutdown.complete"})
+
+
+def _freeze_heap() -> None:
+    """Move what the process holds once the gateway has started (modules, settings, routes,
+    pydantic schemas: ~60,000 objects) out of the cyclic garbage collector's reach. A full
+    collection, which the request path's allocations trigger every few thousand requests, then
+    walks only what was allocated since: measured under 32 concurrent requests, the time in
+    the collector fell from ~19 to ~10 µs per request (docs/operations.md). Objects freed by
+    reference counting are freed as before; :func:`gc.unfreeze` at shutdown hands the rest back.
+    The server's lifespan only: tests and embedders that start many gateways in one process
+    (:meth:`FrontDoor.lifespan`) are left alone."""
+    gc.collect()
+    gc.freeze()
