@@ -5,10 +5,10 @@
    appends: canonical JSON, sha256 chain, insert, commit with ``synchronous=FULL``).
 2. **request path** — the completion listener's cost per answered request (build the rest of
    the record, serialize it, ``writev(2)`` it to the spool), timed per call and interleaved with
-   a baseline: serving's ``_completed`` hook with no listener, in the same run. Two requests:
-   a plain chat answer (64 tokens) and one with token ids and top-5 logprobs, as the engine
-   answers them; the second also as an HTTP upstream answers it (its record spooled as a draft,
-   finished by the delivery process: ``gateway.records.builder``). With
+   a baseline: the serving accounting's ``completed`` hook with no listener, in the same run.
+   Two requests: a plain chat answer (64 tokens) and one with token ids and top-5 logprobs, as
+   the engine answers them; the second also as an HTTP upstream answers it (its record spooled
+   as a draft, finished by the delivery process: ``gateway.records.builder``). With
    ``spool_fsync = "always"`` the fsync is timed too (informational). The record's head, which
    serving builds while the model works, is timed apart (informational: not on the path).
 
@@ -164,18 +164,21 @@ def percentile(values: list[float], q: float) -> float:
 
 async def request_path(calls: int, logprobs: bool, fsync: str, rate: float, http: bool = False
                        ) -> dict[str, float]:
-    """Per-call cost (µs) of the listener vs serving's hook with no listener, interleaved."""
-    from gateway.serving import OpenAIServing
+    """Per-call cost (µs) of the listener vs serving's hook with no listener, interleaved
+    (both price the calls and count their cost, metrics on: the difference is the listener)."""
+    from gateway.models.cost import PriceBook
+    from gateway.serving.accounting import Accounting
+    from gateway.telemetry.instruments import Telemetry
+    from gateway.telemetry.settings import TelemetrySettings
 
     requests = [answered(i, logprobs, http) for i in range(calls)]
     pause = 1.0 / rate if rate > 0 else 0.0
+    telemetry = Telemetry(TelemetrySettings(tracing=False))
     with tempfile.TemporaryDirectory() as tmp:
         recorder = Recorder(settings_in(Path(tmp), spool_fsync=fsync))
         await recorder.start()
-        bare = OpenAIServing.__new__(OpenAIServing)
-        bare.listeners = Listeners()
-        recorded = OpenAIServing.__new__(OpenAIServing)
-        recorded.listeners = Listeners([recorder])
+        bare = Accounting(telemetry, PriceBook({}), Listeners())
+        recorded = Accounting(telemetry, PriceBook({}), Listeners([recorder]))
         base, added, ahead = [], [], []
         clock = time.perf_counter_ns
         for done in requests:
@@ -184,9 +187,9 @@ async def request_path(calls: int, logprobs: bool, fsync: str, rate: float, http
             recorder.started(done.ctx, client, gen)  # serving runs it while the model works
             ahead.append((clock() - t) / 1000)
             t0 = clock()
-            bare._completed(done.ctx, client, gen, results, None)
+            bare.completed(done.ctx, client, gen, results, None)
             t1 = clock()
-            recorded._completed(done.ctx, client, gen, results, None)
+            recorded.completed(done.ctx, client, gen, results, None)
             t2 = clock()
             base.append((t1 - t0) / 1000)
             added.append((t2 - t1) / 1000)

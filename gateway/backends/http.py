@@ -283,7 +283,9 @@ class HTTPBackend(Backend):
 
     async def _open(self, request: GenerationRequest, stream: bool) -> Response:
         """POST and wait for the response headers (the first-byte timeout); map failures."""
-        upstream_model = await self._upstream_model()
+        upstream_model = self.upstream_model
+        if upstream_model is None or self._identity_error:  # not probed yet, or refused
+            upstream_model = await self._upstream_model()
         body = orjson.dumps(request_body(request, upstream_model, stream))
         return await self._post(self._target(request), body, request.request_id,
                                 request.trace_headers)
@@ -301,8 +303,8 @@ class HTTPBackend(Backend):
         headers = {"content-type": "application/json", "x-request-id": request_id,
                    **trace_headers_for_upstream(trace)}
         try:
-            async with asyncio.timeout(self.settings.first_byte_timeout_s):
-                resp = await self.pool.request("POST", target, body, headers)
+            resp = await self.pool.request("POST", target, body, headers,
+                                           self.settings.first_byte_timeout_s)
         except TimeoutError as exc:
             raise UpstreamTimeoutError(
                 f"model {self.name}: no response within {self.settings.first_byte_timeout_s}s"

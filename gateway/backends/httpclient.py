@@ -107,6 +107,9 @@ class _Connection(asyncio.Protocol):
         response.length_known = ("content-length" in headers
                                  or "chunked" in headers.get("transfer-encoding", "").lower())
         response.headers_done = True
+        if response._first_byte is not None:
+            response._first_byte.cancel()
+            response._first_byte = None
 
     def on_body(self, body: bytes) -> None:
         assert self.response is not None
@@ -146,6 +149,7 @@ class Response:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._first_byte: asyncio.TimerHandle | None = None
         self._released = False
         self._streaming = False
 
@@ -198,10 +202,18 @@ class Response:
         self._fail(TimeoutError("the upstream call exceeded its total timeout"))
         self._connection.close()
 
+    def _no_first_byte(self) -> None:
+        self._first_byte = None
+        self._fail(TimeoutError("no response headers within the first-byte timeout"))
+        self._connection.close()
+
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._first_byte is not None:
+            self._first_byte.cancel()
+            self._first_byte = None
 
     # -- read by the caller --------------------------------------------------------------------
 
@@ -301,7 +313,10 @@ class Pool:
 
     # -- connections ---------------------------------------------------------------------------
 
-    async def _acquire(self) -> _Connection:
+    async def _acquire(self, deadline: float | None = None) -> _Connection:
+        """A connection: an idle one, a new one, or (at the limit) the next one given back —
+        waiting for it and connecting both end with ``TimeoutError`` at ``deadline`` (loop
+        time), if given."""
         now = time.monotonic()
         idle = self._idle
         while idle:
@@ -315,25 +330,35 @@ class Pool:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
-                await waiter
+                async with asyncio.timeout_at(deadline):
+                    await waiter
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
             if idle:
-                return await self._acquire()
+                return await self._acquire(deadline)
         self._open += 1
         try:
-            return await self._connect()
+            return await self._connect(deadline)
         except BaseException:
             self._forget()
             raise
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, deadline: float | None = None) -> _Connection:
+        """A new connection within ``connect_timeout_s`` (:class:`ConnectError` past it), and
+        before ``deadline`` (``TimeoutError`` past it, when it comes first)."""
         if self._closed:
             raise ConnectError("the client is closed")
         loop = asyncio.get_running_loop()
+        connect_by = loop.time() + self.connect_timeout_s
+        if deadline is not None and deadline < connect_by:
+            async with asyncio.timeout_at(deadline):
+                return await self._connect_by(loop, connect_by)
+        return await self._connect_by(loop, connect_by)
+
+    async def _connect_by(self, loop: asyncio.AbstractEventLoop, when: float) -> _Connection:
         try:
-            async with asyncio.timeout(self.connect_timeout_s):
+            async with asyncio.timeout_at(when):
                 _, connection = await loop.create_connection(
                     lambda: _Connection(loop), self.host, self.port, ssl=self.ssl,
                     server_hostname=self.host if self.ssl else None)
@@ -364,21 +389,30 @@ class Pool:
     # -- requests ------------------------------------------------------------------------------
 
     async def request(self, method: str, target: str, body: bytes = b"",
-                      headers: dict[str, str] | None = None) -> Response:
-        """Send a request (``target``: the path and query) and wait for the response headers.
-        The caller must :meth:`Response.release` or :meth:`Response.close` it."""
+                      headers: dict[str, str] | None = None,
+                      first_byte_timeout_s: float | None = None) -> Response:
+        """Send a request (``target``: the path and query) and wait for the response headers:
+        ``TimeoutError`` if they are not there ``first_byte_timeout_s`` after the call (a wait
+        for a free connection included; two timer handles rather than ``asyncio.timeout``,
+        a fifth of its cost). The caller must :meth:`Response.release` or
+        :meth:`Response.close` it."""
         head = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), self._fixed]
         if headers:
             head.append("".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1"))
         head.append(b"content-length: %d\r\n\r\n" % len(body))
         message = b"".join(head) + body
+        deadline = None
+        if first_byte_timeout_s is not None:
+            deadline = asyncio.get_running_loop().time() + first_byte_timeout_s
         for attempt in (1, 2):
-            connection = await self._acquire()
+            connection = await self._acquire(deadline)
             response = Response(self, connection)
             connection.response = response
             connection.parser = httptools.HttpResponseParser(connection)
-            response._timer = connection.loop.call_later(self.total_timeout_s,
-                                                         response._timed_out)
+            loop = connection.loop
+            response._timer = loop.call_later(self.total_timeout_s, response._timed_out)
+            if deadline is not None:
+                response._first_byte = loop.call_at(deadline, response._no_first_byte)
             assert connection.transport is not None
             try:
                 connection.transport.write(message)

@@ -108,6 +108,7 @@ class GatewayHttpProtocol(CoalescingHttpToolsProtocol):
         self._phase = _IDLE
         self._messages = 0  # requests begun on this connection
         self._max_header_bytes = limits.max_header_bytes
+        self._max_url_bytes = limits.max_url_bytes
         self._head_bytes = 0  # bytes of the current head read after its first read
         self._read_bytes = 0  # bytes of the read being parsed
         self._head_first_read = 0  # bytes of the read the current head began in
@@ -194,9 +195,10 @@ class GatewayHttpProtocol(CoalescingHttpToolsProtocol):
         self._head_first_read = self._read_bytes
 
     def on_url(self, url: bytes) -> None:
-        url = self.url + url
-        if len(url) > self.limits.max_url_bytes:
-            raise EdgeRefusal(414, f"The request target exceeds {self.limits.max_url_bytes} "
+        if self.url:  # a target that arrived in several reads
+            url = self.url + url
+        if len(url) > self._max_url_bytes:
+            raise EdgeRefusal(414, f"The request target exceeds {self._max_url_bytes} "
                                    "bytes.", "uri_too_long")
         self.url = url
 

@@ -11,6 +11,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from operator import methodcaller
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -119,8 +120,12 @@ def error_reply(exc: TiergateError) -> Reply:
     return Reply(orjson.dumps(exc.body()), exc.status, exc.headers())
 
 
+_LATIN_1 = methodcaller("encode", "latin-1")
+
+
 def _raw_headers(headers: dict[str, str], request_id: str) -> list[tuple[bytes, bytes]]:
-    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    # names and values encoded by map/zip in C: no Python frame per header
+    raw = list(zip(map(_LATIN_1, headers), map(_LATIN_1, headers.values()), strict=True))
     raw.append((b"x-request-id", request_id.encode()))
     return raw
 

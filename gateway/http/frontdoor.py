@@ -16,6 +16,7 @@ gateway's services (:meth:`GatewayState.start` / :meth:`GatewayState.aclose`).
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -133,6 +134,8 @@ class FrontDoor:
         self.routes = routes
         self.max_body_bytes = gateway.settings.server.max_body_bytes
         self._admin_keys = gateway.settings.auth.admin_keys
+        self._keys_enabled = gateway.keys.enabled
+        """Fixed at start (:attr:`gateway.keys.gate.KeyGate.enabled`)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -151,7 +154,8 @@ class FrontDoor:
             call = Call(scope, receive, request_id, self.gateway, params,
                         max_body_bytes=self.max_body_bytes)
             if endpoint.access == "client":
-                ticket = await self._admit(endpoint, call)
+                if self._keys_enabled:  # an open gateway: no key to read, nothing to count
+                    ticket = await self._admit(endpoint, call)
             elif endpoint.access == "admin":
                 call.caller = authenticate_admin(self._admin_keys, call.header(b"authorization"))
             reply = await endpoint.handler(call)
@@ -182,8 +186,6 @@ class FrontDoor:
         """The client key and its policy (:class:`gateway.keys.gate.KeyGate`): the caller on
         ``call``, a ticket when the request counts against its key's limits."""
         keys = self.gateway.keys
-        if not keys.enabled:  # an open gateway: no key to read, nothing to count
-            return None
         caller = await keys.authenticate(call.header(b"authorization"))
         if caller is None:
             return None
@@ -215,7 +217,11 @@ class FrontDoor:
         try:
             async with self.lifespan(wait_for_models=False):
                 await send({"type": "lifespan.startup.complete"})
-                message = await receive()
+                _freeze_heap()
+                try:
+                    message = await receive()
+                finally:
+                    gc.unfreeze()  # what the gateway built may be collected once it stops
                 assert message["type"] == "lifespan.shutdown"
         except BaseException as exc:
             if isinstance(exc, (TiergateError, OSError)):  # a known cause: one line
@@ -228,3 +234,16 @@ class FrontDoor:
                 raise
             return
         await send({"type": "lifespan.shutdown.complete"})
+
+
+def _freeze_heap() -> None:
+    """Move what the process holds once the gateway has started (modules, settings, routes,
+    pydantic schemas: ~60,000 objects) out of the cyclic garbage collector's reach. A full
+    collection, which the request path's allocations trigger every few thousand requests, then
+    walks only what was allocated since: measured under 32 concurrent requests, the time in
+    the collector fell from ~19 to ~10 µs per request (docs/operations.md). Objects freed by
+    reference counting are freed as before; :func:`gc.unfreeze` at shutdown hands the rest back.
+    The server's lifespan only: tests and embedders that start many gateways in one process
+    (:meth:`FrontDoor.lifespan`) are left alone."""
+    gc.collect()
+    gc.freeze()

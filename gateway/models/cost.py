@@ -40,9 +40,9 @@ BYTES_PER_TOKEN = 4
 came): one token per four bytes of UTF-8 text, the usual rule for English under BPE."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TokenCounts:
-    """The tokens a call is priced on."""
+    """The tokens a call is priced on. (Not ``frozen``, as :class:`CallCost`.)"""
 
     prompt: int = 0
     """Every prompt token, cached ones included (``usage.prompt_tokens``)."""
@@ -143,9 +143,11 @@ _NO_RATES: dict[str, float] = {}
 """An unpriced call's rates (shared, read-only)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallCost:
-    """What one model call of a request cost, and what it was priced on."""
+    """What one model call of a request cost, and what it was priced on. Treat it as a value:
+    it is not ``frozen`` only because a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``, about three times the work, and every answered call builds one."""
 
     model: str
     kind: str

@@ -130,13 +130,18 @@ class SamplingFields(BaseModel):
 
     @model_validator(mode="after")
     def _free_form_json(self) -> SamplingFields:
-        free = dict(self.model_extra or {})
+        extra = self.__pydantic_extra__  # model_extra without its property call
+        options = self.stream_options
+        if not extra and options is None and \
+                self.__pydantic_fields_set__.isdisjoint(self.free_form_fields):
+            return self  # nothing free-form sent: the common request
+        free = dict(extra) if extra else {}
         for name in self.free_form_fields:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 free[name] = value
-        if self.stream_options is not None and self.stream_options.model_extra:
-            free["stream_options"] = self.stream_options.model_extra
+        if options is not None and options.__pydantic_extra__:
+            free["stream_options"] = options.__pydantic_extra__
         if free:
             check_json(free)
         return self
@@ -179,7 +184,8 @@ class SamplingFields(BaseModel):
 
     def _passthrough(self) -> dict[str, Any]:
         """Fields tiergate does not interpret, as the client sent them (unknown ones included)."""
-        data = dict(self.model_extra or {})
+        extra = self.__pydantic_extra__
+        data = dict(extra) if extra else {}
         for name in self.passthrough_fields:
             if name in self.model_fields_set:
                 data[name] = getattr(self, name)
@@ -210,7 +216,10 @@ class ChatCompletionRequest(SamplingFields):
     def _free_form_messages(self) -> ChatCompletionRequest:
         free: dict[str, Any] = {}
         for index, message in enumerate(self.messages):
-            parts = dict(message.model_extra or {})
+            extra = message.__pydantic_extra__
+            if not extra and message.tool_calls is None and isinstance(message.content, str):
+                continue  # a plain text message: nothing free-form
+            parts = dict(extra) if extra else {}
             if isinstance(message.content, list):
                 parts["content"] = message.content
             if message.tool_calls is not None:

@@ -103,7 +103,8 @@ class OpenAIServing:
                     return await self.forwarding.forward(req, gen, ctx, span)
                 if not req.stream:
                     accounting.schedule_started(ctx, req, gen)
-                plan = await self._plan(route, req.model, gen)
+                plan = Plan(model=req.model) if route is None else \
+                    await self._plan(route, req.model, gen)
                 if req.stream:
                     return await self._stream(req, gen, ctx, span, plan)
                 result = plan.ready or await self.dispatcher.generate(plan.model, gen)

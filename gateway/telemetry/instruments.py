@@ -18,9 +18,9 @@ clipped (:func:`clip`) before it reaches a span or a log line.
 from __future__ import annotations
 
 import random
-import sys
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
 from typing import Any
 
 from gateway.telemetry.metrics import Counter, Gauge, Histogram, MetricsRegistry
@@ -243,9 +243,7 @@ class Telemetry:
         """Make ``span`` current for the calls inside (their spans become its children)."""
         if span is None:
             return nullcontext()
-        from opentelemetry.trace import use_span
-
-        return use_span(span, end_on_exit=False)
+        return _Using(span)
 
     def span(self, name: str, **attributes: Any) -> AbstractContextManager[Any]:
         """A child of the current span — only inside a sampled request."""
@@ -266,10 +264,37 @@ class Telemetry:
         span.end()
 
 
+_SAMPLED: ContextVar[bool] = ContextVar("tiergate_sampled", default=False)
+"""Whether the code running is inside a sampled request's span (:meth:`Telemetry.use`): one
+context variable read per question, where asking OpenTelemetry for the current span and whether
+it records took a dozen Python calls — asked twice by every request, sampled or not."""
+
+
+class _Using:
+    """``span`` current (OpenTelemetry's ``use_span``), and :data:`_SAMPLED` said meanwhile."""
+
+    __slots__ = ("_inner", "_recording", "_token")
+
+    def __init__(self, span: Any) -> None:
+        from opentelemetry.trace import use_span
+
+        self._inner = use_span(span, end_on_exit=False)
+        self._recording = bool(span.is_recording())
+
+    def __enter__(self) -> Any:
+        entered = self._inner.__enter__()
+        self._token = _SAMPLED.set(self._recording)
+        return entered
+
+    def __exit__(self, *exc: Any) -> Any:
+        _SAMPLED.reset(self._token)
+        return self._inner.__exit__(*exc)
+
+
 def _recording() -> bool:
-    """Inside a sampled request? (Without the tracing SDK loaded, never.)"""
-    trace = sys.modules.get("opentelemetry.trace")
-    return trace is not None and bool(trace.get_current_span().is_recording())
+    """Inside a sampled request? (Without a span made current by :meth:`Telemetry.use`,
+    never.)"""
+    return _SAMPLED.get()
 
 
 def trace_headers_for_upstream(client_headers: dict[str, str]) -> dict[str, str]:

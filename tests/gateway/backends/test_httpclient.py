@@ -238,3 +238,40 @@ async def test_timeouts_and_failures(serve: Callable[..., Awaitable[Server]]) ->
     assert refused.stats()["open"] == 0
     with pytest.raises(ValueError):
         Pool("ftp://example.com", 1, 1.0, 1.0)
+
+
+async def test_first_byte_timeout(serve: Callable[..., Awaitable[Server]]) -> None:
+    """Headers that do not come within ``first_byte_timeout_s`` (a wait for a free connection
+    included) end the call with ``TimeoutError`` and close its connection; headers in time
+    disarm it, however long the body then takes."""
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(10)
+
+    client = pool((await serve(silent)).url, total=10.0)
+    with pytest.raises(TimeoutError, match="first-byte"):
+        await client.request("POST", "/v1/completions", b"{}", first_byte_timeout_s=0.1)
+    assert client.stats()["open"] == 0
+
+    body_later = asyncio.Event()
+
+    async def slow_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+            await writer.drain()
+            await body_later.wait()
+            writer.write(b"ok")
+            await writer.drain()
+
+    limited = pool((await serve(slow_body)).url, limit=1, total=10.0)
+    held = await limited.request("POST", "/v1/completions", b"{}", first_byte_timeout_s=0.1)
+    with pytest.raises(TimeoutError):  # the one connection is busy past the deadline
+        await limited.request("POST", "/v1/completions", b"{}", first_byte_timeout_s=0.1)
+    await asyncio.sleep(0.2)  # past the first request's own deadline: its headers disarmed it
+    body_later.set()
+    assert await held.read() == b"ok"
+    held.release()
+    assert limited.stats() == {"open": 1, "idle": 1, "waiting": 0}
+    await client.aclose()
+    await limited.aclose()

@@ -151,3 +151,28 @@ def test_route_table_matches_static_and_parameter_paths() -> None:
         table.match("PUT", "/admin/routes/a/b/threshold")  # {route} is one segment
     with pytest.raises(ValueError, match="two routes"):
         RouteTable([Endpoint("/x", "GET", handler), Endpoint("/x", "GET", handler)])
+
+
+async def test_the_server_lifespan_freezes_the_started_heap(upstream: ServerProcess,
+                                                            tmp_path: Path) -> None:
+    """The ASGI lifespan (the server's) moves what the started gateway holds out of the cyclic
+    collector's reach, and hands it back at shutdown; the lifespan of tests and embedders does
+    not."""
+    import asyncio
+    import gc
+
+    app = create_app(settings_for(upstream, tmp_path))
+    async with app.lifespan():
+        assert gc.get_freeze_count() == 0
+    inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    await inbox.put({"type": "lifespan.startup"})
+    task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}},
+                                   inbox.get, outbox.put))
+    assert (await outbox.get())["type"] == "lifespan.startup.complete"
+    await asyncio.sleep(0)  # the lifespan freezes right after saying it has started
+    assert gc.get_freeze_count() > 10_000
+    await inbox.put({"type": "lifespan.shutdown"})
+    assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
+    await task
+    assert gc.get_freeze_count() == 0
