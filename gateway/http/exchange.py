@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from operator import methodcaller
 from typing import TYPE_CHECKING, Any
@@ -140,9 +140,12 @@ async def send_body(send: Send, reply: Reply, request_id: str) -> None:
     await send({"type": "http.response.body", "body": reply.body})
 
 
-async def send_stream(send: Send, receive: Receive, reply: Reply, request_id: str) -> None:
+async def send_stream(send: Send, receive: Receive, reply: Reply, request_id: str,
+                      before_end: Callable[[], Awaitable[None]] | None = None) -> None:
     """Server-sent events as they come. A client that disconnects cancels the stream (and with
-    it the work behind it, e.g. the upstream call): the watcher belongs to the response."""
+    it the work behind it, e.g. the upstream call): the watcher belongs to the response.
+    ``before_end`` runs once the last event is out, before the response ends: what it settles
+    (a key's concurrency slot) is settled when the client sees the end."""
     assert reply.stream is not None
     events = reply.stream
     raw = _raw_headers(reply.headers, request_id)
@@ -164,6 +167,8 @@ async def send_stream(send: Send, receive: Receive, reply: Reply, request_id: st
         async for data in events:
             await send({"type": "http.response.body", "body": data, "more_body": True})
         watcher.cancel()  # the last send completes the response: receive() says disconnect
+        if before_end is not None:
+            await before_end()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError:
         if not gone:

@@ -166,7 +166,17 @@ class FrontDoor:
                 await send_body(send, reply, request_id)
                 return
             started = True
-            await send_stream(send, receive, reply, request_id)
+            if ticket is None:
+                await send_stream(send, receive, reply, request_id)
+                return
+            admitted = ticket
+
+            async def release() -> None:  # before the stream's end reaches the client
+                nonlocal ticket
+                ticket = None
+                await self.gateway.keys.release(admitted)
+
+            await send_stream(send, receive, reply, request_id, release)
         except ClientGone:
             return
         except TiergateError as exc:
@@ -179,7 +189,7 @@ class FrontDoor:
                 raise
             await send_body(send, error_reply(internal_error()), request_id)
         finally:
-            if ticket is not None:  # a stream (as its last bytes went out), or an error
+            if ticket is not None:  # a stream cut short, or an error
                 await self.gateway.keys.release(ticket)
 
     async def _admit(self, endpoint: Endpoint, call: Call) -> Ticket | None:

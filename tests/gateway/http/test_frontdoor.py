@@ -176,3 +176,41 @@ async def test_the_server_lifespan_freezes_the_started_heap(upstream: ServerProc
     assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
     await task
     assert gc.get_freeze_count() == 0
+
+
+async def test_a_streams_key_slot_is_free_before_its_end_reaches_the_client(
+        upstream: ServerProcess, tmp_path: Path) -> None:
+    """A client that reads a stream to its end and sends the next request at once (to any
+    replica) never meets its own ``concurrency = 1`` slot: the slot is settled after the last
+    event and before the message that ends the response."""
+    app = create_app(settings_for(upstream, tmp_path, auth={"api_keys": [
+        {"id": "one", "sha256": hash_key(CLIENT), "policy": {"concurrency": 1}}]}))
+    said: list[str] = []
+    keys = app.gateway.keys
+    settle = keys.release
+
+    async def release(ticket: object) -> None:
+        said.append("release")
+        await settle(ticket)  # type: ignore[arg-type]
+
+    keys.release = release  # type: ignore[method-assign]
+
+    async def recording(scope: dict[str, object], receive: object, send: object) -> None:
+        async def send_and_note(message: dict[str, object]) -> None:
+            if message["type"] == "http.response.body":
+                said.append("more" if message.get("more_body") else "end")
+            await send(message)  # type: ignore[operator]
+
+        await app(scope, receive, send_and_note)  # type: ignore[arg-type]
+
+    async with app.lifespan(), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=recording), base_url="http://gateway") as http:
+        body = {"model": "echo", "stream": True,
+                "messages": [{"role": "user", "content": "hello"}]}
+        for _ in range(2):
+            said.clear()
+            async with http.stream("POST", "/v1/chat/completions", json=body,
+                                   headers={"authorization": f"Bearer {CLIENT}"}) as answer:
+                assert answer.status_code == 200
+                assert (await answer.aread()).endswith(b"data: [DONE]\n\n")
+            assert said[-2:] == ["release", "end"] and said.count("release") == 1

@@ -195,9 +195,9 @@ def test_redis_unreachable_fails_open_or_closed_per_key(
 
 def test_a_sequential_client_never_meets_its_own_slot(
         replicas: tuple[ServerProcess, ...]) -> None:
-    """A slot frees with its answer (a whole answer's before it is written, a stream's as its
-    last bytes go out), on either replica: a client that waits for each answer before the
-    next request is never refused by ``concurrency = 1``."""
+    """A slot frees with its answer (a whole answer's before it is written, a stream's after its
+    last event, before the response ends), on either replica: a client that waits for each
+    answer before the next request is never refused by ``concurrency = 1``."""
     key = create(replicas[0], "one-at-a-time", concurrency=1)
     client = httpx.Client(headers={"authorization": f"Bearer {key}"}, timeout=30)
     for i in range(12):
