@@ -158,8 +158,8 @@ async def test_a_request_is_bit_identical_alone_and_joined_at_random_steps(
     for _ in range(2):
         batched = await joined(backend, target, rng)
         assert bits(batched) == bits(alone)
-    assert alone.runtime["batching"] == {"mode": "invariant", "max_batch": MAX_BATCH,
-                                         "prefill_chunk": 8}
+    assert alone.runtime["batching"] == {"mode": "invariant", "forward": 2,
+                                         "max_batch": MAX_BATCH, "prefill_chunk": 8}
 
 
 @module_loop
