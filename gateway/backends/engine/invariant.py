@@ -27,7 +27,10 @@ operation's arithmetic for one sequence is a function of that sequence alone:
   int32 (oneDNN's int8 GEMM, weights packed once, or ``torch._int_mm``: integer sums are exact,
   so their order cannot matter) and scaled back element-wise. (``transformers``/torch dynamic
   quantization scales a whole batch's activations with one scale, which would make a row depend
-  on the others.)
+  on the others.) Weight-only int8 layers (``int8_activations = "float"``) are a fixed-shape
+  float product with the int8 values as floats, scaled per output channel element-wise; the
+  re-scored head (``int8_rescore_top_k``) takes its first pass through the per-row int8 path,
+  each row's top ``k`` (a per-row selection) and their float logits as per-row sums.
 
 The intra-op thread count is the engine thread's, fixed at start.
 """
@@ -42,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gateway.backends.engine.int8 import RescoredInt8Head, WeightOnlyInt8Linear
 from gateway.kernel.errors import ConfigError
 
 Op = Callable[[torch.Tensor], torch.Tensor]
@@ -56,21 +60,15 @@ attention through ``scaled_dot_product_attention``; 2: through plain matrix prod
 
 
 class FloatLinear:
-    """Float Linear layers (one, or several fused along the output), their weights packed once.
+    """A float matrix product ``x @ weight.T (+ bias)``, its weight packed once.
 
-    On a CPU with oneDNN the weights are reordered for ``rows``-row inputs and multiplied with
+    On a CPU with oneDNN the weight is reordered for ``rows``-row inputs and multiplied with
     oneDNN (about as fast at 8 rows as MKL is at 1, where MKL at 8 rows costs twice its 1-row
     time); elsewhere ``F.linear``. Either way a call's arithmetic depends on its shapes only.
     """
 
-    def __init__(self, modules: list[nn.Linear], rows: int) -> None:
-        weight = torch.cat([m.weight.detach() for m in modules]) if len(modules) > 1 else (
-            modules[0].weight.detach())
-        biases = [m.bias for m in modules]
-        self.bias = None if all(b is None for b in biases) else torch.cat([
-            b.detach() if b is not None else torch.zeros(m.out_features, dtype=m.weight.dtype,
-                                                        device=m.weight.device)
-            for b, m in zip(biases, modules, strict=True)])
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> None:
+        self.bias = bias
         self.packed: torch.Tensor | None = None
         self.weight: torch.Tensor | None = None
         if weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
@@ -78,12 +76,44 @@ class FloatLinear:
         else:
             self.weight = weight
 
+    @classmethod
+    def of(cls, modules: list[nn.Linear], rows: int) -> FloatLinear:
+        """Float Linear layers (one, or several fused along the output)."""
+        weight = torch.cat([m.weight.detach() for m in modules]) if len(modules) > 1 else (
+            modules[0].weight.detach())
+        biases = [m.bias for m in modules]
+        bias = None if all(b is None for b in biases) else torch.cat([
+            b.detach() if b is not None else torch.zeros(m.out_features, dtype=m.weight.dtype,
+                                                        device=m.weight.device)
+            for b, m in zip(biases, modules, strict=True)])
+        return cls(weight, bias, rows)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight is not None:
             return F.linear(x, self.weight, self.bias)
         out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none",
                                                                [], "")
         return out
+
+
+class WeightOnlyLinear:
+    """Weight-only int8 Linear layers (:class:`~gateway.backends.engine.int8.
+    WeightOnlyInt8Linear`: int8 weights, float activations; one, or several fused along the
+    output), as ``off`` computes them — ``(x @ q.T) * scale + bias`` — with the int8 values
+    held as floats in a :class:`FloatLinear` (a fixed-shape float product: invariant as the
+    fp32 path is) and the scales applied element-wise."""
+
+    def __init__(self, modules: list[WeightOnlyInt8Linear], rows: int) -> None:
+        self.product = FloatLinear(torch.cat([m.qweight.to(torch.float32) for m in modules]),
+                                   None, rows)
+        self.scales = torch.cat([m.scale for m in modules])
+        self.bias = None if all(m.bias is None for m in modules) else torch.cat([
+            m.bias.detach() if m.bias is not None else torch.zeros(m.out_features)
+            for m in modules])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.product(x) * self.scales
+        return y if self.bias is None else y + self.bias
 
 
 class Int8Linear:
@@ -150,16 +180,36 @@ class _Concat:
         return torch.cat([op(x) for op in self.ops], dim=-1)
 
 
+class RescoredHead:
+    """:class:`~gateway.backends.engine.int8.RescoredInt8Head` computed row by row: the first
+    pass's int8 logits through :class:`Int8Linear` (each row quantized with its own scale, not
+    one scale for the batch), each row's ``top_k`` highest, and their float logits recomputed
+    as element-wise products summed over the hidden size (a reduction of one row's length)."""
+
+    def __init__(self, head: RescoredInt8Head, rows: int) -> None:
+        self.first_pass = Int8Linear([head.first_pass], rows)
+        self.weight = head.weight.detach()
+        self.top_k = head.top_k
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.first_pass(hidden)
+        top = logits.topk(self.top_k, dim=-1).indices
+        exact = (hidden[:, None, :] * self.weight[top]).sum(dim=-1)
+        return logits.scatter(-1, top, exact)
+
+
 def _linear(modules: list[Any], rows: int) -> Op:
     """One op computing ``modules`` (Linear layers reading the same input), outputs concatenated
     in order."""
     from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
-    if all(isinstance(m, nn.Linear) for m in modules):
-        return FloatLinear(modules, rows)
-    if all(isinstance(m, DynamicQuantizedLinear) for m in modules):
-        return Int8Linear(modules, rows)
-    known = (nn.Linear, DynamicQuantizedLinear)
+    for kind, op in ((nn.Linear, FloatLinear.of), (DynamicQuantizedLinear, Int8Linear),
+                     (WeightOnlyInt8Linear, WeightOnlyLinear)):
+        if all(isinstance(m, kind) for m in modules):
+            return op(modules, rows)
+    if len(modules) == 1 and isinstance(modules[0], RescoredInt8Head):
+        return RescoredHead(modules[0], rows)
+    known = (nn.Linear, DynamicQuantizedLinear, WeightOnlyInt8Linear)
     strange = [type(m).__name__ for m in modules if not isinstance(m, known)]
     if strange:
         raise ConfigError(f"batching = 'invariant' cannot run a {strange[0]} layer")

@@ -4,9 +4,10 @@ alone (SmolLM2-135M-Instruct, fp32 and int8).
 A request's token ids and logprobs (the sampled token's and the top alternatives', compared as
 ``float.hex``) must be the same alone and decoded beside random other requests that join before
 it and after it, at random steps, in batches of every size up to ``max_batch``; greedy and
-seeded, ``n = 2``; the int8 model as the default pair serves it (``down_proj`` kept in float, on 2
-threads). The forward pass is also checked against ``transformers``' own (an invariant
-but wrong forward would pass the rest), and row-by-row: every slot of every batch size.
+seeded, ``n = 2``; fp32, dynamic int8 (``down_proj`` kept in float, on 2 threads) and the
+default pair's int8 (weight-only, the head's top 32 re-scored in float, on 2 threads). The
+forward pass is also checked against ``transformers``' own (an invariant but wrong forward
+would pass the rest), and row-by-row: every slot of every batch size.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ import torch
 
 from gateway.backends.engine.backend import EngineBackend
 from gateway.backends.engine.batcher import Batcher
-from gateway.backends.engine.invariant import Int8Linear, InvariantLlama, Row
+from gateway.backends.engine.invariant import (
+    Int8Linear,
+    InvariantLlama,
+    RescoredHead,
+    Row,
+    WeightOnlyLinear,
+)
 from gateway.backends.settings import EngineModelSettings
 from gateway.kernel.errors import ConfigError
 from gateway.kernel.generation import (
@@ -54,7 +61,10 @@ async def engines(smollm2_dir: Path) -> AsyncIterator[dict[str, EngineBackend]]:
     room, Batcher.INITIAL_ROOM = Batcher.INITIAL_ROOM, 3
     started = {"fp32": EngineBackend("smol-batched", settings_for(smollm2_dir)),
                "int8": EngineBackend("smol-int8-batched", settings_for(
-                   smollm2_dir, int8=True, threads=2, int8_keep_float=["down_proj"]))}
+                   smollm2_dir, int8=True, threads=2, int8_keep_float=["down_proj"])),
+               "int8-weight-only": EngineBackend("smol-int8wo-batched", settings_for(
+                   smollm2_dir, int8=True, threads=2, int8_activations="float",
+                   int8_rescore_top_k=32))}
     for backend in started.values():
         await backend.start()
     yield started
@@ -144,7 +154,7 @@ TARGETS = {
 
 
 @module_loop
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int8-weight-only"])
 @pytest.mark.parametrize("sampling", sorted(TARGETS))
 async def test_a_request_is_bit_identical_alone_and_joined_at_random_steps(
         engines: dict[str, EngineBackend], precision: str, sampling: str) -> None:
@@ -192,16 +202,22 @@ async def test_every_batch_size_up_to_max_batch_ran(engines: dict[str, EngineBac
 
 
 @module_loop
-@pytest.mark.parametrize("kind", ["fp32", "int8", "int8-int_mm"])
+@pytest.mark.parametrize("kind", ["fp32", "int8", "int8-int_mm", "int8-weight-only",
+                                  "int8-weight-only-int_mm"])
 async def test_every_slot_of_every_batch_size_gives_the_same_row(
         engines: dict[str, EngineBackend], kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    precision = kind.partition("-")[0]
+    precision = kind.removesuffix("-int_mm")
     loaded = engines[precision].loaded
-    if kind == "int8-int_mm":  # the integer GEMM where torch has no oneDNN int8
+    if kind.endswith("-int_mm"):  # the integer GEMM where torch has no oneDNN int8
         monkeypatch.setattr(Int8Linear, "use_onednn", False)
     model = InvariantLlama(loaded.model, MAX_BATCH, 512)
-    assert kind == "fp32" or (isinstance(model.lm_head, Int8Linear) and (
-        (model.lm_head.packed is None) == (kind == "int8-int_mm")))
+    first_pass = model.lm_head.first_pass if isinstance(model.lm_head, RescoredHead) else (
+        model.lm_head)
+    assert isinstance(model.lm_head, RescoredHead) == (precision == "int8-weight-only")
+    assert kind == "fp32" or (isinstance(first_pass, Int8Linear) and (
+        (first_pass.packed is None) == kind.endswith("-int_mm")))
+    if precision == "int8-weight-only":
+        assert isinstance(model.layers[0].qkv, WeightOnlyLinear)
     torch.set_num_threads(engines[precision].settings.threads or 1)
     ids = loaded.tokenizer("The capital of France is").input_ids
     generator = torch.Generator().manual_seed(0)
