@@ -1,8 +1,11 @@
 """The embedded engine's throughput with concurrency: ``batching = "off"`` against ``"invariant"``.
 
-Both modes of the packaged chat model (SmolLM2-135M-Instruct, fp32 by default; ``--int8``) are
-started in one process and measured **interleaved** (each concurrency level on one mode, then
-on the other), so that a slow spell of a shared machine falls on both alike:
+Both modes of the packaged chat model (SmolLM2-135M-Instruct) in each precision of ``--int8``
+(a comma-separated list; ``none``: fp32, the default; ``dynamic``: every Linear layer dynamic
+int8; ``default``: the default pair's small tier, weight-only int8 with the head's top 32
+re-scored in float) are started in one process and measured **interleaved** (each concurrency
+level on one target, then on the next), so that a slow spell of a shared machine falls on all
+alike:
 
 - tokens/s in total at 1, 2, 4 and 8 concurrent requests (each ``--tokens`` sampled tokens,
   seeded, ``ignore_eos``, different prompts), the best of ``--rounds``;
@@ -20,8 +23,8 @@ vLLM's overhead, not the engine's). Its memory is the resident size of its proce
 server, engine core). Without a ``.venv-vllm`` the run says so and skips it (``--no-vllm``:
 skip it anyway).
 
-    .venv/bin/python benchmarks/engine.py [--tokens 64] [--rounds 1] [--threads 1] [--int8]
-        [--modes off,invariant] [--no-vllm] [--vllm-eager]
+    .venv/bin/python benchmarks/engine.py [--tokens 64] [--rounds 1] [--threads 1]
+        [--int8 none,dynamic,default] [--modes off,invariant] [--no-vllm] [--vllm-eager]
 
 Bars: ``invariant`` at 8 concurrent ≥ 5x its own single-request tokens/s and within 1.5x of
 vLLM-CPU's 8-concurrent tokens/s, and its single-request tokens/s no worse than ``off``'s
@@ -45,6 +48,12 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+INT8: dict[str, dict[str, Any]] = {
+    "none": {},
+    "dynamic": {"int8": True},
+    "default": {"int8": True, "int8_activations": "float", "int8_rescore_top_k": 32},
+}
+"""The engine settings of each ``--int8`` scheme (``default``: the default pair's small tier)."""
 CONCURRENCY = (1, 2, 4, 8)
 TOPICS = ["the sea", "a mountain", "a city at night", "an old clock", "a forest", "the moon",
           "a train", "a garden", "winter", "a library"]
@@ -68,16 +77,17 @@ def _poem(counter: int) -> list[dict[str, str]]:
 class Target:
     """One started engine backend, and its request factory."""
 
-    def __init__(self, mode: str, tokens: int, threads: int | None, int8: bool) -> None:
+    def __init__(self, mode: str, tokens: int, threads: int | None, int8: str) -> None:
         from gateway.backends.engine.backend import EngineBackend
         from gateway.backends.engine.packaged import prepare
         from gateway.backends.settings import EngineModelSettings
 
         path = prepare("smollm2-135m-instruct", REPO / "var" / "models")
-        self.mode, self.tokens = mode, tokens
-        self.backend = EngineBackend(f"bench-{mode}", EngineModelSettings(
-            path=path, device="cpu", threads=threads, int8=int8, max_batch=8, batching=mode,
-            max_new_tokens=tokens))
+        self.tokens = tokens
+        self.mode = mode if int8 == "none" else f"{mode}/{int8}"
+        self.backend = EngineBackend(f"bench-{mode}-{int8}", EngineModelSettings(
+            path=path, device="cpu", threads=threads, max_batch=8, batching=mode,
+            max_new_tokens=tokens, **INT8[int8]))
         self.counter = 0
         self.rates: dict[int, list[float]] = {c: [] for c in CONCURRENCY}
         self.joins: list[float] = []
@@ -269,10 +279,11 @@ async def _run(args: argparse.Namespace) -> list[Target | VllmTarget]:
             vllm = VllmTarget(args.vllm_venv, args.tokens, args.threads, args.vllm_eager)
             targets.append(vllm)  # closed below even if it fails to start
             await vllm.start()
-        for mode in args.modes.split(","):
-            engine = Target(mode, args.tokens, args.threads, args.int8)
-            targets.insert(len(targets) - 1 if args.vllm else len(targets), engine)
-            await engine.start()
+        for int8 in args.int8.split(","):
+            for mode in args.modes.split(","):
+                engine = Target(mode, args.tokens, args.threads, int8)
+                targets.insert(len(targets) - 1 if args.vllm else len(targets), engine)
+                await engine.start()
         for _ in range(args.rounds):  # interleaved: a slow spell falls on every target alike
             for concurrent in CONCURRENCY:
                 for target in targets:
@@ -294,7 +305,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads of each engine, and vLLM's bound cores")
-    parser.add_argument("--int8", action="store_true")
+    parser.add_argument("--int8", default="none",
+                        help=f"comma-separated, of {', '.join(INT8)}")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--modes", default="off,invariant")
     parser.add_argument("--vllm-venv", type=Path, default=REPO / ".venv-vllm")
@@ -302,35 +314,46 @@ def main() -> None:
     parser.add_argument("--vllm-eager", action="store_true",
                         help="start vLLM with --enforce-eager (no torch.compile)")
     args = parser.parse_args()
+    if unknown := set(args.int8.split(",")) - set(INT8):
+        parser.error(f"--int8: unknown {sorted(unknown)}; choose from {list(INT8)}")
     if args.vllm and not (args.vllm_venv / "bin" / "python").exists():
         print(f"vLLM-CPU: no {args.vllm_venv} here; skipped (no comparison this run)")
         args.vllm = False
     print(f"start: {_load()}; {args.threads} thread(s) each, {args.tokens} tokens per request, "
-          f"{'int8' if args.int8 else 'fp32'}")
+          f"int8 {args.int8}")
     targets = asyncio.run(_run(args))
-    header = "mode        " + "".join(f"{c:>2} conc tok/s " for c in CONCURRENCY)
+    header = "target            " + "".join(f"{c:>2} conc tok/s " for c in CONCURRENCY)
     print(header + "  ttft (join 7)  RSS added")
     best = {t.mode: {c: max(t.rates[c]) for c in CONCURRENCY} for t in targets}
     for t in targets:
         rates = "".join(f"{best[t.mode][c]:>13.1f}" for c in CONCURRENCY)
-        print(f"{t.mode:<12}{rates}  {statistics.median(t.joins):>10.2f} s  "
+        print(f"{t.mode:<18}{rates}  {statistics.median(t.joins):>10.2f} s  "
               f"{t.rss_added_mb:>6.0f} MB")
     print(f"end: {_load()}; best of {args.rounds} round(s)")
     print(f"peak RSS: this process {_rss_mb('VmHWM'):.0f} MB (the engine models)" + "".join(
         f"; vLLM's processes {t.peak_mb:.0f} MB" for t in targets if isinstance(t, VllmTarget)))
-    invariant, off, vllm = best.get("invariant"), best.get("off"), best.get(VllmTarget.mode)
-    if invariant is not None:
-        scale = invariant[8] / invariant[1]
-        print(f"bar: invariant 8 concurrent = {scale:.1f}x its single-request tokens/s "
-              f"(>= 5x): {'met' if scale >= 5 else 'NOT met'}")
-        if off is not None:
-            ratio = invariant[1] / off[1]
-            print(f"bar: invariant single-request = {ratio:.2f}x off's (>= 1.0x): "
-                  f"{'met' if ratio >= 1 else 'NOT met'}")
-        if vllm is not None:
-            gap = vllm[8] / invariant[8]
-            print(f"bar: vLLM-CPU 8 concurrent = {gap:.2f}x invariant's (<= 1.5x): "
-                  f"{'met' if gap <= 1.5 else 'NOT met'}")
+    vllm = best.get(VllmTarget.mode)
+    for int8 in args.int8.split(","):
+        _bars(int8, best, vllm)
+
+
+def _bars(int8: str, best: dict[str, dict[int, float]], vllm: dict[int, float] | None) -> None:
+    suffix = "" if int8 == "none" else f"/{int8}"
+    invariant, off = best.get("invariant" + suffix), best.get("off" + suffix)
+    if invariant is None:
+        return
+    name = "invariant" + suffix
+    scale = invariant[8] / invariant[1]
+    print(f"bar: {name} 8 concurrent = {scale:.1f}x its single-request tokens/s (>= 5x): "
+          f"{'met' if scale >= 5 else 'NOT met'}")
+    if off is not None:
+        ratio = invariant[1] / off[1]
+        print(f"bar: {name} single-request = {ratio:.2f}x off{suffix}'s (>= 1.0x): "
+              f"{'met' if ratio >= 1 else 'NOT met'}")
+    if vllm is not None:
+        gap = vllm[8] / invariant[8]
+        print(f"bar: vLLM-CPU (fp32) 8 concurrent = {gap:.2f}x {name}'s (<= 1.5x): "
+              f"{'met' if gap <= 1.5 else 'NOT met'}")
 
 
 if __name__ == "__main__":
