@@ -305,6 +305,25 @@ class InvariantLlama:
         self.cos, self.sin = cos[0], sin[0]
         self.context_length = context_length
 
+    def release(self, model: nn.Module) -> int:
+        """Drop the weights of ``model``'s float and weight-only int8 Linear layers, which this
+        forward holds packed copies of (set to ``None``: ``model``'s own forward fails after
+        this, it cannot compute with them). The embedding (which a tied head shares) and
+        dynamic int8 layers are kept. The bytes freed; 0 where the float products are not
+        packed (without oneDNN they may use the layers' own tensors)."""
+        if not (self.device.type == "cpu" and torch.backends.mkldnn.is_available()):
+            return 0
+        freed = 0
+        for module in model.modules():
+            name = ("weight" if isinstance(module, nn.Linear)
+                    else "qweight" if isinstance(module, WeightOnlyInt8Linear) else None)
+            tensor = getattr(module, name) if name else None
+            if name is None or tensor is None or tensor is self.embed:
+                continue
+            freed += tensor.numel() * tensor.element_size()
+            setattr(module, name, None)
+        return freed
+
     def new_cache(self, capacity: int) -> SequenceCache:
         shape = (len(self.layers), self.kv_heads, capacity, self.head_dim)
         return SequenceCache(torch.zeros(shape, dtype=self.dtype, device=self.device),

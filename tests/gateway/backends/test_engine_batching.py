@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from gateway.backends.engine.invariant import (
     Row,
     WeightOnlyLinear,
 )
+from gateway.backends.engine.loader import LoadedModel, load_model
 from gateway.backends.settings import EngineModelSettings
 from gateway.kernel.errors import ConfigError
 from gateway.kernel.generation import (
@@ -71,6 +72,36 @@ async def engines(smollm2_dir: Path) -> AsyncIterator[dict[str, EngineBackend]]:
     for backend in started.values():
         await backend.aclose()
     Batcher.INITIAL_ROOM = room
+
+
+@pytest.fixture(scope="module")
+def unreleased(engines: dict[str, EngineBackend]) -> Callable[[str], LoadedModel]:
+    """The engines' models loaded again, their ``transformers`` weights kept (an engine's
+    batcher drops those its packed copies replace)."""
+    loaded: dict[str, LoadedModel] = {}
+
+    def get(precision: str) -> LoadedModel:
+        if precision not in loaded:
+            loaded[precision] = load_model(engines[precision].settings)
+        return loaded[precision]
+
+    return get
+
+
+@module_loop
+async def test_the_weights_the_packed_copies_replace_are_dropped(
+        engines: dict[str, EngineBackend]) -> None:
+    for precision, backend in engines.items():
+        model = backend.loaded.model
+        mlp = model.model.layers[0].mlp
+        layer, name = {"fp32": (mlp.up_proj, "weight"), "int8": (mlp.down_proj, "weight"),
+                       "int8-weight-only": (mlp.up_proj, "qweight")}[precision]
+        assert getattr(layer, name) is None, precision
+        with pytest.raises((TypeError, AttributeError)):  # its own forward cannot run
+            layer(torch.zeros(1, layer.in_features))
+        assert model.model.embed_tokens.weight is not None
+        assert (await backend.generate(request("Hi.", max_tokens=2, ignore_eos=True))
+                ).usage.completion_tokens == 2
 
 
 def request(content: str, request_id: str = "t", **sampling: Any) -> GenerationRequest:
@@ -174,7 +205,7 @@ async def test_a_request_is_bit_identical_alone_and_joined_at_random_steps(
 
 @module_loop
 async def test_a_decode_is_the_model_s_own_distribution(
-        engines: dict[str, EngineBackend]) -> None:
+        engines: dict[str, EngineBackend], unreleased: Callable[[str], LoadedModel]) -> None:
     """Greedy tokens and their logprobs match ``transformers``' forward over the whole sequence:
     the prompt prefilled in several chunks, the cache grown twice, positions right."""
     backend = engines["fp32"]
@@ -184,7 +215,7 @@ async def test_a_decode_is_the_model_s_own_distribution(
     tokens = choice.token_ids or []
     assert len(prompt) > 3 * backend.settings.prefill_chunk and len(tokens) == 12
     with torch.inference_mode():
-        logits = backend.loaded.model(torch.tensor([prompt + tokens[:-1]])).logits[0]
+        logits = unreleased("fp32").model(torch.tensor([prompt + tokens[:-1]])).logits[0]
     expected = logits[len(prompt) - 1:].log_softmax(-1)
     assert expected.argmax(-1).tolist() == tokens
     got = torch.tensor([lp.logprob for lp in choice.logprobs or []])
@@ -205,9 +236,10 @@ async def test_every_batch_size_up_to_max_batch_ran(engines: dict[str, EngineBac
 @pytest.mark.parametrize("kind", ["fp32", "int8", "int8-int_mm", "int8-weight-only",
                                   "int8-weight-only-int_mm"])
 async def test_every_slot_of_every_batch_size_gives_the_same_row(
-        engines: dict[str, EngineBackend], kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        engines: dict[str, EngineBackend], unreleased: Callable[[str], LoadedModel], kind: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     precision = kind.removesuffix("-int_mm")
-    loaded = engines[precision].loaded
+    loaded = unreleased(precision)
     if kind.endswith("-int_mm"):  # the integer GEMM where torch has no oneDNN int8
         monkeypatch.setattr(Int8Linear, "use_onednn", False)
     model = InvariantLlama(loaded.model, MAX_BATCH, 512)
@@ -243,7 +275,7 @@ async def test_every_slot_of_every_batch_size_gives_the_same_row(
                 rows.insert(slot, target())
                 row = model.decode(rows)[slot]
                 assert torch.equal(row, alone), (size, slot)
-        reference = engines["fp32"].loaded.model(torch.tensor([ids])).logits[0, -1]
+        reference = unreleased("fp32").model(torch.tensor([ids])).logits[0, -1]
     if precision == "fp32":  # the same model as transformers' forward, to float32 rounding
         assert float((alone - reference).abs().max()) < 1e-3
     else:  # int8 stays close to the float model
