@@ -188,8 +188,8 @@ class RescoredHead:
 
     def __init__(self, head: RescoredInt8Head, rows: int) -> None:
         self.first_pass = Int8Linear([head.first_pass], rows)
-        self.weight = head.weight.detach()
-        self.top_k = head.top_k
+        self.weight = head.weight  # the parameter itself: :meth:`InvariantLlama.release`
+        self.top_k = head.top_k    # re-homes its data
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.first_pass(hidden)
@@ -309,8 +309,9 @@ class InvariantLlama:
         """Drop the weights of ``model``'s float and weight-only int8 Linear layers, which this
         forward holds packed copies of (set to ``None``: ``model``'s own forward fails after
         this, it cannot compute with them). The embedding (which a tied head shares) and
-        dynamic int8 layers are kept. The bytes freed; 0 where the float products are not
-        packed (without oneDNN they may use the layers' own tensors)."""
+        dynamic int8 layers are kept, copied out of the loaded file's mapping. The bytes
+        dropped; 0 where the float products are not packed (without oneDNN they may use the
+        layers' own tensors)."""
         if not (self.device.type == "cpu" and torch.backends.mkldnn.is_available()):
             return 0
         freed = 0
@@ -322,6 +323,14 @@ class InvariantLlama:
                 continue
             freed += tensor.numel() * tensor.element_size()
             setattr(module, name, None)
+        # What is kept moves to memory of its own: loaded weights are views of the weights
+        # file's mapping, which any one of them (the embedding) would keep resident whole.
+        for parameter in model.parameters():
+            parameter.data = parameter.data.clone()
+        for module in model.modules():
+            for key, buffer in module._buffers.items():
+                if buffer is not None:
+                    module._buffers[key] = buffer.clone()
         return freed
 
     def new_cache(self, capacity: int) -> SequenceCache:
