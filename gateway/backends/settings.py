@@ -215,11 +215,6 @@ class EngineModelSettings(ModelBaseSettings):
             raise ValueError("int8_keep_float and int8_rescore_top_k apply with int8 = true")
         if self.int8_activations != "dynamic" and not self.int8:
             raise ValueError("int8_activations applies with int8 = true")
-        if self.batching == "invariant" and (self.int8_activations != "dynamic"
-                                             or self.int8_rescore_top_k):
-            raise ValueError("batching = 'invariant' runs int8 with dynamic activations "
-                             "(per-row scales) only: not int8_activations = 'float' or "
-                             "int8_rescore_top_k (docs/models.md)")
         return self
 
 

@@ -353,7 +353,10 @@ class EngineBackend(Backend):
         s = self.settings
         if s.batching == "off":
             return {"mode": "off"}
-        return {"mode": "invariant", "max_batch": s.max_batch, "prefill_chunk": s.prefill_chunk}
+        from gateway.backends.engine.invariant import FORWARD_VERSION
+
+        return {"mode": "invariant", "forward": FORWARD_VERSION, "max_batch": s.max_batch,
+                "prefill_chunk": s.prefill_chunk}
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         jobs = self._jobs(request)

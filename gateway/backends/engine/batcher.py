@@ -74,6 +74,9 @@ class Batcher:
         self.prefill_chunk = prefill_chunk
         self.threads = threads
         self.model = InvariantLlama(loaded.model, max_batch, loaded.context_length)
+        self.released = self.model.release(loaded.model)
+        """Bytes of ``transformers`` weights dropped: the packed copies replace them (the
+        loaded model's own forward cannot run after)."""
         self.token_text = TokenText(loaded.tokenizer)
         self._lock = threading.Condition()
         self._incoming: deque[_Request] = deque()

@@ -10,8 +10,12 @@ operation's arithmetic for one sequence is a function of that sequence alone:
   kernel choice and its reduction order depend on the shapes (and thread count), never on the
   values of other rows, so row ``i`` of ``[max_batch, d] @ W`` is the same bits whichever rows
   sit beside it and whichever slot it occupies (checked by the tests: every slot, every batch);
-- **attention is per sequence**: each sequence has its own KV cache and its attention is one
-  ``scaled_dot_product_attention`` call over its own keys, shaped by its own length only;
+- **attention is per sequence**: each sequence has its own KV cache; in a decode step its
+  attention is two matrix products and a softmax over its own keys (``[kv_heads, group, d]``
+  queries against its ``position + 1`` keys), shaped by its own length only. (Plain products,
+  not ``scaled_dot_product_attention``: torch's CPU flash kernel cost ~0.25 ms a call at one
+  query, most of an 8-row step; the products cost ~0.02 ms.) A prefill chunk's attention is one
+  ``scaled_dot_product_attention`` call, shaped by the prompt alone;
 - **norms, activations and rotary embeddings** are row-wise or element-wise: the same row gives
   the same result in a fixed-shape tensor; the rotary ``cos``/``sin`` table is computed once at
   start for every position, so a position's values never depend on what was computed with it;
@@ -23,7 +27,10 @@ operation's arithmetic for one sequence is a function of that sequence alone:
   int32 (oneDNN's int8 GEMM, weights packed once, or ``torch._int_mm``: integer sums are exact,
   so their order cannot matter) and scaled back element-wise. (``transformers``/torch dynamic
   quantization scales a whole batch's activations with one scale, which would make a row depend
-  on the others.)
+  on the others.) Weight-only int8 layers (``int8_activations = "float"``) are a fixed-shape
+  float product with the int8 values as floats, scaled per output channel element-wise; the
+  re-scored head (``int8_rescore_top_k``) takes its first pass through the per-row int8 path,
+  each row's top ``k`` (a per-row selection) and their float logits as per-row sums.
 
 The intra-op thread count is the engine thread's, fixed at start.
 """
@@ -38,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gateway.backends.engine.int8 import RescoredInt8Head, WeightOnlyInt8Linear
 from gateway.kernel.errors import ConfigError
 
 Op = Callable[[torch.Tensor], torch.Tensor]
@@ -45,23 +53,22 @@ Op = Callable[[torch.Tensor], torch.Tensor]
 SUPPORTED = ("llama",)
 """``model_type``\\ s whose forward this module implements."""
 
+FORWARD_VERSION = 2
+"""The order of arithmetic of :class:`InvariantLlama`, recorded with the batching mode (a
+change to it changes the bits: a new version). 1 (recorded without a version): decode
+attention through ``scaled_dot_product_attention``; 2: through plain matrix products."""
+
 
 class FloatLinear:
-    """Float Linear layers (one, or several fused along the output), their weights packed once.
+    """A float matrix product ``x @ weight.T (+ bias)``, its weight packed once.
 
-    On a CPU with oneDNN the weights are reordered for ``rows``-row inputs and multiplied with
+    On a CPU with oneDNN the weight is reordered for ``rows``-row inputs and multiplied with
     oneDNN (about as fast at 8 rows as MKL is at 1, where MKL at 8 rows costs twice its 1-row
     time); elsewhere ``F.linear``. Either way a call's arithmetic depends on its shapes only.
     """
 
-    def __init__(self, modules: list[nn.Linear], rows: int) -> None:
-        weight = torch.cat([m.weight.detach() for m in modules]) if len(modules) > 1 else (
-            modules[0].weight.detach())
-        biases = [m.bias for m in modules]
-        self.bias = None if all(b is None for b in biases) else torch.cat([
-            b.detach() if b is not None else torch.zeros(m.out_features, dtype=m.weight.dtype,
-                                                        device=m.weight.device)
-            for b, m in zip(biases, modules, strict=True)])
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> None:
+        self.bias = bias
         self.packed: torch.Tensor | None = None
         self.weight: torch.Tensor | None = None
         if weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
@@ -69,12 +76,44 @@ class FloatLinear:
         else:
             self.weight = weight
 
+    @classmethod
+    def of(cls, modules: list[nn.Linear], rows: int) -> FloatLinear:
+        """Float Linear layers (one, or several fused along the output)."""
+        weight = torch.cat([m.weight.detach() for m in modules]) if len(modules) > 1 else (
+            modules[0].weight.detach())
+        biases = [m.bias for m in modules]
+        bias = None if all(b is None for b in biases) else torch.cat([
+            b.detach() if b is not None else torch.zeros(m.out_features, dtype=m.weight.dtype,
+                                                        device=m.weight.device)
+            for b, m in zip(biases, modules, strict=True)])
+        return cls(weight, bias, rows)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight is not None:
             return F.linear(x, self.weight, self.bias)
         out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none",
                                                                [], "")
         return out
+
+
+class WeightOnlyLinear:
+    """Weight-only int8 Linear layers (:class:`~gateway.backends.engine.int8.
+    WeightOnlyInt8Linear`: int8 weights, float activations; one, or several fused along the
+    output), as ``off`` computes them — ``(x @ q.T) * scale + bias`` — with the int8 values
+    held as floats in a :class:`FloatLinear` (a fixed-shape float product: invariant as the
+    fp32 path is) and the scales applied element-wise."""
+
+    def __init__(self, modules: list[WeightOnlyInt8Linear], rows: int) -> None:
+        self.product = FloatLinear(torch.cat([m.qweight.to(torch.float32) for m in modules]),
+                                   None, rows)
+        self.scales = torch.cat([m.scale for m in modules])
+        self.bias = None if all(m.bias is None for m in modules) else torch.cat([
+            m.bias.detach() if m.bias is not None else torch.zeros(m.out_features)
+            for m in modules])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.product(x) * self.scales
+        return y if self.bias is None else y + self.bias
 
 
 class Int8Linear:
@@ -141,16 +180,36 @@ class _Concat:
         return torch.cat([op(x) for op in self.ops], dim=-1)
 
 
+class RescoredHead:
+    """:class:`~gateway.backends.engine.int8.RescoredInt8Head` computed row by row: the first
+    pass's int8 logits through :class:`Int8Linear` (each row quantized with its own scale, not
+    one scale for the batch), each row's ``top_k`` highest, and their float logits recomputed
+    as element-wise products summed over the hidden size (a reduction of one row's length)."""
+
+    def __init__(self, head: RescoredInt8Head, rows: int) -> None:
+        self.first_pass = Int8Linear([head.first_pass], rows)
+        self.weight = head.weight  # the parameter itself: :meth:`InvariantLlama.release`
+        self.top_k = head.top_k    # re-homes its data
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.first_pass(hidden)
+        top = logits.topk(self.top_k, dim=-1).indices
+        exact = (hidden[:, None, :] * self.weight[top]).sum(dim=-1)
+        return logits.scatter(-1, top, exact)
+
+
 def _linear(modules: list[Any], rows: int) -> Op:
     """One op computing ``modules`` (Linear layers reading the same input), outputs concatenated
     in order."""
     from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
-    if all(isinstance(m, nn.Linear) for m in modules):
-        return FloatLinear(modules, rows)
-    if all(isinstance(m, DynamicQuantizedLinear) for m in modules):
-        return Int8Linear(modules, rows)
-    known = (nn.Linear, DynamicQuantizedLinear)
+    for kind, op in ((nn.Linear, FloatLinear.of), (DynamicQuantizedLinear, Int8Linear),
+                     (WeightOnlyInt8Linear, WeightOnlyLinear)):
+        if all(isinstance(m, kind) for m in modules):
+            return op(modules, rows)
+    if len(modules) == 1 and isinstance(modules[0], RescoredInt8Head):
+        return RescoredHead(modules[0], rows)
+    known = (nn.Linear, DynamicQuantizedLinear, WeightOnlyInt8Linear)
     strange = [type(m).__name__ for m in modules if not isinstance(m, known)]
     if strange:
         raise ConfigError(f"batching = 'invariant' cannot run a {strange[0]} layer")
@@ -222,6 +281,7 @@ class InvariantLlama:
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.scale = self.head_dim ** -0.5
         self.logits_size = config.vocab_size
         self.embed = inner.embed_tokens.weight
         self.device = self.embed.device
@@ -244,6 +304,34 @@ class InvariantLlama:
             cos, sin = inner.rotary_emb(self.embed[:1], positions)
         self.cos, self.sin = cos[0], sin[0]
         self.context_length = context_length
+
+    def release(self, model: nn.Module) -> int:
+        """Drop the weights of ``model``'s float and weight-only int8 Linear layers, which this
+        forward holds packed copies of (set to ``None``: ``model``'s own forward fails after
+        this, it cannot compute with them). The embedding (which a tied head shares) and
+        dynamic int8 layers are kept, copied out of the loaded file's mapping. The bytes
+        dropped; 0 where the float products are not packed (without oneDNN they may use the
+        layers' own tensors)."""
+        if not (self.device.type == "cpu" and torch.backends.mkldnn.is_available()):
+            return 0
+        freed = 0
+        for module in model.modules():
+            name = ("weight" if isinstance(module, nn.Linear)
+                    else "qweight" if isinstance(module, WeightOnlyInt8Linear) else None)
+            tensor = getattr(module, name) if name else None
+            if name is None or tensor is None or tensor is self.embed:
+                continue
+            freed += tensor.numel() * tensor.element_size()
+            setattr(module, name, None)
+        # What is kept moves to memory of its own: loaded weights are views of the weights
+        # file's mapping, which any one of them (the embedding) would keep resident whole.
+        for parameter in model.parameters():
+            parameter.data = parameter.data.clone()
+        for module in model.modules():
+            for key, buffer in module._buffers.items():
+                if buffer is not None:
+                    module._buffers[key] = buffer.clone()
+        return freed
 
     def new_cache(self, capacity: int) -> SequenceCache:
         shape = (len(self.layers), self.kv_heads, capacity, self.head_dim)
@@ -295,18 +383,21 @@ class InvariantLlama:
         positions = torch.tensor([row.position for row in rows] + [0] * padding,
                                  dtype=torch.long, device=self.device)
         x = self.embed[torch.tensor(tokens, dtype=torch.long, device=self.device)]
-        attention = torch.zeros(self.max_batch, self.heads, self.head_dim, dtype=self.dtype,
-                                device=self.device)
+        attention = torch.zeros(self.max_batch, self.kv_heads, self.heads // self.kv_heads,
+                                self.head_dim, dtype=self.dtype, device=self.device)
         cos, sin = self._rotary(positions)
+        grouped = (self.max_batch, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
         for index, layer in enumerate(self.layers):
             q, k, v = self._projections(layer, x, cos, sin)
+            q = (q * self.scale).view(grouped)
             for slot, row in enumerate(rows):
                 p = row.position
-                row.cache.keys[index, :, p] = k[slot]
-                row.cache.values[index, :, p] = v[slot]
-                out = F.scaled_dot_product_attention(
-                    q[slot][:, None][None], row.cache.keys[index, :, :p + 1][None],
-                    row.cache.values[index, :, :p + 1][None], enable_gqa=True)
-                attention[slot] = out[0, :, 0]
+                keys, values = row.cache.keys[index], row.cache.values[index]
+                keys[:, p] = k[slot]
+                values[:, p] = v[slot]
+                # One query per head, grouped by the key-value head it reads: [kv, group, d]
+                # against its own p + 1 keys; reductions over d and over p + 1 only.
+                scores = torch.matmul(q[slot], keys[:, :p + 1].transpose(1, 2))
+                torch.matmul(scores.softmax(dim=-1), values[:, :p + 1], out=attention[slot])
             x = self._finish(layer, x, attention.view(self.max_batch, -1))
         return self.lm_head(self.norm(x))

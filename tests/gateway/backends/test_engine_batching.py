@@ -4,16 +4,17 @@ alone (SmolLM2-135M-Instruct, fp32 and int8).
 A request's token ids and logprobs (the sampled token's and the top alternatives', compared as
 ``float.hex``) must be the same alone and decoded beside random other requests that join before
 it and after it, at random steps, in batches of every size up to ``max_batch``; greedy and
-seeded, ``n = 2``; the int8 model as the default pair serves it (``down_proj`` kept in float, on 2
-threads). The forward pass is also checked against ``transformers``' own (an invariant
-but wrong forward would pass the rest), and row-by-row: every slot of every batch size.
+seeded, ``n = 2``; fp32, dynamic int8 (``down_proj`` kept in float, on 2 threads) and the
+default pair's int8 (weight-only, the head's top 32 re-scored in float, on 2 threads). The
+forward pass is also checked against ``transformers``' own (an invariant but wrong forward
+would pass the rest), and row-by-row: every slot of every batch size.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,14 @@ import torch
 
 from gateway.backends.engine.backend import EngineBackend
 from gateway.backends.engine.batcher import Batcher
-from gateway.backends.engine.invariant import Int8Linear, InvariantLlama, Row
+from gateway.backends.engine.invariant import (
+    Int8Linear,
+    InvariantLlama,
+    RescoredHead,
+    Row,
+    WeightOnlyLinear,
+)
+from gateway.backends.engine.loader import LoadedModel, load_model
 from gateway.backends.settings import EngineModelSettings
 from gateway.kernel.errors import ConfigError
 from gateway.kernel.generation import (
@@ -54,13 +62,46 @@ async def engines(smollm2_dir: Path) -> AsyncIterator[dict[str, EngineBackend]]:
     room, Batcher.INITIAL_ROOM = Batcher.INITIAL_ROOM, 3
     started = {"fp32": EngineBackend("smol-batched", settings_for(smollm2_dir)),
                "int8": EngineBackend("smol-int8-batched", settings_for(
-                   smollm2_dir, int8=True, threads=2, int8_keep_float=["down_proj"]))}
+                   smollm2_dir, int8=True, threads=2, int8_keep_float=["down_proj"])),
+               "int8-weight-only": EngineBackend("smol-int8wo-batched", settings_for(
+                   smollm2_dir, int8=True, threads=2, int8_activations="float",
+                   int8_rescore_top_k=32))}
     for backend in started.values():
         await backend.start()
     yield started
     for backend in started.values():
         await backend.aclose()
     Batcher.INITIAL_ROOM = room
+
+
+@pytest.fixture(scope="module")
+def unreleased(engines: dict[str, EngineBackend]) -> Callable[[str], LoadedModel]:
+    """The engines' models loaded again, their ``transformers`` weights kept (an engine's
+    batcher drops those its packed copies replace)."""
+    loaded: dict[str, LoadedModel] = {}
+
+    def get(precision: str) -> LoadedModel:
+        if precision not in loaded:
+            loaded[precision] = load_model(engines[precision].settings)
+        return loaded[precision]
+
+    return get
+
+
+@module_loop
+async def test_the_weights_the_packed_copies_replace_are_dropped(
+        engines: dict[str, EngineBackend]) -> None:
+    for precision, backend in engines.items():
+        model = backend.loaded.model
+        mlp = model.model.layers[0].mlp
+        layer, name = {"fp32": (mlp.up_proj, "weight"), "int8": (mlp.down_proj, "weight"),
+                       "int8-weight-only": (mlp.up_proj, "qweight")}[precision]
+        assert getattr(layer, name) is None, precision
+        with pytest.raises((TypeError, AttributeError)):  # its own forward cannot run
+            layer(torch.zeros(1, layer.in_features))
+        assert model.model.embed_tokens.weight is not None
+        assert (await backend.generate(request("Hi.", max_tokens=2, ignore_eos=True))
+                ).usage.completion_tokens == 2
 
 
 def request(content: str, request_id: str = "t", **sampling: Any) -> GenerationRequest:
@@ -144,7 +185,7 @@ TARGETS = {
 
 
 @module_loop
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int8-weight-only"])
 @pytest.mark.parametrize("sampling", sorted(TARGETS))
 async def test_a_request_is_bit_identical_alone_and_joined_at_random_steps(
         engines: dict[str, EngineBackend], precision: str, sampling: str) -> None:
@@ -158,13 +199,13 @@ async def test_a_request_is_bit_identical_alone_and_joined_at_random_steps(
     for _ in range(2):
         batched = await joined(backend, target, rng)
         assert bits(batched) == bits(alone)
-    assert alone.runtime["batching"] == {"mode": "invariant", "max_batch": MAX_BATCH,
-                                         "prefill_chunk": 8}
+    assert alone.runtime["batching"] == {"mode": "invariant", "forward": 2,
+                                         "max_batch": MAX_BATCH, "prefill_chunk": 8}
 
 
 @module_loop
 async def test_a_decode_is_the_model_s_own_distribution(
-        engines: dict[str, EngineBackend]) -> None:
+        engines: dict[str, EngineBackend], unreleased: Callable[[str], LoadedModel]) -> None:
     """Greedy tokens and their logprobs match ``transformers``' forward over the whole sequence:
     the prompt prefilled in several chunks, the cache grown twice, positions right."""
     backend = engines["fp32"]
@@ -174,7 +215,7 @@ async def test_a_decode_is_the_model_s_own_distribution(
     tokens = choice.token_ids or []
     assert len(prompt) > 3 * backend.settings.prefill_chunk and len(tokens) == 12
     with torch.inference_mode():
-        logits = backend.loaded.model(torch.tensor([prompt + tokens[:-1]])).logits[0]
+        logits = unreleased("fp32").model(torch.tensor([prompt + tokens[:-1]])).logits[0]
     expected = logits[len(prompt) - 1:].log_softmax(-1)
     assert expected.argmax(-1).tolist() == tokens
     got = torch.tensor([lp.logprob for lp in choice.logprobs or []])
@@ -192,16 +233,23 @@ async def test_every_batch_size_up_to_max_batch_ran(engines: dict[str, EngineBac
 
 
 @module_loop
-@pytest.mark.parametrize("kind", ["fp32", "int8", "int8-int_mm"])
+@pytest.mark.parametrize("kind", ["fp32", "int8", "int8-int_mm", "int8-weight-only",
+                                  "int8-weight-only-int_mm"])
 async def test_every_slot_of_every_batch_size_gives_the_same_row(
-        engines: dict[str, EngineBackend], kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    precision = kind.partition("-")[0]
-    loaded = engines[precision].loaded
-    if kind == "int8-int_mm":  # the integer GEMM where torch has no oneDNN int8
+        engines: dict[str, EngineBackend], unreleased: Callable[[str], LoadedModel], kind: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    precision = kind.removesuffix("-int_mm")
+    loaded = unreleased(precision)
+    if kind.endswith("-int_mm"):  # the integer GEMM where torch has no oneDNN int8
         monkeypatch.setattr(Int8Linear, "use_onednn", False)
     model = InvariantLlama(loaded.model, MAX_BATCH, 512)
-    assert kind == "fp32" or (isinstance(model.lm_head, Int8Linear) and (
-        (model.lm_head.packed is None) == (kind == "int8-int_mm")))
+    first_pass = model.lm_head.first_pass if isinstance(model.lm_head, RescoredHead) else (
+        model.lm_head)
+    assert isinstance(model.lm_head, RescoredHead) == (precision == "int8-weight-only")
+    assert kind == "fp32" or (isinstance(first_pass, Int8Linear) and (
+        (first_pass.packed is None) == kind.endswith("-int_mm")))
+    if precision == "int8-weight-only":
+        assert isinstance(model.layers[0].qkv, WeightOnlyLinear)
     torch.set_num_threads(engines[precision].settings.threads or 1)
     ids = loaded.tokenizer("The capital of France is").input_ids
     generator = torch.Generator().manual_seed(0)
@@ -227,7 +275,7 @@ async def test_every_slot_of_every_batch_size_gives_the_same_row(
                 rows.insert(slot, target())
                 row = model.decode(rows)[slot]
                 assert torch.equal(row, alone), (size, slot)
-        reference = engines["fp32"].loaded.model(torch.tensor([ids])).logits[0, -1]
+        reference = unreleased("fp32").model(torch.tensor([ids])).logits[0, -1]
     if precision == "fp32":  # the same model as transformers' forward, to float32 rounding
         assert float((alone - reference).abs().max()) < 1e-3
     else:  # int8 stays close to the float model

@@ -103,10 +103,3 @@ def test_int8_options_need_int8() -> None:
     settings = EngineModelSettings(path="m", int8=True, int8_activations="float")
     assert settings.int8_method == "int8-weight-only"
     assert EngineModelSettings(path="m").int8_method is None
-
-
-def test_invariant_batching_takes_the_dynamic_int8_scheme_only() -> None:
-    for option in ({"int8_rescore_top_k": 32}, {"int8_activations": "float"}):
-        with pytest.raises(ValidationError, match="batching = 'invariant' runs int8"):
-            EngineModelSettings(path="m", int8=True, batching="invariant", **option)
-    assert EngineModelSettings(path="m", int8=True, batching="invariant").batching == "invariant"

@@ -19,7 +19,9 @@ from tests.gateway.records.test_replay_engine import Served, body, send, serve_m
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
 
-BATCHING = {"mode": "invariant", "max_batch": 4, "prefill_chunk": 16}
+BATCHING = {"mode": "invariant", "forward": 2, "max_batch": 4, "prefill_chunk": 16}
+FIRST_FORWARD = {"mode": "invariant", "max_batch": 4, "prefill_chunk": 16}
+"""A record of the first invariant forward (its attention through SDPA: other bits)."""
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -56,7 +58,8 @@ async def test_records_made_under_load_replay_identical(served: Served) -> None:
 
 
 @module_loop
-@pytest.mark.parametrize("recorded", [{"mode": "off"}, {**BATCHING, "max_batch": 8}, None])
+@pytest.mark.parametrize("recorded", [{"mode": "off"}, {**BATCHING, "max_batch": 8},
+                                      FIRST_FORWARD, None])
 async def test_a_record_of_another_batching_mode_is_refused(
         served: Served, recorded: dict[str, Any] | None) -> None:
     record_id = await send(served, {"model": "smol", "max_tokens": 3, "temperature": 0,
@@ -78,8 +81,10 @@ async def test_a_record_of_another_batching_mode_is_refused(
     report = await replayer(served).replay(altered)
     assert report.status == "refused", report
     assert report.reason is not None and "batching" in report.reason
-    was = "batching off" if recorded in (None, {"mode": "off"}) else (
-        "batching invariant (max_batch 8, prefill_chunk 16)")
-    assert was in report.reason
-    assert "batching invariant (max_batch 4, prefill_chunk 16) now" in report.reason
+    was = {None: "batching off", "off": "batching off",
+           8: "batching invariant (forward 2, max_batch 8, prefill_chunk 16)",
+           4: "batching invariant (max_batch 4, prefill_chunk 16)"}[
+        recorded.get("max_batch", "off") if recorded else None]
+    assert was + ", the model" in report.reason
+    assert "batching invariant (forward 2, max_batch 4, prefill_chunk 16) now" in report.reason
     assert (await replayer(served).replay(record_id)).status == "identical"
