@@ -210,21 +210,23 @@ class StreamAccumulator:
             self.rendered_prompt = chunk.rendered_prompt
         if chunk.runtime is not None:
             self.runtime = chunk.runtime
-        if chunk.index is None:
+        index = chunk.index
+        if index is None:
             return
-        if self.first_token_s is None and (chunk.text or chunk.token_ids):
-            self.first_token_s = time.perf_counter() - self.started
-        while chunk.index >= len(self.choices):
+        while index >= len(self.choices):
             self.choices.append(ChoiceResult(index=len(self.choices), text="", finish_reason=None))
             self._texts.append([])
             self.pieces.append(0)
-        choice = self.choices[chunk.index]
-        if chunk.text or chunk.token_ids:
-            self.pieces[chunk.index] += 1
-        if chunk.text:
-            self._texts[chunk.index].append(chunk.text)
-        if chunk.token_ids:
-            choice.token_ids = (choice.token_ids or []) + chunk.token_ids
+        choice = self.choices[index]
+        text, token_ids = chunk.text, chunk.token_ids
+        if text or token_ids:
+            if self.first_token_s is None:
+                self.first_token_s = time.perf_counter() - self.started
+            self.pieces[index] += 1
+            if text:
+                self._texts[index].append(text)
+            if token_ids:
+                choice.token_ids = (choice.token_ids or []) + token_ids
         if chunk.logprobs:
             choice.logprobs = (choice.logprobs or []) + chunk.logprobs
         if chunk.finish_reason is not None:
