@@ -407,10 +407,15 @@ class HTTPBackend(Backend):
         resp = await opening()
         async with aclosing(self.reads(resp, take)) as reads:
             async for read in reads:
-                for chunk in delivered_together(read):
+                # Chunks that arrived together are marked so that they are sent on together;
+                # those before a failure are delivered before it.
+                failure = read.failure
+                last = read.items[-1] if read.items and failure is None else None
+                for chunk in read.items:
+                    chunk.buffered = chunk is not last
                     yield chunk
-                if read.failure is not None:
-                    raise read.failure
+                if failure is not None:
+                    raise failure
 
     def invalid_event(self, exc: Exception) -> UpstreamError:
         failure = UpstreamError(f"model {self.name}: upstream sent an invalid SSE event")
@@ -525,16 +530,6 @@ class SseLines:
         lines = (self.tail + data if self.tail else data).split(b"\n")
         self.tail = lines.pop()
         return lines
-
-
-def delivered_together(read: Read[GenerationChunk]) -> list[GenerationChunk]:
-    """Chunks that arrived together are marked so that they are sent on together; those before
-    a failure are delivered before it."""
-    for chunk in read.items:
-        chunk.buffered = True
-    if read.items and read.failure is None:
-        read.items[-1].buffered = False
-    return read.items
 
 
 async def _drain(resp: Response) -> None:
