@@ -28,7 +28,8 @@ a dependency changed, but is a large part of a request's CPU; other threads than
 (the request path runs on it); and the records delivery process. So the run also measures,
 untraced and before the count, CPU per request the way ``overhead.py`` does (each server's
 process tree from ``/proc``, interleaved blocks; ``--cpu-requests 0`` skips it): context, with
-that method's noise.
+that method's noise (and its resolution: ``/proc`` counts in 10-ms ticks, ~60 of them per
+build and phase at the default 1000 requests).
 """
 
 from __future__ import annotations
@@ -237,7 +238,7 @@ async def cpu_context(session: aiohttp.ClientSession, builds: dict[str, Counted]
     opcode count does not see (noisy on a shared machine)."""
     targets = {name: Target(b.server.url, b.server.process.pid) for name, b in builds.items()}
     seq = await sequential(session, targets, args.cpu_requests, 10)
-    sse = await ttfb(session, targets, stream_body("echo"), args.cpu_requests // 5, 0.0)
+    sse = await ttfb(session, targets, stream_body("echo"), args.cpu_requests, 0.0)
     at32 = await concurrent(session, targets, 32, args.cpu_seconds)
     print(f"\nCPU per request, untraced (ms; /proc, overhead.py's method, load "
           f"{os.getloadavg()[0]:.2f}): {'json':>8}{'worker':>8}{'sse':>8}{'@32':>8}")
