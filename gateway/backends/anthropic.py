@@ -108,8 +108,7 @@ class AnthropicBackend(HTTPBackend):
             runtime={"upstream": self.shown_url, "upstream_model": self.upstream_model,
                      "upstream_id": data.get("id")})
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        resp = await self._open(request, stream=True)
+    def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         translator, lines = StreamTranslator(), SseLines()
 
         def take(data: bytes) -> Read[GenerationChunk]:
@@ -126,5 +125,4 @@ class AnthropicBackend(HTTPBackend):
             read.done = translator.done
             return read
 
-        async for chunk in self.chunks(resp, take):
-            yield chunk
+        return self.chunks(lambda: self._open(request, stream=True), take)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -372,18 +372,21 @@ class HTTPBackend(Backend):
         embeddings, usage, extra = parse_embeddings(data, len(request.input))
         return EmbeddingResult(self._tuple, embeddings, usage, extra)
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        resp = await self._open(request, stream=True)
+    def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         chat, lines = request.kind == "chat", SseLines()
 
         def take(data: bytes) -> Read[GenerationChunk]:
             read: Read[GenerationChunk] = Read()
-            for payload in lines.feed(data):
+            items = read.items
+            for line in lines.split(data):
+                if not line.startswith(b"data:"):
+                    continue
+                payload = line[5:].strip()
                 if payload == b"[DONE]":
                     read.done = True
                     break
                 try:
-                    read.items.extend(parse_chunk(orjson.loads(payload), chat))
+                    items += parse_chunk(orjson.loads(payload), chat)
                 except orjson.JSONDecodeError as exc:
                     read.failure = self.invalid_event(exc)
                     break
@@ -392,19 +395,27 @@ class HTTPBackend(Backend):
                     break
             return read
 
-        async for chunk in self.chunks(resp, take):
-            yield chunk
+        return self.chunks(lambda: self._open(request, stream=True), take)
 
-    async def chunks(self, resp: Response, take: Callable[[bytes], Read[GenerationChunk]]
+    async def chunks(self, opening: Callable[[], Awaitable[Response]],
+                     take: Callable[[bytes], Read[GenerationChunk]]
                      ) -> AsyncIterator[GenerationChunk]:
-        """A generation stream's chunks (:meth:`reads`), those of one read marked as delivered
-        together; a read's failure raised after its chunks."""
+        """A generation stream's chunks, its response opened by ``opening`` at the first
+        (:meth:`reads`), those of one read marked as delivered together; a read's failure raised
+        after its chunks. (The backend's ``stream`` itself: one generator between the
+        upstream's reads and the caller, not two.)"""
+        resp = await opening()
         async with aclosing(self.reads(resp, take)) as reads:
             async for read in reads:
-                for chunk in delivered_together(read):
+                # Chunks that arrived together are marked so that they are sent on together;
+                # those before a failure are delivered before it.
+                failure = read.failure
+                last = read.items[-1] if read.items and failure is None else None
+                for chunk in read.items:
+                    chunk.buffered = chunk is not last
                     yield chunk
-                if read.failure is not None:
-                    raise read.failure
+                if failure is not None:
+                    raise failure
 
     def invalid_event(self, exc: Exception) -> UpstreamError:
         failure = UpstreamError(f"model {self.name}: upstream sent an invalid SSE event")
@@ -511,19 +522,14 @@ class SseLines:
         self.tail = b""  # a line not complete yet
 
     def feed(self, data: bytes) -> list[bytes]:
+        return [line[5:].strip() for line in self.split(data) if line.startswith(b"data:")]
+
+    def split(self, data: bytes) -> list[bytes]:
+        """The complete lines so far, ``data:`` or not (a caller that keeps the ``data:`` ones
+        itself passes over them once, not twice)."""
         lines = (self.tail + data if self.tail else data).split(b"\n")
         self.tail = lines.pop()
-        return [line[5:].strip() for line in lines if line.startswith(b"data:")]
-
-
-def delivered_together(read: Read[GenerationChunk]) -> list[GenerationChunk]:
-    """Chunks that arrived together are marked so that they are sent on together; those before
-    a failure are delivered before it."""
-    for chunk in read.items:
-        chunk.buffered = True
-    if read.items and read.failure is None:
-        read.items[-1].buffered = False
-    return read.items
+        return lines
 
 
 async def _drain(resp: Response) -> None:

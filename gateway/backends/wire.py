@@ -169,15 +169,19 @@ def parse_chunk(data: Any, chat: bool) -> list[GenerationChunk]:
             raise UpstreamError(f"upstream failed mid-stream: {message}")
         out: list[GenerationChunk] = []
         for raw in data.get("choices") or []:
-            if chat:
-                text, extra = _message(raw.get("delta") or {})
+            if chat:  # _message, inline: once per streamed token
+                delta = raw.get("delta") or {}
+                text = delta.get("content")
+                extra = {k: v for k, v in delta.items() if k not in _MESSAGE_KNOWN}
+                if text is None and "content" in delta:
+                    extra["content"] = None
             else:
                 text = raw.get("text") or ""
                 extra = {k: v for k, v in raw.items() if k not in _CHOICE_KNOWN}
             out.append(
                 GenerationChunk(
                     index=int(raw.get("index", 0)),
-                    text=str(text),
+                    text=str(text or ""),
                     token_ids=raw.get("token_ids"),
                     logprobs=parse_logprobs(raw.get("logprobs"), chat),
                     finish_reason=raw.get("finish_reason"),

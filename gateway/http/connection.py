@@ -11,9 +11,10 @@ size. And a request it cannot parse gets a plain-text 400. Here (``[server]`` se
   or of its first byte (later ones), the **body** within ``body_timeout_s`` of the head's end;
   past it: 408, or a silent close for a connection that sent nothing;
 - more than ``max_header_count`` headers, or more than ``max_header_bytes`` of names and values:
-  431; the count is checked as each header completes, the bytes as the head's reads arrive
-  (``max_head_bytes`` over all reads after its first) and exactly once it is complete (only when
-  its reads could hold that many);
+  431; the count is checked at the end of each read a head spans and once the head is complete
+  (a read holds at most one read's worth of headers in between), the bytes as the head's reads
+  arrive (``max_head_bytes`` over all reads after its first) and exactly once it is complete
+  (only when its reads could hold that many);
 - a request target longer than ``max_url_bytes``: 414;
 - anything llhttp refuses (Content-Length with Transfer-Encoding, a negative length, control
   characters, ...): 400.
@@ -23,7 +24,7 @@ Every refusal is an OpenAI-shaped JSON error (:mod:`gateway.kernel.errors`) sent
 ``LINGER_S`` (so the client reads the answer instead of a reset) and closes. A response already
 under way on the connection (HTTP pipelining) is cut instead of answered into.
 
-Cost on the request path: a length check per header, a few attribute writes per request, and
+Cost on the request path: a few attribute writes and length checks per request, and
 a timer only for a head or body that does not arrive in the read it started in.
 """
 
@@ -158,6 +159,9 @@ class GatewayHttpProtocol(CoalescingHttpToolsProtocol):
                 if self._head_bytes > self._max_head_bytes:
                     self._refuse(_too_large_head())
                     return
+            if len(self.headers) > self._max_header_count:
+                self._refuse(_too_large_head())
+                return
             if self._timer is None:
                 self._timer = self.loop.call_later(self.limits.header_timeout_s, self._deadline)
         elif phase == _BODY and self._timer is None:
@@ -203,25 +207,23 @@ class GatewayHttpProtocol(CoalescingHttpToolsProtocol):
         self.url = url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """uvicorn's, inlined (the per-header path), after checking the count of headers (the
-        bytes are checked as the head's reads arrive and once it is complete)."""
-        headers = self.headers
-        if len(headers) >= self._max_header_count:
-            raise _too_large_head()
+        """uvicorn's, inlined (the per-header path); the count and bytes of the headers are
+        checked at the end of each read the head spans and once it is complete, not here."""
         name = name.lower()
         value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace (RFC 9110 5.5)
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
-        headers.append((name, value))
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self._timer is not None:
             self._cancel_timer()
         # Every read this head spans, an upper bound of its size: most heads come in one read
         # far below the limit, and their headers need no sum.
-        limit = self._max_header_bytes
-        if self._head_first_read + self._head_bytes + self._read_bytes > limit and \
-                sum(len(name) + len(value) for name, value in self.headers) > limit:
+        limit, headers = self._max_header_bytes, self.headers
+        if len(headers) > self._max_header_count or \
+                (self._head_first_read + self._head_bytes + self._read_bytes > limit and \
+                sum(len(name) + len(value) for name, value in headers) > limit):
             raise _too_large_head()
         super().on_headers_complete()
         self._phase = _BODY

@@ -193,13 +193,19 @@ class StreamAccumulator:
         self.first_token_s: float | None = None
         self.choices = [ChoiceResult(index=i, text="", finish_reason=None) for i in range(n)]
         self._texts: list[list[str]] = [[] for _ in range(n)]
-        self.pieces = [0] * n
-        """Per choice, the chunks that carried output (what a stream cut before its usage
-        came is accounted by: ``gateway.models.cost.usage_so_far``)."""
+        self._textless = [0] * n  # per choice, the chunks with token ids and no text
         self.usage: Usage | None = None
         self.runtime: dict[str, Any] = {}
         self.prompt_token_ids: list[int] | None = None
         self.rendered_prompt: str | None = None
+
+    @property
+    def pieces(self) -> list[int]:
+        """Per choice, the chunks that carried output, text or token ids (what a stream cut
+        before its usage came is accounted by: ``gateway.models.cost.usage_so_far``); counted
+        from the texts kept, not per chunk."""
+        return [len(texts) + textless
+                for texts, textless in zip(self._texts, self._textless, strict=True)]
 
     def add(self, chunk: GenerationChunk) -> None:
         if chunk.usage is not None:
@@ -210,21 +216,24 @@ class StreamAccumulator:
             self.rendered_prompt = chunk.rendered_prompt
         if chunk.runtime is not None:
             self.runtime = chunk.runtime
-        if chunk.index is None:
+        index = chunk.index
+        if index is None:
             return
-        if self.first_token_s is None and (chunk.text or chunk.token_ids):
-            self.first_token_s = time.perf_counter() - self.started
-        while chunk.index >= len(self.choices):
+        while index >= len(self.choices):
             self.choices.append(ChoiceResult(index=len(self.choices), text="", finish_reason=None))
             self._texts.append([])
-            self.pieces.append(0)
-        choice = self.choices[chunk.index]
-        if chunk.text or chunk.token_ids:
-            self.pieces[chunk.index] += 1
-        if chunk.text:
-            self._texts[chunk.index].append(chunk.text)
-        if chunk.token_ids:
-            choice.token_ids = (choice.token_ids or []) + chunk.token_ids
+            self._textless.append(0)
+        choice = self.choices[index]
+        text, token_ids = chunk.text, chunk.token_ids
+        if text or token_ids:
+            if self.first_token_s is None:
+                self.first_token_s = time.perf_counter() - self.started
+            if text:
+                self._texts[index].append(text)
+            else:
+                self._textless[index] += 1
+            if token_ids:
+                choice.token_ids = (choice.token_ids or []) + token_ids
         if chunk.logprobs:
             choice.logprobs = (choice.logprobs or []) + chunk.logprobs
         if chunk.finish_reason is not None:

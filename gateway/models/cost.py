@@ -173,6 +173,9 @@ class PriceBook:
         self.models = {name: cost_model(m.cost) for name, m in models.items()}
         self._rates = {name: model.rates() for name, model in self.models.items()}
         """Built once: every call's cost shares its model's (read-only) dict."""
+        self._priced = {name: model for name, model in self.models.items()
+                        if model.kind != Unpriced.kind}
+        """The models with a price: any other call costs 0 without asking a cost model."""
 
     def model(self, name: str) -> CostModel:
         return self.models.get(name) or Unpriced()
@@ -180,9 +183,9 @@ class PriceBook:
     def call(self, result: GenerationResult, estimated: bool = False) -> CallCost:
         """The cost of one call (priced by the model that answered it)."""
         name, usage, seconds = result.model.name, result.usage, result.timing.total_s
-        model = self.models.get(name)
-        if model is None or model.kind == Unpriced.kind:  # nothing to read or compute
-            return CallCost(name, Unpriced.kind, 0.0,
+        model = self._priced.get(name)
+        if model is None:  # unpriced: nothing to read or compute
+            return CallCost(name, "none", 0.0,
                             TokenCounts(usage.prompt_tokens, usage.completion_tokens), seconds,
                             _NO_RATES, estimated)
         tokens = TokenCounts.of(usage)

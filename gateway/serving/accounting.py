@@ -78,14 +78,16 @@ class Accounting:
                   estimated: bool = False) -> list[CallCost]:
         """Price every call of the request (``estimated``: the last call's usage was counted
         here, :func:`~gateway.models.cost.usage_so_far`), count the cost, tell the listeners."""
-        prices = self.prices
+        prices, telemetry = self.prices, self.telemetry
         if len(results) == 1:  # the common request: one call
-            costs = [prices.call(results[0], estimated)]
+            cost = prices.call(results[0], estimated)
+            costs = [cost]
+            telemetry.count_cost(req.model, cost.model, ctx.caller, cost.usd)
         else:
             costs = [prices.call(r, estimated and i == len(results) - 1)
                      for i, r in enumerate(results)]
-        for cost in costs:
-            self.telemetry.count_cost(req.model, cost.model, ctx.caller, cost.usd)
+            for cost in costs:
+                telemetry.count_cost(req.model, cost.model, ctx.caller, cost.usd)
         if not self.listeners.completing:
             return costs
         done = CompletedRequest(ctx, req.model, req, gen, results, decision,

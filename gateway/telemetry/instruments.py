@@ -165,13 +165,18 @@ class Telemetry:
                         completion_tokens: int) -> None:
         if not self.settings.metrics:
             return
-        route, model = self.label(route), self.label(model)
+        names = self.names  # self.label, inline: once per request
+        route = route if route in names else UNKNOWN
+        model = model if model in names else UNKNOWN
         labels = (route, model, str(status))
         self.requests.inc(labels)
         self.duration.observe(labels, duration_s)
         if ttft_s is not None:
             self.ttft.observe((route, model), ttft_s)
-        self._count_tokens(model, prompt_tokens, completion_tokens)
+        if prompt_tokens:  # self._count_tokens, inline
+            self.tokens.inc((model, "in"), prompt_tokens)
+        if completion_tokens:
+            self.tokens.inc((model, "out"), completion_tokens)
 
     def count_tokens(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
         """Tokens of a model call that did not answer the request (a cascade's rejected small
@@ -188,7 +193,9 @@ class Telemetry:
     def count_cost(self, route: str, model: str, key: str | None, usd: float) -> None:
         """A model call's cost (every call of a request: a cascade's small call too)."""
         if self.settings.metrics:
-            self.cost.inc((self.label(route), self.label(model), key or "none"), usd)
+            names = self.names  # self.label, inline: once per model call
+            self.cost.inc((route if route in names else UNKNOWN,
+                           model if model in names else UNKNOWN, key or "none"), usd)
 
     def count_key_refusal(self, key: str, code: str) -> None:
         """A request its client key's policy refused (key ids are the configured ones)."""
