@@ -7,7 +7,8 @@
 - ``POST /admin/records/{record_id}/replay`` — the record's model calls decoded again on this
   gateway's own models (:mod:`gateway.records.replay`): ``identical``, ``diverged`` (the first
   divergence) or ``refused`` (why), all answered 200; an unknown record 404;
-- ``GET /admin/audit/verify`` — the chains verified (``since`` optional).
+- ``GET /admin/audit/verify`` — the chains verified (``since`` optional: from the first record
+  of the window); ``record=ID``: that record's chain only, up to the record.
 """
 
 from __future__ import annotations
@@ -94,13 +95,23 @@ async def replay(call: Call) -> Reply:
 
 async def verify(call: Call) -> Reply:
     from gateway.records.audit import verify_store
+    from gateway.records.replay import Replayer
     from gateway.records.sinks import signer_for
 
     sink = await _sink(call)
+    params = call.query()
+    record_id = params.get("record")
+    if record_id is not None:  # one record's chain, from its genesis (or anchor) to the record
+        stored = await sink.get(record_id)
+        if stored is None:
+            raise NotFoundError(f"No record {record_id[:200]!r}.", param="record")
+        gateway = call.gateway
+        report = await Replayer(gateway.settings, sink, gateway.registry).verify(
+            stored.chain_id, stored.seq, whole=False)
+        return json_reply({"ok": report.ok, "chains": [report.to_dict()]})
     settings = call.gateway.settings.records
-    since = _time(call.query(), "since")
     reports = await verify_store(sink, signer_for(settings), settings.checkpoint_every,
-                                 since=since)
+                                 since=_time(params, "since"))
     return json_reply({"ok": all(r.ok for r in reports), "chains": [r.to_dict() for r in reports]})
 
 

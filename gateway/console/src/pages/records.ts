@@ -44,7 +44,13 @@ export async function renderRecords(main: HTMLElement, where: Location): Promise
       if (e instanceof ApiError && e.status === 400) return e;
       throw e;
     }),
-    api.get<AuditVerify>("/admin/audit/verify"),
+    // the chains over the searched window (all of them without a "since"); a "since" the API
+    // refuses is said once, by the search
+    api.get<AuditVerify>(`/admin/audit/verify${query({ since: filters.since })}`)
+      .catch((e: unknown) => {
+        if (e instanceof ApiError && e.status === 400) return null;
+        throw e;
+      }),
   ]);
   const records = found instanceof ApiError ? { object: "list", data: [] } : found;
   const form = h("form", { class: "filters", "aria-label": "Search records" },
@@ -66,7 +72,7 @@ export async function renderRecords(main: HTMLElement, where: Location): Promise
     data.forEach((value, key) => { next[key] = String(value); });
     location.hash = `#/records${query(next)}`;
   });
-  const chains = new Map(audit.chains.map((c) => [c.chain_id, c]));
+  const chains = new Map((audit?.chains ?? []).map((c) => [c.chain_id, c]));
   const rows = records.data.map((r) => [
     h("a", { href: `#/records/${enc(r.record_id)}` }, h("code", {}, r.record_id)),
     time(r.received_at), r.route ?? "—", r.models.join(" → "),
@@ -79,7 +85,7 @@ export async function renderRecords(main: HTMLElement, where: Location): Promise
         : rows.length ? table(["record", "received", "route", "models", "escalated", "caller",
                            "chain", "audit"], rows)
         : h("p", {}, "No record matches.")),
-    auditSummary(audit));
+    audit === null ? null : auditSummary(audit));
 }
 
 function decisionView(record: DecodeRecord): HTMLElement {
@@ -167,7 +173,7 @@ function replayView(report: ReplayReport): HTMLElement {
 export async function renderRecord(main: HTMLElement, id: string): Promise<void> {
   const [record, audit] = await Promise.all([
     api.get<DecodeRecord>(`/admin/records/${enc(id)}`),
-    api.get<AuditVerify>("/admin/audit/verify"),
+    api.get<AuditVerify>(`/admin/audit/verify${query({ record: id })}`),  // its chain, to it
   ]);
   const chain = record.chain;
   const report = chain ? audit.chains.find((c) => c.chain_id === chain.chain_id) : undefined;

@@ -71,3 +71,21 @@ async def test_a_record_of_another_tuple_is_refused_with_200(admin: Admin) -> No
         backend.describe = original  # type: ignore[method-assign]
     assert reply.status_code == 200, reply.text
     assert reply.json()["status"] == "refused" and reply.json()["reason"]
+
+
+@module_loop
+async def test_one_records_chain_is_verified_up_to_it(admin: Admin) -> None:
+    first = await recorded(admin, {"model": "ref-large", "prompt": "rev(3+4)=", "max_tokens": 2,
+                                    "temperature": 0})
+    later = await recorded(admin, {"model": "ref-large", "prompt": "rev(5+6)=", "max_tokens": 2,
+                                    "temperature": 0})
+    sink = await admin.state.recorder.reader()  # type: ignore[union-attr]
+    stored, after = await sink.get(first), await sink.get(later)
+    assert stored is not None and after is not None and after.chain_id == stored.chain_id
+    reply = await admin.client.get(f"/admin/audit/verify?record={first}", headers=ADMIN)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["ok"] is True and [c["chain_id"] for c in body["chains"]] == [stored.chain_id]
+    assert body["chains"][0]["last_seq"] == stored.seq < after.seq  # up to the record, no further
+    missing = await admin.client.get("/admin/audit/verify?record=nope", headers=ADMIN)
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "record"
