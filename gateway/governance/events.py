@@ -24,17 +24,16 @@ import os
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 
+from gateway.governance.history import history_db
 from gateway.governance.settings import GovernanceSettings
 from gateway.kernel.errors import ServiceUnavailableError
-from gateway.kernel.files import create_private_file, make_private_dir
 from gateway.kernel.secrets import redact, redact_error
 from gateway.records.settings import RecordsSettings
 
@@ -136,18 +135,8 @@ class SqliteEventLog(EventLog):
         self.path = path
         self.where = f"the registry history {path}"
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        make_private_dir(self.path.parent)
-        create_private_file(self.path)
-        db = sqlite3.connect(self.path, timeout=10.0)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SQLITE_SCHEMA)
-            with db:
-                yield db
-        finally:
-            db.close()
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return history_db(self.path, SQLITE_SCHEMA)
 
     def _append(self, event: AdminEvent) -> None:
         with self._db() as db:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,24 +64,29 @@ class Serving:
                 "override": self.override}
 
 
+@contextmanager
+def history_db(path: Path, schema: str) -> Iterator[sqlite3.Connection]:
+    """The history file (private, WAL) with ``schema`` made, in one transaction, then closed."""
+    make_private_dir(path.parent)
+    create_private_file(path)
+    db = sqlite3.connect(path, timeout=10.0)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(schema)
+        with db:
+            yield db
+    finally:
+        db.close()
+
+
 class ServingHistory:
     """The history file; each method opens, writes or reads, and closes (few, rare calls)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        make_private_dir(self.path.parent)
-        create_private_file(self.path)
-        db = sqlite3.connect(self.path, timeout=10.0)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-            with db:
-                yield db
-        finally:
-            db.close()
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return history_db(self.path, SCHEMA)
 
     def started(self, name: str, model: dict[str, Any], digest: str, replica: str, status: str,
                 gates: list[dict[str, Any]], owner: str | None, eval_id: str | None,

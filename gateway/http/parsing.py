@@ -89,3 +89,22 @@ def json_object(body: bytes, hint: str, param: str | None = None) -> dict[str, A
     if not isinstance(data, dict):
         raise InvalidRequestError(hint, param=param)
     return data
+
+
+def query_limit(params: dict[str, str], default: int, most: int) -> int:
+    """A ``limit`` query parameter: an integer in ``[1, most]`` (absent: ``default``)."""
+    try:
+        limit = int(params.get("limit", str(default)))
+    except ValueError as exc:
+        raise InvalidRequestError("limit must be an integer", param="limit") from exc
+    if not 1 <= limit <= most:
+        raise InvalidRequestError(f"limit must be in [1, {most}]", param="limit")
+    return limit
+
+
+def query_flag(params: dict[str, str], name: str) -> bool | None:
+    """A ``true``/``false`` query parameter (absent: ``None``)."""
+    value = params.get(name)
+    if value not in (None, "true", "false"):
+        raise InvalidRequestError(f"{name} must be true or false", param=name)
+    return None if value is None else value == "true"

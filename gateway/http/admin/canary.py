@@ -33,7 +33,7 @@ from gateway.governance.pinning import check_pin
 from gateway.http.admin.events import record_event
 from gateway.http.exchange import Call, Reply, json_reply
 from gateway.http.frontdoor import Endpoint
-from gateway.http.parsing import json_object
+from gateway.http.parsing import json_object, query_flag, query_limit
 from gateway.kernel.errors import ConfigError, InvalidRequestError, TiergateError
 
 
@@ -78,16 +78,8 @@ RUNS_LIMIT = (50, 500)
 async def runs(call: Call) -> Reply:
     monitor, model = _monitor(call), call.path_params["model"]
     params = call.query()
-    default, most = RUNS_LIMIT
-    try:
-        limit = int(params.get("limit", str(default)))
-    except ValueError as exc:
-        raise InvalidRequestError("limit must be an integer", param="limit") from exc
-    if not 1 <= limit <= most:
-        raise InvalidRequestError(f"limit must be in [1, {most}]", param="limit")
-    if params.get("items", "false") not in ("true", "false"):
-        raise InvalidRequestError("items must be true or false", param="items")
-    exclude = None if params.get("items") == "true" else {"items"}
+    limit = query_limit(params, *RUNS_LIMIT)
+    exclude = None if query_flag(params, "items") else {"items"}
 
     async def newest_first() -> dict[str, Any]:
         stored = await monitor.service.store.runs(model, limit)

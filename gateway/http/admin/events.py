@@ -14,6 +14,7 @@ from typing import Any
 from gateway.governance.events import KINDS, AdminEvent
 from gateway.http.exchange import Call, Reply, json_reply
 from gateway.http.frontdoor import Endpoint
+from gateway.http.parsing import query_limit
 from gateway.kernel.errors import InvalidRequestError
 
 MAX_LIMIT = 1000
@@ -43,12 +44,7 @@ async def list_events(call: Call) -> Reply:
     if kind is not None and kind not in KINDS:
         raise InvalidRequestError(f"kind must be one of {', '.join(KINDS)}", param="kind")
     target = params.get("target", params.get("route"))
-    try:
-        limit = int(params.get("limit", "100"))
-    except ValueError as exc:
-        raise InvalidRequestError("limit must be an integer", param="limit") from exc
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidRequestError(f"limit must be in [1, {MAX_LIMIT}]", param="limit")
+    limit = query_limit(params, 100, MAX_LIMIT)
     events = await call.gateway.events.list(kind, target, limit)
     return json_reply({"object": "list", "data": [e.to_json() for e in events]})
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from gateway.http.exchange import Call, Reply, json_reply
 from gateway.http.frontdoor import Endpoint
+from gateway.http.parsing import query_flag, query_limit
 from gateway.kernel.errors import InvalidRequestError, NotFoundError
 
 if TYPE_CHECKING:
@@ -47,20 +48,11 @@ def _time(params: dict[str, str], name: str) -> float | None:
 def _query(params: dict[str, str]) -> RecordQuery:
     from gateway.records.sinks import RecordQuery
 
-    escalated = params.get("escalated")
-    if escalated not in (None, "true", "false"):
-        raise InvalidRequestError("escalated must be true or false", param="escalated")
-    try:
-        limit = int(params.get("limit", "100"))
-    except ValueError as exc:
-        raise InvalidRequestError("limit must be an integer", param="limit") from exc
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidRequestError(f"limit must be in [1, {MAX_LIMIT}]", param="limit")
     return RecordQuery(since=_time(params, "since"), until=_time(params, "until"),
                        route=params.get("route"), model=params.get("model"),
                        caller=params.get("caller"), chain_id=params.get("chain"),
-                       escalated=None if escalated is None else escalated == "true",
-                       limit=limit)
+                       escalated=query_flag(params, "escalated"),
+                       limit=query_limit(params, 100, MAX_LIMIT))
 
 
 async def list_records(call: Call) -> Reply:

@@ -17,16 +17,14 @@ from typing import Any
 
 from gateway.http.exchange import Call, Reply, json_reply
 from gateway.http.frontdoor import Endpoint
-from gateway.kernel.errors import InvalidRequestError, NotFoundError
+from gateway.http.parsing import query_flag
+from gateway.kernel.errors import NotFoundError
 
 
 async def list_tuples(call: Call) -> Reply:
     tuples = call.gateway.tuples
     summary = tuples.summary()
-    with_tuples = call.query().get("tuples", "false")
-    if with_tuples not in ("true", "false"):
-        raise InvalidRequestError("tuples must be true or false", param="tuples")
-    if with_tuples == "true":  # the console's Models page: everything in one request
+    if query_flag(call.query(), "tuples"):  # the console's Models page: everything in one request
         for model in summary["models"]:
             model["tuple"] = tuples.models.get(model["name"]).describe().model_dump(mode="json")
     return json_reply({"object": "registry", **summary})
