@@ -32,15 +32,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import urllib.parse
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httptools
 import orjson
+from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from gateway.http.coalescing import CoalescingHttpToolsProtocol
+from gateway.http.cycle import ResponseCycle
 from gateway.kernel.errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -225,8 +228,45 @@ class GatewayHttpProtocol(CoalescingHttpToolsProtocol):
                 (self._head_first_read + self._head_bytes + self._read_bytes > limit and \
                 sum(len(name) + len(value) for name, value in headers) > limit):
             raise _too_large_head()
-        super().on_headers_complete()
-        self._phase = _BODY
+        self._start_cycle()
+        self._phase = _BODY  # after: a head it cannot take is refused as a head
+
+    def _start_cycle(self) -> None:
+        """uvicorn's ``on_headers_complete``, inlined, with the cycle a :class:`ResponseCycle`
+        (its response heads written in C, :mod:`gateway.http.cycle`)."""
+        parser, scope = self.parser, self.scope
+        http_version = parser.get_http_version()
+        scope["method"] = parser.get_method().decode("ascii")
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        if parser.should_upgrade() and self._should_upgrade():
+            return
+        parsed_url = httptools.parse_url(self.url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope["path"] = self.root_path + path
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        scope["query_string"] = parsed_url.query or b""
+        app: Any = self.app
+        limit = self.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            app = service_unavailable
+            self.logger.warning("Exceeded concurrency limit.")
+        existing = self.cycle
+        self.cycle = cycle = ResponseCycle(
+            scope=scope, transport=self.transport, flow=self.flow, logger=self.logger,
+            access_logger=self.access_logger, access_log=self.access_log,
+            default_headers=self.server_state.default_headers, message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=http_version != "1.0" and parser.should_keep_alive(),
+            on_response=self.on_response_complete)
+        if existing is None or existing.response_complete:
+            self._start_asgi_task(cycle, app)
+        else:  # pipelined: queued behind the response under way
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, app))
 
     def on_message_complete(self) -> None:
         if self._timer is not None:
