@@ -27,8 +27,12 @@ operation's arithmetic for one sequence is a function of that sequence alone:
   int32 (oneDNN's int8 GEMM, weights packed once, or ``torch._int_mm``: integer sums are exact,
   so their order cannot matter) and scaled back element-wise. (``transformers``/torch dynamic
   quantization scales a whole batch's activations with one scale, which would make a row depend
-  on the others.) Weight-only int8 layers (``int8_activations = "float"``) are a fixed-shape
-  float product with the int8 values as floats, scaled per output channel element-wise; the
+  on the others.) Since nothing in it is rounded in an order, this path is the one part of a
+  decode step that runs on the **sequences present only** (``rows`` of the ``max_batch``): a
+  lone sequence's integer products cost one row, not eight, and give the same bits (the
+  int32 sums are exact; turning them into floats and scaling them is element-wise). Weight-only
+  int8 layers (``int8_activations = "float"``) are a fixed-shape float product with the int8
+  values as floats, scaled per output channel element-wise; the
   re-scored head (``int8_rescore_top_k``) takes its first pass through the per-row int8 path,
   each row's top ``k`` (a per-row selection) and their float logits as per-row sums.
 
@@ -39,7 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +53,14 @@ from gateway.backends.engine.int8 import RescoredInt8Head, WeightOnlyInt8Linear
 from gateway.kernel.errors import ConfigError
 
 Op = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Linear(Protocol):
+    """One or more Linear layers as one op: ``x`` is ``[max_batch, d]`` in a decode step (its
+    first ``rows`` rows the sequences, the rest padding) or a prompt chunk (``rows`` all of it).
+    The output has ``x``'s rows; a padding row's values are unspecified."""
+
+    def __call__(self, x: torch.Tensor, rows: int, /) -> torch.Tensor: ...
 
 SUPPORTED = ("llama",)
 """``model_type``\\ s whose forward this module implements."""
@@ -88,7 +100,9 @@ class FloatLinear:
             for b, m in zip(biases, modules, strict=True)])
         return cls(weight, bias, rows)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        """All of ``x``'s rows, whatever ``rows`` says: a float product is invariant only at
+        one shape."""
         if self.weight is not None:
             return F.linear(x, self.weight, self.bias)
         out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none",
@@ -111,8 +125,8 @@ class WeightOnlyLinear:
             m.bias.detach() if m.bias is not None else torch.zeros(m.out_features)
             for m in modules])
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.product(x) * self.scales
+    def __call__(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        y = self.product(x, rows) * self.scales
         return y if self.bias is None else y + self.bias
 
 
@@ -155,7 +169,12 @@ class Int8Linear:
             self.weight_t = weight.t().contiguous()
         self.zero_points = torch.zeros(weight.shape[0], dtype=torch.int64)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        """The first ``rows`` rows of ``x`` (every step of it exact or element-wise: a row's
+        bits do not depend on how many rows are computed), zero rows below them."""
+        padding = x.shape[0] - rows
+        if padding:
+            x = x[:rows]
         scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / 127.0
         quantized = torch.round(x / scale).clamp_(-127, 127)
         if self.packed is not None:  # uint8 with zero point 128 holds the int8 values exactly
@@ -167,17 +186,19 @@ class Int8Linear:
             exact = torch._int_mm(quantized.to(torch.int8), self.weight_t)  # int32: no rounding
             dequantized = exact.to(torch.float32) * self.scales
         out = dequantized * scale
-        return out if self.bias is None else out + self.bias
+        if self.bias is not None:
+            out = out + self.bias
+        return F.pad(out, (0, 0, 0, padding)) if padding else out
 
 
 class _Concat:
     """Layers of different kinds side by side (an int8 layer beside one kept float)."""
 
-    def __init__(self, ops: list[Op]) -> None:
+    def __init__(self, ops: list[Linear]) -> None:
         self.ops = ops
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([op(x) for op in self.ops], dim=-1)
+    def __call__(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        return torch.cat([op(x, rows) for op in self.ops], dim=-1)
 
 
 class RescoredHead:
@@ -191,20 +212,22 @@ class RescoredHead:
         self.weight = head.weight  # the parameter itself: :meth:`InvariantLlama.release`
         self.top_k = head.top_k    # re-homes its data
 
-    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.first_pass(hidden)
+    def __call__(self, hidden: torch.Tensor, rows: int) -> torch.Tensor:
+        logits = self.first_pass(hidden, rows)
         top = logits.topk(self.top_k, dim=-1).indices
         exact = (hidden[:, None, :] * self.weight[top]).sum(dim=-1)
         return logits.scatter(-1, top, exact)
 
 
-def _linear(modules: list[Any], rows: int) -> Op:
+def _linear(modules: list[Any], rows: int) -> Linear:
     """One op computing ``modules`` (Linear layers reading the same input), outputs concatenated
     in order."""
     from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
-    for kind, op in ((nn.Linear, FloatLinear.of), (DynamicQuantizedLinear, Int8Linear),
-                     (WeightOnlyInt8Linear, WeightOnlyLinear)):
+    kinds: tuple[tuple[type, Callable[[list[Any], int], Linear]], ...] = (
+        (nn.Linear, FloatLinear.of), (DynamicQuantizedLinear, Int8Linear),
+        (WeightOnlyInt8Linear, WeightOnlyLinear))
+    for kind, op in kinds:
         if all(isinstance(m, kind) for m in modules):
             return op(modules, rows)
     if len(modules) == 1 and isinstance(modules[0], RescoredInt8Head):
@@ -219,11 +242,11 @@ def _linear(modules: list[Any], rows: int) -> Op:
 @dataclass(slots=True)
 class _Layer:
     input_norm: Op
-    qkv: Op
-    o: Op
+    qkv: Linear
+    o: Linear
     post_norm: Op
-    gate_up: Op
-    down: Op
+    gate_up: Linear
+    down: Linear
     act: Op
 
 
@@ -338,18 +361,20 @@ class InvariantLlama:
         return SequenceCache(torch.zeros(shape, dtype=self.dtype, device=self.device),
                              torch.zeros(shape, dtype=self.dtype, device=self.device))
 
-    def _projections(self, layer: _Layer, x: torch.Tensor, cos: torch.Tensor,
+    def _projections(self, layer: _Layer, x: torch.Tensor, used: int, cos: torch.Tensor,
                      sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = x.shape[0]
-        q, k, v = layer.qkv(layer.input_norm(x)).split(self.split, dim=-1)
+        q, k, v = layer.qkv(layer.input_norm(x), used).split(self.split, dim=-1)
         q = _rotate(q.reshape(rows, self.heads, self.head_dim), cos, sin)
         k = _rotate(k.reshape(rows, self.kv_heads, self.head_dim), cos, sin)
         return q, k, v.reshape(rows, self.kv_heads, self.head_dim)
 
-    def _finish(self, layer: _Layer, x: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-        x = x + layer.o(attention)
-        gate, up = layer.gate_up(layer.post_norm(x)).split(self.intermediate, dim=-1)
-        return x + layer.down(layer.act(gate) * up)
+    def _finish(self, layer: _Layer, x: torch.Tensor, used: int,
+                attention: torch.Tensor) -> torch.Tensor:
+        """The rest of a layer; ``used``: how many of ``x``'s rows are sequences."""
+        x = x + layer.o(attention, used)
+        gate, up = layer.gate_up(layer.post_norm(x), used).split(self.intermediate, dim=-1)
+        return x + layer.down(layer.act(gate) * up, used)
 
     def _rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cos[positions][:, None], self.sin[positions][:, None]
@@ -365,20 +390,22 @@ class InvariantLlama:
         mask = (keys[None, :] <= positions[:, None])[None]  # [1, count, end]: causal
         cos, sin = self._rotary(positions)
         for index, layer in enumerate(self.layers):
-            q, k, v = self._projections(layer, x, cos, sin)
+            q, k, v = self._projections(layer, x, count, cos, sin)
             cache.keys[index, :, start:end] = k.transpose(0, 1)
             cache.values[index, :, start:end] = v.transpose(0, 1)
             out = F.scaled_dot_product_attention(
                 q.transpose(0, 1)[None], cache.keys[index, :, :end][None],
                 cache.values[index, :, :end][None], attn_mask=mask, enable_gqa=True)
-            x = self._finish(layer, x, out[0].transpose(0, 1).reshape(count, -1))
+            x = self._finish(layer, x, count, out[0].transpose(0, 1).reshape(count, -1))
 
     def decode(self, rows: list[Row]) -> torch.Tensor:
         """One step for up to ``max_batch`` sequences: the logits ``[max_batch, vocab]`` (row
-        ``i`` is ``rows[i]``'s; the rest is padding). Always the same shapes."""
+        ``i`` is ``rows[i]``'s; the rest is padding). Always the same shapes, except the exact
+        int8 products, which skip the padding rows."""
         if not 0 < len(rows) <= self.max_batch:
             raise ValueError(f"a decode step takes 1 to {self.max_batch} rows, not {len(rows)}")
-        padding = self.max_batch - len(rows)
+        used = len(rows)
+        padding = self.max_batch - used
         tokens = [row.token for row in rows] + [0] * padding
         positions = torch.tensor([row.position for row in rows] + [0] * padding,
                                  dtype=torch.long, device=self.device)
@@ -388,7 +415,7 @@ class InvariantLlama:
         cos, sin = self._rotary(positions)
         grouped = (self.max_batch, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
         for index, layer in enumerate(self.layers):
-            q, k, v = self._projections(layer, x, cos, sin)
+            q, k, v = self._projections(layer, x, used, cos, sin)
             q = (q * self.scale).view(grouped)
             for slot, row in enumerate(rows):
                 p = row.position
@@ -399,5 +426,5 @@ class InvariantLlama:
                 # against its own p + 1 keys; reductions over d and over p + 1 only.
                 scores = torch.matmul(q[slot], keys[:, :p + 1].transpose(1, 2))
                 torch.matmul(scores.softmax(dim=-1), values[:, :p + 1], out=attention[slot])
-            x = self._finish(layer, x, attention.view(self.max_batch, -1))
-        return self.lm_head(self.norm(x))
+            x = self._finish(layer, x, used, attention.view(self.max_batch, -1))
+        return self.lm_head(self.norm(x), used)
