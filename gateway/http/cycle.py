@@ -20,7 +20,8 @@ compares them, head by head, with uvicorn's. Bodies are uvicorn's own path.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.httptools_impl import (
     HEADER_RE,
@@ -36,12 +37,19 @@ _HEADER_LINE = b"%s: %s\r\n".__mod__
 _NO_BODY_STATUS = (204, 304)
 
 
+async def _written() -> None:
+    """What awaiting a head written at once awaits: nothing."""
+
+
 class ResponseCycle(RequestResponseCycle):
     """One request's cycle on a :class:`~gateway.http.connection.GatewayHttpProtocol`."""
 
-    async def send(self, message: ASGISendEvent) -> None:
-        if message["type"] != "http.response.start" or not self._write_head(message):
-            await super().send(message)
+    def send(self, message: ASGISendEvent) -> Coroutine[Any, Any, None]:
+        """uvicorn's ``send`` (its coroutine, returned: no frame of ours on a body's way) unless
+        ``message`` is a common head, written here."""
+        if message["type"] == "http.response.start" and self._write_head(message):
+            return _written()
+        return super().send(message)
 
     def _write_head(self, message: HTTPResponseStartEvent) -> bool:
         """Write ``message``'s head as uvicorn would; False (nothing done) where it is not the

@@ -353,9 +353,11 @@ class EngineBackend(Backend):
         s = self.settings
         if s.batching == "off":
             return {"mode": "off"}
-        from gateway.backends.engine.invariant import FORWARD_VERSION
+        from gateway.backends.engine.invariant import forward_version
 
-        return {"mode": "invariant", "forward": FORWARD_VERSION, "max_batch": s.max_batch,
+        weight_only = s.int8 and s.int8_activations == "float"
+        return {"mode": "invariant", "forward": forward_version(weight_only),
+                "max_batch": s.max_batch,
                 "prefill_chunk": s.prefill_chunk}
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:

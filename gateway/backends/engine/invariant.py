@@ -31,10 +31,11 @@ operation's arithmetic for one sequence is a function of that sequence alone:
   decode step that runs on the **sequences present only** (``rows`` of the ``max_batch``): a
   lone sequence's integer products cost one row, not eight, and give the same bits (the
   int32 sums are exact; turning them into floats and scaling them is element-wise). Weight-only
-  int8 layers (``int8_activations = "float"``) are a fixed-shape float product with the int8
-  values as floats, scaled per output channel element-wise; the
-  re-scored head (``int8_rescore_top_k``) takes its first pass through the per-row int8 path,
-  each row's top ``k`` (a per-row selection) and their float logits as per-row sums.
+  int8 layers (``int8_activations = "float"``) go the same exact way: each row's float
+  activations written as three int8 digits of its own scale (to about 22 bits), the digit rows
+  through the same integer product, put back together element-wise (:class:`WeightOnlyLinear`);
+  the re-scored head (``int8_rescore_top_k``) takes its first pass through the per-row int8
+  path, each row's top ``k`` (a per-row selection) and their float logits as per-row sums.
 
 The intra-op thread count is the engine thread's, fixed at start.
 """
@@ -68,7 +69,20 @@ SUPPORTED = ("llama",)
 FORWARD_VERSION = 2
 """The order of arithmetic of :class:`InvariantLlama`, recorded with the batching mode (a
 change to it changes the bits: a new version). 1 (recorded without a version): decode
-attention through ``scaled_dot_product_attention``; 2: through plain matrix products."""
+attention through ``scaled_dot_product_attention``; 2: through plain matrix products. A model
+with weight-only int8 layers records :data:`WEIGHT_ONLY_FORWARD_VERSION` instead."""
+
+WEIGHT_ONLY_FORWARD_VERSION = 3
+"""The version of a forward with weight-only int8 layers (:func:`forward_version`): 2 computed
+them as a float product of the int8 values held as floats, 3 as exact integer products of
+three int8 digits per activation (:class:`WeightOnlyLinear`). The fp32 and dynamic int8
+arithmetic is 2's, so their records stay replayable."""
+
+
+def forward_version(weight_only_int8: bool) -> int:
+    """The forward version a model's decodes record (``weight_only_int8``: its Linear layers
+    are weight-only int8, ``int8_activations = "float"``)."""
+    return WEIGHT_ONLY_FORWARD_VERSION if weight_only_int8 else FORWARD_VERSION
 
 
 class FloatLinear:
@@ -110,35 +124,87 @@ class FloatLinear:
         return out
 
 
+class Int8Product:
+    """Rows of int8 values (held in a float tensor) times int8 weights ``[out, in]``, summed
+    exactly in int32, each output channel scaled: ``float(x @ q.T) * scales``, element-wise
+    after the exact sums, so a row's result is the same bits at any row count. The integer GEMM
+    is oneDNN's, with the weights packed once for ``rows``-row inputs, where torch has it (x86),
+    else ``torch._int_mm``."""
+
+    use_onednn = True
+    """Whether to try oneDNN first (tests turn it off to check the other path)."""
+
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor, rows: int) -> None:
+        self.scales = scales
+        self.packed: torch.Tensor | None = None
+        self.weight_t: torch.Tensor | None = None
+        try:
+            if not self.use_onednn:
+                raise AttributeError("oneDNN int8 not wanted")
+            self.packed = torch.ops.onednn.qlinear_prepack(weight, [rows, weight.shape[1]])
+        except (AttributeError, RuntimeError):  # no oneDNN int8 in this torch
+            self.weight_t = weight.t().contiguous()
+        self.zero_points = torch.zeros(weight.shape[0], dtype=torch.int64)
+
+    def __call__(self, quantized: torch.Tensor) -> torch.Tensor:
+        """``quantized``: integers in [-127, 127] (consumed: changed in place)."""
+        if self.packed is not None:  # uint8 with zero point 128 holds the int8 values exactly
+            out: torch.Tensor = torch.ops.onednn.qlinear_pointwise(
+                quantized.add_(128).to(torch.uint8), 1.0, 128, self.packed, self.scales,
+                self.zero_points, None, 1.0, 0, torch.float32, "none", [], "")
+            return out
+        assert self.weight_t is not None
+        exact = torch._int_mm(quantized.to(torch.int8), self.weight_t)  # int32: no rounding
+        return exact.to(torch.float32) * self.scales
+
+
+def _row_scale(x: torch.Tensor) -> torch.Tensor:
+    """Each row's symmetric int8 scale, ``max |x| / 127`` (a maximum: exact in any order)."""
+    return x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / 127.0
+
+
 class WeightOnlyLinear:
     """Weight-only int8 Linear layers (:class:`~gateway.backends.engine.int8.
     WeightOnlyInt8Linear`: int8 weights, float activations; one, or several fused along the
-    output), as ``off`` computes them — ``(x @ q.T) * scale + bias`` — with the int8 values
-    held as floats in a :class:`FloatLinear` (a fixed-shape float product: invariant as the
-    fp32 path is) and the scales applied element-wise."""
+    output) as exact integer products: each row of ``x`` is written as three int8 digits of
+    its own scale, ``x = scale * (d1 + d2 / 128 + d3 / 128**2)`` to within ``scale / 2**15``
+    (each subtraction exact: the digits are rounded from a float within half a unit of it,
+    the scalings are powers of two); the three digit rows go through one :class:`Int8Product`
+    (the int8 weights, read once per step at one byte a weight), and the row is put back
+    together element-wise, ``scale * ((p3 / 128 + p2) / 128 + p1)``. Every step is exact or
+    element-wise, so it runs on the rows present only, and a row's bits never depend on the
+    others. Its results differ from ``off``'s float product by the digits' remainder (below
+    ``2**-22`` of the row's largest activation) and float rounding: the same weights, the
+    activations to about 22 bits."""
 
     def __init__(self, modules: list[WeightOnlyInt8Linear], rows: int) -> None:
-        self.product = FloatLinear(torch.cat([m.qweight.to(torch.float32) for m in modules]),
-                                   None, rows)
-        self.scales = torch.cat([m.scale for m in modules])
+        self.product = Int8Product(torch.cat([m.qweight for m in modules]),
+                                   torch.cat([m.scale for m in modules]), 3 * rows)
         self.bias = None if all(m.bias is None for m in modules) else torch.cat([
             m.bias.detach() if m.bias is not None else torch.zeros(m.out_features)
             for m in modules])
 
     def __call__(self, x: torch.Tensor, rows: int) -> torch.Tensor:
-        y = self.product(x, rows) * self.scales
-        return y if self.bias is None else y + self.bias
+        padding = x.shape[0] - rows
+        if padding:
+            x = x[:rows]
+        scale = _row_scale(x)
+        units = x / scale
+        first = torch.round(units).clamp_(-127, 127)
+        rest = (units - first).mul_(128)  # |rest| <= 64
+        second = torch.round(rest)
+        third = torch.round(rest.sub_(second).mul_(128))
+        high, middle, low = self.product(torch.cat((first, second, third))).chunk(3)
+        out = low.mul_(1 / 128).add_(middle).mul_(1 / 128).add_(high).mul_(scale)
+        if self.bias is not None:
+            out = out + self.bias
+        return F.pad(out, (0, 0, 0, padding)) if padding else out
 
 
 class Int8Linear:
     """Dynamically quantized Linear layers (one, or several fused along the output), computed
     row-invariantly (see the module docs): each row quantized with its own scale, integer
-    products summed in int32, scaled back element-wise. The integer GEMM is oneDNN's, with the
-    weights packed once for ``rows``-row inputs, where torch has it (x86), else
-    ``torch._int_mm``."""
-
-    use_onednn = True
-    """Whether to try oneDNN first (tests turn it off to check the other path)."""
+    products summed in int32 (:class:`Int8Product`), scaled back element-wise."""
 
     def __init__(self, modules: list[Any], rows: int) -> None:
         weights, scales, biases = [], [], []
@@ -155,19 +221,9 @@ class Int8Linear:
             bias = module.bias()
             biases.append(torch.zeros(weight.shape[0]) if bias is None
                           else bias.detach().to(torch.float32))
-        weight = torch.cat(weights)
-        self.scales: torch.Tensor = torch.cat(scales)
+        self.product = Int8Product(torch.cat(weights), torch.cat(scales), rows)
         self.bias: torch.Tensor | None = (
             None if all(module.bias() is None for module in modules) else torch.cat(biases))
-        self.packed: torch.Tensor | None = None
-        self.weight_t: torch.Tensor | None = None
-        try:
-            if not self.use_onednn:
-                raise AttributeError("oneDNN int8 not wanted")
-            self.packed = torch.ops.onednn.qlinear_prepack(weight, [rows, weight.shape[1]])
-        except (AttributeError, RuntimeError):  # no oneDNN int8 in this torch
-            self.weight_t = weight.t().contiguous()
-        self.zero_points = torch.zeros(weight.shape[0], dtype=torch.int64)
 
     def __call__(self, x: torch.Tensor, rows: int) -> torch.Tensor:
         """The first ``rows`` rows of ``x`` (every step of it exact or element-wise: a row's
@@ -175,17 +231,8 @@ class Int8Linear:
         padding = x.shape[0] - rows
         if padding:
             x = x[:rows]
-        scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / 127.0
-        quantized = torch.round(x / scale).clamp_(-127, 127)
-        if self.packed is not None:  # uint8 with zero point 128 holds the int8 values exactly
-            dequantized: torch.Tensor = torch.ops.onednn.qlinear_pointwise(
-                quantized.add_(128).to(torch.uint8), 1.0, 128, self.packed, self.scales,
-                self.zero_points, None, 1.0, 0, torch.float32, "none", [], "")
-        else:
-            assert self.weight_t is not None
-            exact = torch._int_mm(quantized.to(torch.int8), self.weight_t)  # int32: no rounding
-            dequantized = exact.to(torch.float32) * self.scales
-        out = dequantized * scale
+        scale = _row_scale(x)
+        out = self.product(torch.round(x / scale).clamp_(-127, 127)) * scale
         if self.bias is not None:
             out = out + self.bias
         return F.pad(out, (0, 0, 0, padding)) if padding else out

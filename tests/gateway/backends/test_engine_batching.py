@@ -24,8 +24,10 @@ import torch
 
 from gateway.backends.engine.backend import EngineBackend
 from gateway.backends.engine.batcher import Batcher
+from gateway.backends.engine.int8 import WeightOnlyInt8Linear
 from gateway.backends.engine.invariant import (
     Int8Linear,
+    Int8Product,
     InvariantLlama,
     RescoredHead,
     Row,
@@ -199,7 +201,8 @@ async def test_a_request_is_bit_identical_alone_and_joined_at_random_steps(
     for _ in range(2):
         batched = await joined(backend, target, rng)
         assert bits(batched) == bits(alone)
-    assert alone.runtime["batching"] == {"mode": "invariant", "forward": 2,
+    forward = 3 if precision == "int8-weight-only" else 2  # its digits (invariant.py)
+    assert alone.runtime["batching"] == {"mode": "invariant", "forward": forward,
                                          "max_batch": MAX_BATCH, "prefill_chunk": 8}
 
 
@@ -241,13 +244,13 @@ async def test_every_slot_of_every_batch_size_gives_the_same_row(
     precision = kind.removesuffix("-int_mm")
     loaded = unreleased(precision)
     if kind.endswith("-int_mm"):  # the integer GEMM where torch has no oneDNN int8
-        monkeypatch.setattr(Int8Linear, "use_onednn", False)
+        monkeypatch.setattr(Int8Product, "use_onednn", False)
     model = InvariantLlama(loaded.model, MAX_BATCH, 512)
     first_pass = model.lm_head.first_pass if isinstance(model.lm_head, RescoredHead) else (
         model.lm_head)
     assert isinstance(model.lm_head, RescoredHead) == (precision == "int8-weight-only")
     assert kind == "fp32" or (isinstance(first_pass, Int8Linear) and (
-        (first_pass.packed is None) == kind.endswith("-int_mm")))
+        (first_pass.product.packed is None) == kind.endswith("-int_mm")))
     if precision == "int8-weight-only":
         assert isinstance(model.layers[0].qkv, WeightOnlyLinear)
     torch.set_num_threads(engines[precision].settings.threads or 1)
@@ -283,6 +286,35 @@ async def test_every_slot_of_every_batch_size_gives_the_same_row(
                                                  - alone.log_softmax(-1)))
         assert float(kl) < 0.25  # measured 0.07 (0.01-0.15 over prompts and int8 GEMMs)
     assert int(alone.argmax()) == int(reference.argmax())
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_weight_only_digits_give_the_float_product(onednn: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three int8 digits per activation: ``off``'s float product of the same int8 weights to
+    a few millionths of a row's largest output, outliers and all (the float product itself is
+    within a few ten-millionths); each row the same bits computed alone or among others."""
+    monkeypatch.setattr(Int8Product, "use_onednn", onednn)
+    generator = torch.Generator().manual_seed(1)
+    linear = torch.nn.Linear(256, 96, bias=True)
+    with torch.no_grad():
+        linear.weight.normal_(generator=generator)
+        linear.bias.normal_(generator=generator)
+    layer = WeightOnlyInt8Linear(linear)
+    x = torch.randn(MAX_BATCH, 256, generator=generator)
+    x[:, 7] *= 300.0  # an outlier channel sets each row's scale
+    x[1] *= 1e-4  # a row of small activations
+    product = WeightOnlyLinear([layer], MAX_BATCH)
+    with torch.inference_mode():
+        exact = torch.nn.functional.linear(x.double(), layer.qweight.double()) * layer.scale \
+            + linear.bias.double()
+        ours, off = product(x, MAX_BATCH), layer(x)
+        for row in range(MAX_BATCH):  # the row alone: the same bits
+            alone = product(x[row:row + 1], 1)
+            assert torch.equal(alone[0], ours[row])
+    scale = exact.abs().amax(dim=-1, keepdim=True)  # errors relative to each row's largest
+    assert float(((ours.double() - exact).abs() / scale).max()) < 1e-5  # measured 2.8e-6
+    assert float(((off.double() - exact).abs() / scale).max()) < 1e-6  # 4.4e-7
 
 
 @module_loop
