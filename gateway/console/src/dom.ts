@@ -61,10 +61,14 @@ export function num(value: number | null | undefined, digits = 3): string {
   return value.toFixed(digits);
 }
 
+/** Dollars, the sign before the symbol; amounts under a cent to three significant digits
+ * (a call's cost is often a millionth of a dollar). */
 export function usd(value: number | null | undefined): string {
-  if (value === null || value === undefined) return "—";
-  if (value !== 0 && Math.abs(value) < 0.01) return `$${value.toExponential(2)}`;
-  return `$${value.toFixed(2)}`;
+  if (value === null || value === undefined || Number.isNaN(value)) return "—";
+  const sign = value < 0 ? "−" : "";
+  const amount = Math.abs(value);
+  if (amount !== 0 && amount < 0.01) return `${sign}$${amount.toPrecision(3)}`;
+  return `${sign}$${amount.toFixed(2)}`;
 }
 
 /** A digest shortened for a table, whole in its tooltip. */

@@ -32,7 +32,7 @@ function curveFigure(curve: Curve, title: string): [HTMLElement, CurveChart | nu
       h("p", { class: "note" }, curve.note ?? "No data.")), null];
   }
   const chart = curveChart(curve, title);
-  return [h("figure", { class: "card" }, h("figcaption", {}, `${title} — ${curve.rows} rows`,
+  return [h("figure", { class: "card" }, h("figcaption", {}, `${title} — ${curve.rows} ${curve.rows === 1 ? "row" : "rows"}`,
     curve.note ? h("span", { class: "note" }, ` (${curve.note})`) : null), chart.element,
     h("p", { class: "legend-row" }, h("span", { class: "key key-acc" }), "accuracy ",
       h("span", { class: "key key-cost" }), "cost ", h("span", { class: "key key-current" }),
