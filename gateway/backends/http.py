@@ -409,10 +409,11 @@ class HTTPBackend(Backend):
             async for read in reads:
                 # Chunks that arrived together are marked so that they are sent on together;
                 # those before a failure are delivered before it.
-                failure = read.failure
-                last = read.items[-1] if read.items and failure is None else None
-                for chunk in read.items:
-                    chunk.buffered = chunk is not last
+                items, failure = read.items, read.failure
+                if failure is not None or len(items) > 1:
+                    for chunk in items if failure is not None else items[:-1]:
+                        chunk.buffered = True
+                for chunk in items:
                     yield chunk
                 if failure is not None:
                     raise failure

@@ -49,7 +49,7 @@ class ResponseCycle(RequestResponseCycle):
         ``message`` is a common head, written here."""
         if message["type"] == "http.response.start" and self._write_head(message):
             return _written()
-        return super().send(message)
+        return RequestResponseCycle.send(self, message)
 
     def _write_head(self, message: HTTPResponseStartEvent) -> bool:
         """Write ``message``'s head as uvicorn would; False (nothing done) where it is not the

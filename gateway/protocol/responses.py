@@ -208,7 +208,7 @@ class ChunkBuilder:
     def event(self, chunk: GenerationChunk) -> bytes:
         if chunk.index is None:
             return b""
-        return b"data: " + orjson.dumps(self.chunk(chunk)) + b"\n\n"  # sse_event, inline
+        return b"data: %b\n\n" % orjson.dumps(self.chunk(chunk))  # sse_event, inline
 
     def end(self, result: GenerationResult, usage: Usage | None) -> bytes:
         """The usage chunk (``usage``: when the client asked for it), then ``[DONE]``."""
