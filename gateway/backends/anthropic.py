@@ -23,15 +23,10 @@ from gateway.backends.anthropic_wire import (
     messages_body,
     parse_message,
 )
-from gateway.backends.http import (
-    HTTPBackend,
-    Read,
-    SseLines,
-    _retry_after,
-    map_status,
-)
+from gateway.backends.http import HTTPBackend
 from gateway.backends.httpclient import Response
 from gateway.backends.settings import AnthropicModelSettings
+from gateway.backends.upstream import Read, SseLines, map_status, retry_after
 from gateway.kernel.backend import Backend
 from gateway.kernel.errors import TiergateError, UpstreamError
 from gateway.kernel.generation import (
@@ -74,7 +69,7 @@ class AnthropicBackend(HTTPBackend):
                 message = str(error.get("message") or f"HTTP {status}")
             except (orjson.JSONDecodeError, AttributeError):
                 message = f"HTTP {status}"
-            return error_for(ERROR_STATUSES[status], message, _retry_after(headers))
+            return error_for(ERROR_STATUSES[status], message, retry_after(headers))
         return map_status(status, body, headers)
 
     async def probe(self) -> ModelTuple:

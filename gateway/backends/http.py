@@ -15,8 +15,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -24,6 +23,7 @@ import orjson
 from gateway.backends.httpclient import ClientError, ConnectError, Pool, Response
 from gateway.backends.responses_wire import TERMINAL_EVENTS, Event, EventReader, choice_of, usage_of
 from gateway.backends.settings import UpstreamSettings
+from gateway.backends.upstream import Read, SseLines, T, map_status
 from gateway.backends.wire import (
     parse_chunk,
     parse_embeddings,
@@ -32,10 +32,7 @@ from gateway.backends.wire import (
 )
 from gateway.kernel.backend import Backend
 from gateway.kernel.errors import (
-    InvalidRequestError,
     ModelIntegrityError,
-    RateLimitError,
-    RequestTooLargeError,
     ServiceUnavailableError,
     TiergateError,
     UpstreamError,
@@ -53,58 +50,12 @@ from gateway.kernel.modeltuple import ModelTuple, Quantization
 from gateway.kernel.secrets import redact, redact_error
 from gateway.telemetry.instruments import trace_headers_for_upstream
 
-T = TypeVar("T")
-
 log = logging.getLogger("tiergate.backends.http")
 
 PROBE_EVERY_S = 5.0
 """How often ``health`` asks an upstream not reached yet for its models, at most."""
 PROBE_TIMEOUT_S = 2.0
 """How long that question waits for its answer (in the background)."""
-
-
-def _retry_after(headers: Any) -> float | None:
-    try:
-        return float(headers.get("retry-after")) if headers.get("retry-after") else None
-    except ValueError:
-        return None
-
-
-def _upstream_message(status: int, body: bytes) -> tuple[str, str | None]:
-    """The upstream's error message, and the parameter it names (OpenAI's ``param``)."""
-    try:
-        data = orjson.loads(body)
-        error = data.get("error") if isinstance(data, dict) else None
-        if isinstance(error, dict) and error.get("message"):
-            param = error.get("param")
-            return str(error["message"]), str(param) if isinstance(param, str) else None
-        if isinstance(data, dict) and data.get("message"):  # vLLM < 0.6 style
-            return str(data["message"]), None
-    except orjson.JSONDecodeError:
-        pass
-    return body[:200].decode("utf-8", "replace") or f"HTTP {status}", None
-
-
-def map_status(status: int, body: bytes, headers: Any) -> TiergateError:
-    """An upstream's error response → the error the client sees (credentials it repeats
-    masked)."""
-    message, param = _upstream_message(status, body)
-    message = redact(message)
-    retry_after = _retry_after(headers)
-    if status in (400, 422):
-        return InvalidRequestError(message, param=param, code="upstream_rejected_request")
-    if status == 413:
-        return RequestTooLargeError(message)
-    if status == 429:
-        return RateLimitError(f"upstream is rate limiting: {message}", retry_after=retry_after or 1)
-    if status == 503:
-        return ServiceUnavailableError(f"upstream unavailable: {message}",
-                                       retry_after=retry_after or 1)
-    if status == 504:
-        return UpstreamTimeoutError(f"upstream timed out: {message}")
-    if status in (401, 403):
-        return UpstreamError(f"upstream refused the gateway's credentials ({status})")
-    return UpstreamError(f"upstream returned {status}: {message}")
 
 
 class HTTPBackend(Backend):
@@ -504,33 +455,6 @@ class HTTPBackend(Backend):
             async for read in reads:
                 for event in read.items:
                     yield event
-
-
-@dataclass(slots=True)
-class Read(Generic[T]):
-    """What one read of an upstream's event stream gave: its items, a failure after them, and
-    whether the stream's end was seen."""
-
-    items: list[T] = field(default_factory=list)
-    failure: TiergateError | None = None
-    done: bool = False
-
-
-class SseLines:
-    """The ``data:`` payloads of an event stream's complete lines, across reads."""
-
-    def __init__(self) -> None:
-        self.tail = b""  # a line not complete yet
-
-    def feed(self, data: bytes) -> list[bytes]:
-        return [line[5:].strip() for line in self.split(data) if line.startswith(b"data:")]
-
-    def split(self, data: bytes) -> list[bytes]:
-        """The complete lines so far, ``data:`` or not (a caller that keeps the ``data:`` ones
-        itself passes over them once, not twice)."""
-        lines = (self.tail + data if self.tail else data).split(b"\n")
-        self.tail = lines.pop()
-        return lines
 
 
 async def _drain(resp: Response) -> None:
