@@ -288,7 +288,14 @@ class Replayer:
             return report
 
     async def _replay(self, record: DecodeRecord, report: ReplayReport) -> ReplayReport:
-        if record.status != 200:  # a stream cut short: its record keeps what was generated
+        if record.status != 200:
+            decided = record.decision.model if record.decision is not None else None
+            if decided is not None and all(call.model.get("name") != decided
+                                           for call in record.calls):
+                raise ReplayRefused(
+                    f"the request failed (status {record.status}) after its route chose "
+                    f"{decided}, which never answered: the record keeps the calls made before "
+                    "(their cost and the decision), not an answer to decode again")
             raise ReplayRefused(f"the answer was cut short (status {record.status}): the record "
                                 "keeps what was generated, for its cost, not a whole decode")
         forwarded = [str(call.model.get("name")) for call in record.calls

@@ -99,14 +99,6 @@ class Accounting:
                 log.exception("request %s: listener %s failed", ctx.request_id, listener.name)
         return costs
 
-    def unanswered(self, req: protocol.OpenAIRequest, ctx: RequestContext,
-                   prior: list[GenerationResult]) -> None:
-        """The calls made for a request that then failed (a cascade's small answer, before the
-        large call failed): no record, but their cost is counted in the metrics."""
-        for call in prior:
-            cost = self.prices.call(call)
-            self.telemetry.count_cost(req.model, cost.model, ctx.caller, cost.usd)
-
     def schedule_started(self, ctx: RequestContext, req: protocol.OpenAIRequest,
                          gen: GenerationRequest) -> None:
         """Tell the listeners once the request waits for its model (not before the call is

@@ -8,6 +8,8 @@ stream of SSE bytes) with the headers to send.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
 import secrets
 from typing import Any
@@ -26,6 +28,8 @@ from gateway.settings import Settings
 from gateway.telemetry.instruments import Telemetry
 from router.policy import Route, Router
 from router.strategies import get_strategy
+
+log = logging.getLogger("tiergate.serving")
 
 SEED_BOUND = 2**31
 """Drawn seeds stay below 2**31: every engine (vLLM, llama.cpp, torch) and JSON client takes it."""
@@ -91,6 +95,7 @@ class OpenAIServing:
         span = self.telemetry.start_request_span(f"POST {ctx.operation}", ctx.trace_headers,
                                                  ctx.request_id, req.model)
         plan: Plan | None = None
+        gen: GenerationRequest | None = None
         try:
             with self.telemetry.use(span):
                 route = self._route(req.model)
@@ -111,13 +116,14 @@ class OpenAIServing:
             answer = for_client(result, gen, plan.prior)
         except TiergateError as exc:
             accounting.finish(span, ctx, req.model, req.model, exc.status, None, None, exc)
-            accounting.unanswered(req, ctx, plan.prior if plan is not None else [])
+            self._failed_after_calls(req, ctx, gen, plan, exc.status)
             if isinstance(req, protocol.ResponsesRequest):
                 exc.param = protocol.responses_param(exc.param)
             raise
         except BaseException as exc:
+            status = 499 if isinstance(exc, asyncio.CancelledError) else 500
             accounting.finish(span, ctx, req.model, req.model, 500, None, None, exc)
-            accounting.unanswered(req, ctx, plan.prior if plan is not None else [])
+            self._failed_after_calls(req, ctx, gen, plan, status)
             raise
         if isinstance(req, protocol.ResponsesRequest):
             body = protocol.response_object(req, gen, ctx.request_id, result.model.name,
@@ -130,6 +136,21 @@ class OpenAIServing:
         headers = accounting.headers(result.model, gen, plan.decision)
         headers[COST_HEADER] = cost_header(costs)
         return Served(headers=headers, body=body)
+
+    def _failed_after_calls(self, req: protocol.OpenAIRequest, ctx: RequestContext,
+                            gen: GenerationRequest | None, plan: Plan | None,
+                            status: int) -> None:
+        """A request that failed after model calls were made for it (a cascade's small answer,
+        then the large call failed): those calls are accounted as the request — priced,
+        counted and recorded with ``status`` and the decision — so what they cost and why the
+        route escalated are never lost. No calls: nothing to account."""
+        if plan is None or gen is None or not plan.prior:
+            return
+        try:
+            self.accounting.completed(ctx, req, gen, plan.prior, plan.decision, status)
+        except Exception:  # accounting must never turn one error into another
+            log.exception("request %s: the calls before its failure were not accounted",
+                          ctx.request_id)
 
     async def _stream(self, req: protocol.OpenAIRequest, gen: GenerationRequest,
                       ctx: RequestContext, span: Any, plan: Plan) -> Served:

@@ -1,7 +1,7 @@
 """Cost everywhere a request is accounted, on a real gateway over the scriptable upstream: every
-call of a request (a cascade's small call too) in its record, the metrics and the response
-header; a stream the client leaves mid-answer still accounted; and the savings report adding up
-to the records."""
+call of a request (a cascade's small call too, also when the large call then fails) in its
+record, the metrics and the response header; a stream the client leaves mid-answer still
+accounted; and the savings report adding up to the records."""
 
 from __future__ import annotations
 
@@ -113,14 +113,29 @@ def test_an_escalated_cascade_accounts_both_calls(priced_gateway: ServerProcess)
     assert after[1] - before[1] == pytest.approx(large["cost"]["usd"])
 
 
-def test_a_failed_escalation_still_counts_the_small_call(priced_gateway: ServerProcess) -> None:
+def test_a_failed_escalation_is_recorded_with_its_small_call(
+        priced_gateway: ServerProcess) -> None:
+    """The large call fails after the small one answered: the client gets the error, and the
+    small call is still recorded (its cost, the decision to escalate) and counted."""
     before = cost_metric(priced_gateway, "broken-cascade", "small")
     prompt = "hard puzzle number 25"
     failed = ask(priced_gateway, "broken-cascade", prompt)
     assert failed.status_code >= 500 and "x-tiergate-record-id" not in failed.headers
     usage = ask(priced_gateway, "small", prompt).json()["usage"]  # the same small call
+    stored = record(priced_gateway, failed.headers["x-request-id"])  # its id: the request's
+    assert stored["status"] == failed.status_code
+    assert stored["decision"]["escalated"] and stored["decision"]["model"] == "broken"
+    (small,) = stored["calls"]
+    assert small["model"]["name"] == "small"
+    assert small["cost"]["usd"] == pytest.approx(priced(usage, SMALL))
     assert cost_metric(priced_gateway, "broken-cascade", "small") - before == \
         pytest.approx(priced(usage, SMALL))
+    record_id = failed.headers["x-request-id"]
+    replayed = httpx.post(f"{priced_gateway.url}/admin/records/{record_id}/replay",
+                          headers=HEADERS, timeout=30)
+    assert replayed.status_code == 200
+    assert replayed.json()["status"] == "refused"
+    assert "broken, which never answered" in replayed.json()["reason"]
 
 
 def test_a_streamed_cascade_records_both_calls_cost(priced_gateway: ServerProcess) -> None:
