@@ -160,7 +160,8 @@ class Int8Product:
 
 def _row_scale(x: torch.Tensor) -> torch.Tensor:
     """Each row's symmetric int8 scale, ``max |x| / 127`` (a maximum: exact in any order)."""
-    return x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / 127.0
+    largest: torch.Tensor = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True)
+    return largest.clamp_min_(1e-12).div_(127.0)
 
 
 class WeightOnlyLinear:
@@ -195,7 +196,9 @@ class WeightOnlyLinear:
         second = torch.round(rest)
         third = torch.round(rest.sub_(second).mul_(128))
         high, middle, low = self.product(torch.cat((first, second, third))).chunk(3)
-        out = low.mul_(1 / 128).add_(middle).mul_(1 / 128).add_(high).mul_(scale)
+        # (p3 / 128 + p2) / 128 + p1: each scaling by 1/128 exact, so adding it in one
+        # operation (alpha) rounds once, as the separate product and sum would
+        out = torch.add(high, torch.add(middle, low, alpha=1 / 128), alpha=1 / 128).mul_(scale)
         if self.bias is not None:
             out = out + self.bias
         return F.pad(out, (0, 0, 0, padding)) if padding else out
