@@ -164,7 +164,27 @@ def _row_scale(x: torch.Tensor) -> torch.Tensor:
     return largest.clamp_min_(1e-12).div_(127.0)
 
 
-class WeightOnlyLinear:
+class _ExactInt8:
+    """An int8 layer computed exactly (:class:`Int8Product`) on the rows present only: every
+    step of :meth:`compute` is exact or element-wise, so a row's bits do not depend on how many
+    rows are computed; zero rows stand in for the padding below them."""
+
+    product: Int8Product
+    bias: torch.Tensor | None
+
+    def __call__(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        padding = x.shape[0] - rows
+        out = self.compute(x[:rows] if padding else x)
+        if self.bias is not None:
+            out = out + self.bias
+        return F.pad(out, (0, 0, 0, padding)) if padding else out
+
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's output for the rows of ``x``, bias aside."""
+        raise NotImplementedError
+
+
+class WeightOnlyLinear(_ExactInt8):
     """Weight-only int8 Linear layers (:class:`~gateway.backends.engine.int8.
     WeightOnlyInt8Linear`: int8 weights, float activations; one, or several fused along the
     output) as exact integer products: each row of ``x`` is written as three int8 digits of
@@ -185,10 +205,7 @@ class WeightOnlyLinear:
             m.bias.detach() if m.bias is not None else torch.zeros(m.out_features)
             for m in modules])
 
-    def __call__(self, x: torch.Tensor, rows: int) -> torch.Tensor:
-        padding = x.shape[0] - rows
-        if padding:
-            x = x[:rows]
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
         scale = _row_scale(x)
         units = x / scale
         first = torch.round(units).clamp_(-127, 127)
@@ -198,13 +215,10 @@ class WeightOnlyLinear:
         high, middle, low = self.product(torch.cat((first, second, third))).chunk(3)
         # (p3 / 128 + p2) / 128 + p1: each scaling by 1/128 exact, so adding it in one
         # operation (alpha) rounds once, as the separate product and sum would
-        out = torch.add(high, torch.add(middle, low, alpha=1 / 128), alpha=1 / 128).mul_(scale)
-        if self.bias is not None:
-            out = out + self.bias
-        return F.pad(out, (0, 0, 0, padding)) if padding else out
+        return torch.add(high, torch.add(middle, low, alpha=1 / 128), alpha=1 / 128).mul_(scale)
 
 
-class Int8Linear:
+class Int8Linear(_ExactInt8):
     """Dynamically quantized Linear layers (one, or several fused along the output), computed
     row-invariantly (see the module docs): each row quantized with its own scale, integer
     products summed in int32 (:class:`Int8Product`), scaled back element-wise."""
@@ -225,20 +239,12 @@ class Int8Linear:
             biases.append(torch.zeros(weight.shape[0]) if bias is None
                           else bias.detach().to(torch.float32))
         self.product = Int8Product(torch.cat(weights), torch.cat(scales), rows)
-        self.bias: torch.Tensor | None = (
+        self.bias = (
             None if all(module.bias() is None for module in modules) else torch.cat(biases))
 
-    def __call__(self, x: torch.Tensor, rows: int) -> torch.Tensor:
-        """The first ``rows`` rows of ``x`` (every step of it exact or element-wise: a row's
-        bits do not depend on how many rows are computed), zero rows below them."""
-        padding = x.shape[0] - rows
-        if padding:
-            x = x[:rows]
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
         scale = _row_scale(x)
-        out = self.product(torch.round(x / scale).clamp_(-127, 127)) * scale
-        if self.bias is not None:
-            out = out + self.bias
-        return F.pad(out, (0, 0, 0, padding)) if padding else out
+        return self.product(torch.round(x / scale).clamp_(-127, 127)) * scale
 
 
 class _Concat:
